@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds keygate and runs it on conf/keygate.yaml in front of a sample upstream, then shows a
+# valid, an unknown and a wrong-scope request. `--once` stops everything after the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --release --locked
+bin=target/release/keygate
+
+python3 scripts/echo_upstream.py 9000 &
+upstream=$!
+"$bin" run -c conf/keygate.yaml &
+gate=$!
+trap 'kill $gate $upstream 2>/dev/null || true' EXIT
+
+# Ready when keygate answers its public route with the upstream's 200.
+for _ in $(seq 100); do
+  curl -sf -o /dev/null http://127.0.0.1:8080/health && break
+  sleep 0.1
+done
+
+show() {
+  echo
+  printf '$ curl'; printf " %q" "$@"; echo
+  curl -s -i "$@" | tr -d '\r'
+}
+show -H 'Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01' http://127.0.0.1:8080/v1/products
+show -H 'Authorization: Bearer sk_test_UNKNOWNkeyUNKNOWNkeyUNKNOWNkey00' http://127.0.0.1:8080/v1/products
+show -X POST -H 'Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01' http://127.0.0.1:8080/v1/products
+
+if [ "${1:-}" = "--once" ]; then
+  exit 0
+fi
+echo
+echo "keygate is listening on 127.0.0.1:8080 (upstream on 127.0.0.1:9000). Ctrl-C stops both."
+wait $gate

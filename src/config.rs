@@ -1,0 +1,431 @@
+//! The YAML configuration: its file schema, strict parsing, and validation into a [`Config`].
+//!
+//! Two layers, as in the file: `*File` structs mirror the YAML exactly (unknown fields are
+//! errors); `validate` turns them into the checked values the server runs on. Every error names
+//! the config file, the field path and what is allowed.
+
+use crate::routes::{RouteSpec, RouteTable};
+use crate::scopes::RequiredScope;
+use pingora::server::configuration::ServerConf;
+use serde::{Deserialize, Deserializer};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The YAML does not fit the schema; serde_yaml's message carries the field path and line.
+    #[error("{file}: {message}")]
+    Schema { file: PathBuf, message: String },
+    #[error("{file}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: ListenFile,
+    upstream: UpstreamFile,
+    #[serde(default)]
+    server: ServerFile,
+    snapshot: SnapshotFile,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    #[serde(default)]
+    unmatched: Unmatched,
+    #[serde(default)]
+    log: LogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    /// `host:port` addresses to accept clients on.
+    addresses: Vec<String>,
+    /// How long an idle client connection is kept open. Default 60s.
+    #[serde(default, deserialize_with = "duration")]
+    keepalive_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    /// `host:port` of the protected service; resolved once at start.
+    address: String,
+    /// Default 1s.
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Duration>,
+    /// Default 30s.
+    #[serde(default, deserialize_with = "duration")]
+    read_timeout: Option<Duration>,
+    /// Default 30s.
+    #[serde(default, deserialize_with = "duration")]
+    write_timeout: Option<Duration>,
+    /// How long a pooled upstream connection may idle; keep it below the upstream's own
+    /// keep-alive timeout. Default 4s.
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
+    /// Forward the client's `Authorization` header. Default false.
+    #[serde(default)]
+    forward_authorization: bool,
+}
+
+/// The Pingora server settings keygate exposes, with keygate's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    /// Worker threads of the proxy service. Default 2.
+    threads: Option<usize>,
+    /// Let idle threads take work from busy ones. Default true.
+    work_stealing: Option<bool>,
+    /// Accept tasks per listening socket. Default 1.
+    listener_tasks_per_fd: Option<usize>,
+    /// Idle upstream connections kept per thread. Default 128.
+    upstream_keepalive_pool_size: Option<usize>,
+    /// Retries of a failed upstream connection. Default 16 (Pingora's).
+    max_retries: Option<usize>,
+    /// Seconds to keep serving after SIGTERM before shutting down. Default 5.
+    grace_period_seconds: Option<u64>,
+    /// Seconds to let runtimes finish after the grace period. Default 5.
+    graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Run in the background (also `-d`). Default false.
+    daemon: Option<bool>,
+    /// Written when daemonised. Default /run/keygate/keygate.pid.
+    pid_file: Option<String>,
+    /// Socket for graceful upgrades (`-u`). Default /tmp/keygate_upgrade.sock.
+    upgrade_sock: Option<String>,
+    /// Error log file when daemonised.
+    error_log: Option<String>,
+    user: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotFile {
+    /// The keys file, relative to this config file.
+    file: PathBuf,
+    /// How often the keys file is checked for changes. Default 250ms.
+    #[serde(default, deserialize_with = "duration")]
+    watch_interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: String,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    path: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    auth: Option<AuthMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuthMode {
+    /// Public: no key needed.
+    None,
+    /// A valid key holding the route's scopes.
+    Key,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    /// error | warn | info | debug | trace. Default info; `RUST_LOG` overrides it.
+    level: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+/// What a request that matches no route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// 404, before any authentication.
+    #[default]
+    Deny,
+    /// Forwarded when it carries a valid key; no scope is required.
+    Authenticate,
+}
+
+/// What a route asks of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    Public,
+    /// A valid key holding every listed scope (none listed: any valid key).
+    Scopes(Box<[RequiredScope]>),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub address: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    pub file: PathBuf,
+    pub watch_interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub keepalive_timeout: Duration,
+    pub upstream: UpstreamConfig,
+    pub server: ServerConf,
+    pub snapshot: SnapshotSource,
+    pub routes: RouteTable<RouteAuth>,
+    pub unmatched: Unmatched,
+    pub log_level: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text, path)
+    }
+
+    /// Parses config text; `path` names the file in errors and anchors relative paths.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| ConfigError::Schema {
+            file: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate(file, path)
+    }
+}
+
+fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |field: String, message: String| ConfigError::Invalid {
+        file: path.to_owned(),
+        field,
+        message,
+    };
+    // Destructured so that a new field cannot be added to the file and forgotten here.
+    let ConfigFile {
+        listen,
+        upstream,
+        server,
+        snapshot,
+        routes,
+        unmatched,
+        log,
+    } = file;
+
+    if listen.addresses.is_empty() {
+        return Err(invalid(
+            "listen.addresses".into(),
+            "empty; give at least one address such as 127.0.0.1:8080".into(),
+        ));
+    }
+    let mut addrs = Vec::new();
+    for (i, a) in listen.addresses.iter().enumerate() {
+        let addr = a.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                format!("listen.addresses[{i}]"),
+                format!("{a:?} is not an IP address and port such as 127.0.0.1:8080 or [::1]:8080"),
+            )
+        })?;
+        addrs.push(addr);
+    }
+
+    let upstream_addr = upstream
+        .address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| {
+            invalid(
+                "upstream.address".into(),
+                format!(
+                    "{:?} does not resolve; give host:port such as 127.0.0.1:9000",
+                    upstream.address
+                ),
+            )
+        })?;
+    let upstream = UpstreamConfig {
+        address: upstream_addr,
+        connect_timeout: upstream.connect_timeout.unwrap_or(Duration::from_secs(1)),
+        read_timeout: upstream.read_timeout.unwrap_or(Duration::from_secs(30)),
+        write_timeout: upstream.write_timeout.unwrap_or(Duration::from_secs(30)),
+        idle_timeout: upstream.idle_timeout.unwrap_or(Duration::from_secs(4)),
+        forward_authorization: upstream.forward_authorization,
+    };
+    for (field, d) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        ("upstream.read_timeout", upstream.read_timeout),
+        ("upstream.write_timeout", upstream.write_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(field.into(), "must be more than 0s".into()));
+        }
+    }
+
+    let server = server_conf(server).map_err(|(f, m)| invalid(f, m))?;
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let watch_interval = snapshot
+        .watch_interval
+        .unwrap_or(Duration::from_millis(250));
+    if watch_interval < Duration::from_millis(10) || watch_interval > Duration::from_secs(60) {
+        return Err(invalid(
+            "snapshot.watch_interval".into(),
+            "must be between 10ms and 60s".into(),
+        ));
+    }
+    let snapshot = SnapshotSource {
+        file: base.join(snapshot.file),
+        watch_interval,
+    };
+
+    let mut specs = Vec::with_capacity(routes.len());
+    for (i, r) in routes.into_iter().enumerate() {
+        let field = |f: &str| format!("routes[{i}] ({:?}).{f}", r.name);
+        let auth = match (r.auth, &r.scopes) {
+            (Some(AuthMode::None), None) => RouteAuth::Public,
+            (Some(AuthMode::None), Some(_)) => {
+                return Err(invalid(
+                    field("scopes"),
+                    "a public route (`auth: none`) takes no scopes; remove one of the two".into(),
+                ));
+            }
+            (_, None) => {
+                return Err(invalid(
+                    field("scopes"),
+                    "missing; give `scopes: [...]` (all required), `scopes: []` (any valid key) \
+                     or `auth: none` (public)"
+                        .into(),
+                ));
+            }
+            (_, Some(list)) => {
+                let mut required = Vec::with_capacity(list.len());
+                for (j, s) in list.iter().enumerate() {
+                    let scope = RequiredScope::parse(s)
+                        .map_err(|e| invalid(field(&format!("scopes[{j}]")), e.to_string()))?;
+                    required.push(scope);
+                }
+                RouteAuth::Scopes(required.into_boxed_slice())
+            }
+        };
+        specs.push(RouteSpec {
+            name: r.name,
+            methods: r.methods,
+            path: r.path,
+            auth,
+        });
+    }
+    let routes = RouteTable::build(specs).map_err(|e| invalid("routes".into(), e.to_string()))?;
+
+    let log_level = log.level.unwrap_or_else(|| "info".into());
+    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+        return Err(invalid(
+            "log.level".into(),
+            format!("{log_level:?} is not one of error, warn, info, debug, trace"),
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        listen: addrs,
+        keepalive_timeout: listen.keepalive_timeout.unwrap_or(Duration::from_secs(60)),
+        upstream,
+        server,
+        snapshot,
+        routes,
+        unmatched,
+        log_level,
+    })
+}
+
+fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {
+    let ServerFile {
+        threads,
+        work_stealing,
+        listener_tasks_per_fd,
+        upstream_keepalive_pool_size,
+        max_retries,
+        grace_period_seconds,
+        graceful_shutdown_timeout_seconds,
+        daemon,
+        pid_file,
+        upgrade_sock,
+        error_log,
+        user,
+        group,
+    } = s;
+    let threads = threads.unwrap_or(2);
+    if !(1..=1024).contains(&threads) {
+        return Err(("server.threads".into(), "must be between 1 and 1024".into()));
+    }
+    let listener_tasks = listener_tasks_per_fd.unwrap_or(1);
+    if !(1..=64).contains(&listener_tasks) {
+        return Err((
+            "server.listener_tasks_per_fd".into(),
+            "must be between 1 and 64".into(),
+        ));
+    }
+    let defaults = ServerConf::default();
+    Ok(ServerConf {
+        threads,
+        work_stealing: work_stealing.unwrap_or(true),
+        listener_tasks_per_fd: listener_tasks,
+        upstream_keepalive_pool_size: upstream_keepalive_pool_size
+            .unwrap_or(defaults.upstream_keepalive_pool_size),
+        max_retries: max_retries.unwrap_or(defaults.max_retries),
+        grace_period_seconds: Some(grace_period_seconds.unwrap_or(5)),
+        graceful_shutdown_timeout_seconds: Some(graceful_shutdown_timeout_seconds.unwrap_or(5)),
+        daemon: daemon.unwrap_or(false),
+        pid_file: pid_file.unwrap_or_else(|| "/run/keygate/keygate.pid".into()),
+        upgrade_sock: upgrade_sock.unwrap_or_else(|| "/tmp/keygate_upgrade.sock".into()),
+        error_log,
+        user,
+        group,
+        ..defaults
+    })
+}
+
+/// Durations are written as `500ms`, `2s`, `1m`. Parsed inside a visitor so that serde_yaml
+/// reports the error with the field's path and line.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct HumanDuration;
+    impl serde::de::Visitor<'_> for HumanDuration {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 500ms, 2s or 1m")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            humantime::parse_duration(s).map_err(|_| {
+                E::custom(format!(
+                    "invalid duration {s:?}: write a number and a unit, such as 500ms, 2s or 1m"
+                ))
+            })
+        }
+    }
+    d.deserialize_str(HumanDuration).map(Some)
+}

@@ -1,0 +1,22 @@
+//! keygate: a sidecar reverse proxy that authenticates API keys, enforces route scopes and
+//! forwards each allowed request with the caller's identity, built on Pingora.
+//!
+//! The request path, in order: [`path`] normalises the path, [`routes`] finds the route,
+//! [`auth`] turns the bearer token into a key from the [`snapshot`], [`scopes`] checks what
+//! the key holds; [`gate`] composes these into one decision, and [`proxy`] acts on it.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod gate;
+pub mod path;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod scopes;
+pub mod secret;
+pub mod server;
+pub mod snapshot;
+pub mod sync;

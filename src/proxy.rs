@@ -1,0 +1,171 @@
+//! The Pingora `ProxyHttp` implementation: thin glue that asks the gate and acts on its answer.
+
+use crate::config::UpstreamConfig;
+use crate::forward;
+use crate::gate::{Gate, Identity, Verdict};
+use crate::respond::{self, Answer};
+use crate::sync::SnapshotStore;
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct Keygate {
+    store: SnapshotStore,
+    gate: Gate,
+    upstream: UpstreamConfig,
+    client_keepalive_secs: u64,
+}
+
+/// Per-request state carried from the decision to the upstream request.
+#[derive(Default)]
+pub struct RequestCtx {
+    identity: Option<Identity>,
+}
+
+impl Keygate {
+    pub fn new(
+        store: SnapshotStore,
+        gate: Gate,
+        upstream: UpstreamConfig,
+        client_keepalive: Duration,
+    ) -> Self {
+        Keygate {
+            store,
+            gate,
+            upstream,
+            client_keepalive_secs: client_keepalive.as_secs().max(1),
+        }
+    }
+
+    /// The synchronous half of `request_filter`: the snapshot guard lives only in here, never
+    /// across an `.await`. Returns the canonical URI to forward (when it differs) or the answer.
+    fn decide(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<http::Uri>, Answer> {
+        let snapshot = self.store.load();
+        let decision = self.gate.decide(
+            snapshot.as_deref(),
+            req.method.as_str(),
+            req.uri.path(),
+            &req.headers,
+            unix_now(),
+        );
+        match decision.verdict {
+            Verdict::Reject(r) => Err(respond::for_rejection(&r)),
+            Verdict::Forward { identity, path } => {
+                ctx.identity = identity;
+                match path {
+                    Cow::Borrowed(_) => Ok(None),
+                    Cow::Owned(p) => canonical_uri(&p, req.uri.query()).map(Some),
+                }
+            }
+        }
+    }
+}
+
+/// The forwarded request carries the path keygate matched, so the upstream cannot read a
+/// different route out of another spelling.
+fn canonical_uri(path: &str, query: Option<&str>) -> Result<http::Uri, Answer> {
+    let uri = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    uri.parse().map_err(|_| respond::for_proxy_failure(400))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[async_trait]
+impl ProxyHttp for Keygate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pingora keeps idle client connections open forever unless told otherwise.
+        session.set_keepalive(Some(self.client_keepalive_secs));
+        match self.decide(session.req_header(), ctx) {
+            Ok(None) => Ok(false),
+            Ok(Some(uri)) => {
+                session.req_header_mut().set_uri(uri);
+                Ok(false)
+            }
+            Err(answer) => {
+                respond::send(session, answer).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let u = &self.upstream;
+        let mut peer = HttpPeer::new(u.address, false, String::new());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::prepare(
+            upstream_request,
+            ctx.identity.as_ref(),
+            self.upstream.forward_authorization,
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = status_for(e);
+        // Once the upstream's response has started, the client can only be cut off.
+        if code != 0 && session.response_written().is_none() {
+            if let Err(write_error) = respond::send(session, respond::for_proxy_failure(code)).await
+            {
+                tracing::debug!("could not send the error response: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// Pingora's own classification, except that upstream timeouts are 504 rather than 502.
+fn status_for(e: &pingora::Error) -> u16 {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => *code,
+        (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}

@@ -1,0 +1,123 @@
+//! keygate's own answers: a JSON body and the right status and headers for every refusal.
+//!
+//! The bodies of the common refusals are fixed strings, so answering a flood of bad keys
+//! allocates nothing; only a 403 names scopes and is built per request.
+
+use crate::gate::Rejection;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+
+/// A response keygate writes itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Cow<'static, str>,
+    pub www_authenticate: Option<Cow<'static, str>>,
+}
+
+impl Answer {
+    const fn fixed(status: u16, body: &'static str) -> Answer {
+        Answer {
+            status,
+            body: Cow::Borrowed(body),
+            www_authenticate: None,
+        }
+    }
+}
+
+const MISSING: &str = r#"{"error":"Unauthorized","code":"missing_credentials","message":"Send an API key as 'Authorization: Bearer <key>'."}"#;
+/// One body for malformed, unknown, revoked and expired keys alike: which one it was is not the
+/// caller's to learn.
+const INVALID: &str = r#"{"error":"Unauthorized","code":"invalid_credentials","message":"The API key is not valid."}"#;
+const NO_ROUTE: &str =
+    r#"{"error":"Not Found","code":"no_route","message":"No route matches this method and path."}"#;
+const WORKSPACE_REQUIRED: &str = r#"{"error":"Bad Request","code":"workspace_required","message":"An internal key must name a workspace in the x-workspace-id header."}"#;
+const UNKNOWN_WORKSPACE: &str = r#"{"error":"Forbidden","code":"unknown_workspace","message":"The workspace named in x-workspace-id does not exist."}"#;
+const NO_SNAPSHOT: &str = r#"{"error":"Service Unavailable","code":"no_snapshot","message":"keygate has not loaded its keys yet."}"#;
+const UPSTREAM_TIMEOUT: &str = r#"{"error":"Gateway Timeout","code":"upstream_timeout","message":"The upstream service did not answer in time."}"#;
+const UPSTREAM_FAILED: &str = r#"{"error":"Bad Gateway","code":"upstream_unavailable","message":"The upstream service could not be reached."}"#;
+const INTERNAL: &str = r#"{"error":"Internal Server Error","code":"internal_error","message":"keygate could not handle this request."}"#;
+const BAD_REQUEST: &str =
+    r#"{"error":"Bad Request","code":"bad_request","message":"The request could not be read."}"#;
+
+pub fn for_rejection(r: &Rejection) -> Answer {
+    match r {
+        Rejection::NoSnapshot => Answer::fixed(503, NO_SNAPSHOT),
+        Rejection::BadPath(e) => Answer {
+            status: 400,
+            body: Cow::Owned(format!(
+                r#"{{"error":"Bad Request","code":"invalid_path","message":{}}}"#,
+                serde_json::Value::from(e.to_string()),
+            )),
+            www_authenticate: None,
+        },
+        Rejection::NoRoute => Answer::fixed(404, NO_ROUTE),
+        Rejection::MissingCredentials => Answer {
+            www_authenticate: Some(Cow::Borrowed("Bearer")),
+            ..Answer::fixed(401, MISSING)
+        },
+        Rejection::InvalidCredentials(_) => Answer {
+            www_authenticate: Some(Cow::Borrowed(r#"Bearer error="invalid_token""#)),
+            ..Answer::fixed(401, INVALID)
+        },
+        Rejection::InsufficientScope(missing) => {
+            let list = missing.join(" ");
+            let message = format!("This API key lacks the scope {list}.");
+            Answer {
+                status: 403,
+                body: Cow::Owned(format!(
+                    r#"{{"error":"Forbidden","code":"insufficient_scope","message":{},"missing_scopes":{}}}"#,
+                    serde_json::Value::from(message),
+                    serde_json::Value::from(missing.clone()),
+                )),
+                // RFC 6750 §3: scope is a quoted, space-separated list.
+                www_authenticate: Some(Cow::Owned(format!(
+                    r#"Bearer error="insufficient_scope", scope="{}""#,
+                    quote(&list)
+                ))),
+            }
+        }
+        Rejection::WorkspaceRequired => Answer::fixed(400, WORKSPACE_REQUIRED),
+        Rejection::UnknownWorkspace => Answer::fixed(403, UNKNOWN_WORKSPACE),
+    }
+}
+
+/// The answer when proxying failed with `status` (Pingora's classification of the error).
+pub fn for_proxy_failure(status: u16) -> Answer {
+    match status {
+        504 => Answer::fixed(504, UPSTREAM_TIMEOUT),
+        502 => Answer::fixed(502, UPSTREAM_FAILED),
+        400..=499 => Answer::fixed(status, BAD_REQUEST),
+        _ => Answer::fixed(500, INTERNAL),
+    }
+}
+
+/// Escapes a value for an HTTP quoted-string (scopes may contain `"` or `\`).
+fn quote(s: &str) -> Cow<'_, str> {
+    if s.contains(['"', '\\']) {
+        Cow::Owned(s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Writes the answer. Content-Length is always set so that the client connection can be reused.
+pub async fn send(session: &mut Session, answer: Answer) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(answer.status, Some(4))?;
+    header.insert_header("Content-Type", "application/json")?;
+    header.insert_header("Cache-Control", "no-store")?;
+    header.set_content_length(answer.body.len())?;
+    if let Some(challenge) = answer.www_authenticate {
+        header.insert_header("WWW-Authenticate", challenge.as_ref())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let body = match answer.body {
+        Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+        Cow::Owned(s) => Bytes::from(s),
+    };
+    session.write_response_body(Some(body), true).await
+}

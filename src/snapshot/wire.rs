@@ -1,0 +1,115 @@
+//! The snapshot's wire schema: what a keys file holds and a control plane serves (YAML or JSON).
+//!
+//! These types only describe the format; `model` turns them into validated, indexed values.
+//! The schema is strict: an unknown field is an error, so a typo such as `scope:` can never
+//! silently turn a key into a wide-open legacy key. See `docs/snapshot.md`.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The top level of a snapshot document.
+///
+/// `workspaces` and `keys` are read entry by entry (see `load`), so one malformed entry is
+/// skipped without rejecting the others; this struct is the shape written out.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotDoc {
+    pub version: u64,
+    pub workspaces: Vec<WorkspaceDoc>,
+    pub keys: Vec<KeyDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDoc {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: WorkspaceKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsDoc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceKind {
+    Live,
+    Sandbox,
+}
+
+impl WorkspaceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceKind::Live => "live",
+            WorkspaceKind::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// Per-workspace overrides of the configured limits; an absent field keeps the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sustained_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDoc {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// Absent: a legacy wide-open key. `null` is an error, not "absent": see [`present`].
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scopes: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub status: KeyStatus,
+    /// RFC 3339 time after which the key stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restrictions: Option<RestrictionsDoc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    #[default]
+    Active,
+    Revoked,
+}
+
+/// Restrictions a key may carry. Accepted and validated now; enforced by a later release.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictionsDoc {
+    /// IP addresses or CIDR blocks the key may be used from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// Referrer origins the key may be used from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<String>,
+    /// Route names the key may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+/// Distinguishes `scopes: null` (or a bare `scopes:` in YAML, easy to type by accident) from an
+/// absent field: only absence means "legacy wide-open key"; the outer `Some` records presence.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}

@@ -1,0 +1,47 @@
+//! Keeping the snapshot current: the shared store the proxy reads, and the sources that fill it.
+
+pub mod file;
+
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwapOption;
+use std::sync::Arc;
+
+/// The one place the current snapshot lives. Readers take it without a lock; a source swaps a
+/// whole new snapshot in, so a request sees the old one or the new one, never a mix.
+pub type SnapshotStore = Arc<ArcSwapOption<Snapshot>>;
+
+pub fn new_store() -> SnapshotStore {
+    Arc::new(ArcSwapOption::empty())
+}
+
+/// How many skipped entries are logged one by one before the rest are only counted.
+const LOGGED_SKIPS: usize = 20;
+
+/// Logs what an accepted snapshot holds and every entry it left out (up to a bound).
+pub fn log_accepted(snapshot: &Snapshot, source: &str) {
+    tracing::info!(
+        source,
+        version = snapshot.version(),
+        keys = snapshot.key_count(),
+        workspaces = snapshot.workspace_count(),
+        skipped = snapshot.skipped_count(),
+        "snapshot loaded"
+    );
+    for skipped in snapshot.skipped().iter().take(LOGGED_SKIPS) {
+        tracing::warn!(source, "skipped {skipped}");
+    }
+    if snapshot.skipped_count() > LOGGED_SKIPS {
+        tracing::warn!(
+            source,
+            "{} more entries skipped",
+            snapshot.skipped_count() - LOGGED_SKIPS
+        );
+    }
+    if snapshot.restricted_keys() > 0 {
+        tracing::warn!(
+            source,
+            keys = snapshot.restricted_keys(),
+            "keys carry restrictions (ips, referrers, endpoints) that this release does not enforce"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Shared helpers for the integration tests: start the real keygate binary in front of a real
+//! upstream, with config and keys files in a temporary directory.
+#![allow(dead_code)]
+
+pub mod http;
+
+use self::http::{Echo, Response};
+use keygate::secret::KeyHash;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// A secret of the right shape, made unique by `tag` (letters and digits only).
+pub fn secret(env: &str, tag: &str) -> String {
+    format!("sk_{env}_{tag:0>32}")
+}
+
+pub fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+/// Builds a keys file entry by entry.
+#[derive(Clone)]
+pub struct Keys {
+    version: u64,
+    workspaces: String,
+    keys: String,
+}
+
+impl Keys {
+    pub fn new(version: u64) -> Keys {
+        Keys {
+            version,
+            workspaces: String::new(),
+            keys: String::new(),
+        }
+    }
+
+    pub fn workspace(mut self, id: &str, kind: &str) -> Keys {
+        writeln!(self.workspaces, "  - {{ id: {id}, type: {kind} }}").unwrap();
+        self
+    }
+
+    /// A key for `workspace` (`None`: internal). `scopes: None` leaves the field out (legacy);
+    /// `extra` is appended verbatim as more YAML fields.
+    pub fn key(
+        mut self,
+        id: &str,
+        secret: &str,
+        workspace: Option<&str>,
+        scopes: Option<&[&str]>,
+        extra: &str,
+    ) -> Keys {
+        let hash = KeyHash::of(secret).to_hex();
+        write!(self.keys, "  - id: {id}\n    hash: {hash}\n").unwrap();
+        match workspace {
+            Some(w) => writeln!(self.keys, "    workspace: {w}").unwrap(),
+            None => writeln!(self.keys, "    internal: true").unwrap(),
+        }
+        if let Some(scopes) = scopes {
+            let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+            writeln!(self.keys, "    scopes: [{}]", quoted.join(", ")).unwrap();
+        }
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            writeln!(self.keys, "    {}", line.trim()).unwrap();
+        }
+        self
+    }
+
+    /// Appends raw YAML lines to the `keys:` list (for malformed entries).
+    pub fn raw_key(mut self, yaml: &str) -> Keys {
+        self.keys.push_str(yaml);
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        format!(
+            "version: {}\nworkspaces:\n{}keys:\n{}",
+            self.version, self.workspaces, self.keys
+        )
+    }
+}
+
+/// The route table most tests use.
+pub const ROUTES: &str = r#"
+routes:
+  - name: health
+    methods: [GET]
+    path: /health
+    auth: none
+  - name: whoami
+    path: /v1/me
+    scopes: []
+  - name: products-read
+    methods: [GET, HEAD]
+    path: /v1/products/**
+    scopes: [products:read]
+  - name: products-write
+    methods: [POST, PUT, PATCH, DELETE]
+    path: /v1/products/**
+    scopes: [products:write]
+  - name: geo
+    methods: [GET]
+    path: /v1/data/geo/**
+    scopes: [data:geo:read]
+"#;
+
+/// A running keygate process; killed on drop.
+pub struct Keygate {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    pub keys_path: PathBuf,
+    log_path: PathBuf,
+}
+
+pub struct Setup<'a> {
+    pub upstream: SocketAddr,
+    pub keys: &'a Keys,
+    /// YAML appended to the config after the upstream and snapshot sections.
+    pub extra: &'a str,
+    pub upstream_extra: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(upstream: &Echo, keys: &'a Keys) -> Setup<'a> {
+        Setup {
+            upstream: upstream.addr,
+            keys,
+            extra: ROUTES,
+            upstream_extra: "",
+        }
+    }
+}
+
+impl Keygate {
+    pub fn start(setup: Setup) -> Keygate {
+        // A port freed by `free_port` can be taken by someone else before keygate binds it:
+        // try a few.
+        for _ in 0..3 {
+            if let Some(k) = Keygate::try_start(&setup) {
+                return k;
+            }
+        }
+        panic!("keygate did not start listening; see the log above");
+    }
+
+    fn try_start(setup: &Setup) -> Option<Keygate> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = http::free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let keys_path = dir.path().join("keys.yaml");
+        std::fs::write(&keys_path, setup.keys.yaml()).unwrap();
+        let config = format!(
+            "listen:\n  addresses: [\"{addr}\"]\n\
+             upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
+             server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
+             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n{}",
+            setup.upstream, setup.upstream_extra, setup.extra
+        );
+        let config_path = dir.path().join("keygate.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("keygate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut k = Keygate {
+            child,
+            addr,
+            dir,
+            keys_path,
+            log_path,
+        };
+        if http::wait_for_port(addr, Duration::from_secs(10)) {
+            return Some(k);
+        }
+        eprintln!("keygate log:\n{}", k.log());
+        let _ = k.child.kill();
+        None
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http::get(self.addr, path, headers)
+    }
+
+    pub fn get_with_key(&self, path: &str, secret: &str) -> Response {
+        self.get(path, &[("Authorization", &bearer(secret))])
+    }
+
+    pub fn send(&self, req: &http::Request) -> Response {
+        http::send(self.addr, req).expect("request to keygate failed")
+    }
+
+    /// Replaces the keys file the way careful tools do: write a new file, rename it into place.
+    pub fn replace_keys(&self, yaml: &str) {
+        let tmp = self.dir.path().join("keys.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.keys_path).unwrap();
+    }
+
+    /// Overwrites the keys file in place, the way an editor without safe-write does.
+    pub fn overwrite_keys(&self, yaml: &str) {
+        std::fs::write(&self.keys_path, yaml).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("keygate log:\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes; returns the time it took.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// The headers the upstream saw, from the echo body: `(name as received, value)`.
+pub fn upstream_headers(r: &Response) -> Vec<(String, String)> {
+    let body = r.json();
+    body["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an echo response: {}", r.text()))
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The value of one header the upstream saw (name compared without case).
+pub fn upstream_header(r: &Response, name: &str) -> Option<String> {
+    upstream_headers(r)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
