@@ -28,16 +28,30 @@ fn report(result: anyhow::Result<()>) -> i32 {
     }
 }
 
+/// `RUST_LOG`, when set, wins over the config's level — except that Pingora's own targets stay at
+/// `info` or quieter: at `debug` and `trace` they print whole request headers, `Authorization`
+/// included, and keygate's logs must never hold a key.
+fn init_logging(level: &str) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let wanted = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},pingora=warn")));
+    let no_header_dumps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("pingora", LevelFilter::INFO);
+    let output = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(wanted)
+        .with(no_header_dumps)
+        .with(output)
+        .init();
+}
+
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    // RUST_LOG, when set, wins over the config's level.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},pingora=warn", config.log_level)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(&config.log_level);
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,

@@ -434,3 +434,36 @@ fn odd_requests_get_answers_and_never_crash_keygate() {
     assert!(!kg.log().contains("panicked"), "{}", kg.log());
     assert_eq!(kg.get_with_key("/v1/products", READER).status, 200);
 }
+
+#[test]
+fn refusals_keep_the_client_connection_usable() {
+    let up = Echo::start();
+    let kg = start(&up);
+    let reader = bearer(READER);
+    let responses = common::http::send_many(
+        kg.addr,
+        &[
+            Request::get("/v1/products"),
+            Request::get("/nowhere"),
+            Request::get("/v1/data/geo/fr").header("Authorization", &reader),
+            Request::get("/v1/products").header("Authorization", &reader),
+            Request::post("/v1/products", b"{\"a\":1}").header("Authorization", &bearer(WRITER)),
+        ],
+    );
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![401, 404, 403, 200, 200]);
+    for r in &responses[..3] {
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+    assert_eq!(responses[4].json()["body"], "{\"a\":1}");
+    assert_eq!(up.requests_seen(), 2);
+
+    // A refused request whose body was never read: keygate does not read a stranger's body,
+    // and says the connection closes rather than leaving the client to find out.
+    let mut conn = common::http::Connection::open(kg.addr).unwrap();
+    let r = conn
+        .send(&Request::post("/v1/products", b"{\"a\":1}").header("Authorization", &reader))
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("connection"), Some("close"));
+}

@@ -160,3 +160,120 @@ impl<'de> Visitor<'de> for Entries<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::KeyHash;
+
+    fn hash(secret: &str) -> String {
+        KeyHash::of(secret).to_hex()
+    }
+
+    fn reasons(s: &Snapshot) -> Vec<String> {
+        s.skipped().iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn json_documents_may_list_keys_before_workspaces() {
+        let doc = format!(
+            r#"{{"keys":[{{"id":"k1","hash":"{}","workspace":"ws"}}],"version":9,
+                "workspaces":[{{"id":"ws","type":"sandbox"}}]}}"#,
+            hash("s1")
+        );
+        let s = parse(doc.as_bytes(), Format::Json, "test").unwrap();
+        assert_eq!((s.version(), s.key_count(), s.skipped_count()), (9, 1, 0));
+        let key = s.key(&KeyHash::of("s1")).unwrap();
+        assert!(matches!(&key.owner, crate::snapshot::Owner::Workspace(w) if &*w.id == "ws"));
+        assert!(s.key(&KeyHash::of("s2")).is_none());
+    }
+
+    #[test]
+    fn duplicates_and_contradictions_are_skipped_with_reasons() {
+        let yaml = format!(
+            "version: 1
+workspaces:
+  - {{ id: ws, type: live }}
+  - {{ id: ws, type: sandbox }}
+  - {{ id: 'bad id', type: live }}
+  - {{ id: zero, type: live, limits: {{ burst_per_second: 0 }} }}
+keys:
+  - {{ id: k1, hash: {h1}, workspace: ws }}
+  - {{ id: k1, hash: {h2}, workspace: ws }}
+  - {{ id: k3, hash: {h1}, workspace: ws }}
+  - {{ id: k4, hash: {h4}, workspace: ws, internal: true }}
+  - {{ id: k5, hash: {h5} }}
+  - {{ id: k6, hash: {h6}, workspace: ws, expires_at: tomorrow }}
+  - {{ id: k7, hash: {h7}, workspace: ws, restrictions: {{ ips: [10.0.0.0/33] }} }}
+  - {{ id: k8, hash: {h8}, workspace: ws, restrictions: {{ ips: [10.0.0.0/8, '::1'], endpoints: [a] }} }}
+  - {{ id: k9, hash: {h9}, workspace: ws, status: paused }}
+",
+            h1 = hash("1"),
+            h2 = hash("2"),
+            h4 = hash("4"),
+            h5 = hash("5"),
+            h6 = hash("6"),
+            h7 = hash("7"),
+            h8 = hash("8"),
+            h9 = hash("9"),
+        );
+        let s = parse(yaml.as_bytes(), Format::Yaml, "test").unwrap();
+        assert_eq!(s.workspace_count(), 1);
+        assert_eq!(s.key_count(), 2, "{:?}", reasons(&s));
+        assert_eq!(s.restricted_keys(), 1);
+        let r = reasons(&s);
+        let expect = [
+            "workspace ws: duplicate id",
+            "workspace bad id: id must be",
+            "workspace zero: limits must be at least 1",
+            "key k4: an internal key names no workspace",
+            "key k5: missing `workspace`",
+            "key k6: expires_at \"tomorrow\" is not an RFC 3339 time",
+            "key k7: restrictions.ips: \"10.0.0.0/33\" has a prefix length",
+            "key k9: unknown variant `paused`",
+            "key k1: duplicate id",
+            "key k3: duplicate hash",
+        ];
+        for e in expect {
+            assert!(r.iter().any(|x| x.starts_with(e)), "no {e:?} in {r:#?}");
+        }
+        assert_eq!(s.skipped_count(), expect.len());
+    }
+
+    #[test]
+    fn a_document_that_does_not_parse_is_rejected_whole() {
+        for (doc, want) in [
+            ("keys: []", "missing field `version`"),
+            ("version: 1\nkeyz: []", "unknown field `keyz`"),
+            (
+                "version: -3",
+                "version: invalid type: integer `-3`, expected u64",
+            ),
+            ("version: 1\nkeys: {a: 1}", "invalid type"),
+            ("[1, 2]", "invalid type"),
+        ] {
+            let err = parse(doc.as_bytes(), Format::Yaml, "keys.yaml").unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("keys.yaml: invalid snapshot"), "{msg}");
+            assert!(msg.contains(want), "{doc:?}: {msg}");
+        }
+        assert!(parse(b"{\"version\":1} trailing", Format::Json, "x").is_err());
+        // Empty lists, or none at all, are a valid (if empty) snapshot.
+        let empty = parse(b"version: 2\nkeys:\nworkspaces: []\n", Format::Yaml, "x").unwrap();
+        assert_eq!((empty.version(), empty.key_count()), (2, 0));
+    }
+
+    #[test]
+    fn debug_output_carries_no_hash() {
+        let yaml = format!(
+            "version: 1\nworkspaces: [{{ id: ws, type: live }}]\nkeys: [{{ id: k1, hash: {}, workspace: ws }}]\n",
+            hash("secret")
+        );
+        let s = parse(yaml.as_bytes(), Format::Yaml, "x").unwrap();
+        let key = s.key(&KeyHash::of("secret")).unwrap();
+        for text in [format!("{s:?}"), format!("{key:?}")] {
+            assert!(!text.contains(&hash("secret")[..8]), "{text}");
+        }
+        assert!(format!("{key:?}").contains("k1"));
+    }
+}

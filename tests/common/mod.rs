@@ -124,6 +124,8 @@ pub struct Setup<'a> {
     /// YAML appended to the config after the upstream and snapshot sections.
     pub extra: &'a str,
     pub upstream_extra: &'a str,
+    /// `RUST_LOG` for the keygate process.
+    pub log_filter: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -133,6 +135,7 @@ impl<'a> Setup<'a> {
             keys,
             extra: ROUTES,
             upstream_extra: "",
+            log_filter: "info",
         }
     }
 }
@@ -169,7 +172,7 @@ impl Keygate {
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", setup.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
