@@ -4,6 +4,7 @@
 //! errors); `validate` turns them into the checked values the server runs on. Every error names
 //! the config file, the field path and what is allowed.
 
+use crate::limits::Policy;
 use crate::routes::{RouteSpec, RouteTable};
 use crate::scopes::RequiredScope;
 use pingora::server::configuration::ServerConf;
@@ -46,7 +47,29 @@ struct ConfigFile {
     #[serde(default)]
     unmatched: Unmatched,
     #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
     log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    /// Count requests and answer 429 over a limit. Default true.
+    enabled: Option<bool>,
+    /// Default 30/s and 3,000/min.
+    live: Option<PolicyFile>,
+    /// Default 5/s and 100/min.
+    sandbox: Option<PolicyFile>,
+    /// Limits per internal key. Absent: internal keys are not throttled.
+    internal: Option<PolicyFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    burst_per_second: Option<u32>,
+    sustained_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +212,23 @@ pub struct SnapshotSource {
     pub watch_interval: Duration,
 }
 
+/// The limits in force, per workspace type; workspaces may override them in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub live: Policy,
+    pub sandbox: Policy,
+    pub internal: Option<Policy>,
+}
+
+pub const DEFAULT_LIVE: Policy = Policy {
+    burst_per_second: 30,
+    sustained_per_minute: 3_000,
+};
+pub const DEFAULT_SANDBOX: Policy = Policy {
+    burst_per_second: 5,
+    sustained_per_minute: 100,
+};
+
 #[derive(Debug)]
 pub struct Config {
     pub path: PathBuf,
@@ -199,6 +239,8 @@ pub struct Config {
     pub snapshot: SnapshotSource,
     pub routes: RouteTable<RouteAuth>,
     pub unmatched: Unmatched,
+    /// `None` when limits are disabled.
+    pub limits: Option<LimitsConfig>,
     pub log_level: String,
 }
 
@@ -235,6 +277,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         snapshot,
         routes,
         unmatched,
+        limits,
         log,
     } = file;
 
@@ -342,6 +385,8 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     }
     let routes = RouteTable::build(specs).map_err(|e| invalid("routes".into(), e.to_string()))?;
 
+    let limits = limits_config(limits).map_err(|(f, m)| invalid(f, m))?;
+
     let log_level = log.level.unwrap_or_else(|| "info".into());
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
         return Err(invalid(
@@ -359,8 +404,48 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         snapshot,
         routes,
         unmatched,
+        limits,
         log_level,
     })
+}
+
+fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)> {
+    let LimitsFile {
+        enabled,
+        live,
+        sandbox,
+        internal,
+    } = l;
+    let policy = |name: &str, file: Option<PolicyFile>, default: Policy| {
+        let file = file.unwrap_or_default();
+        let p = Policy {
+            burst_per_second: file.burst_per_second.unwrap_or(default.burst_per_second),
+            sustained_per_minute: file
+                .sustained_per_minute
+                .unwrap_or(default.sustained_per_minute),
+        };
+        for (field, v) in [
+            ("burst_per_second", p.burst_per_second),
+            ("sustained_per_minute", p.sustained_per_minute),
+        ] {
+            if v == 0 {
+                return Err((
+                    format!("limits.{name}.{field}"),
+                    "must be at least 1; to turn limits off set `limits.enabled: false`".into(),
+                ));
+            }
+        }
+        Ok(p)
+    };
+    let config = LimitsConfig {
+        live: policy("live", live, DEFAULT_LIVE)?,
+        sandbox: policy("sandbox", sandbox, DEFAULT_SANDBOX)?,
+        internal: match internal {
+            Some(file) => Some(policy("internal", Some(file), DEFAULT_LIVE)?),
+            None => None,
+        },
+    };
+    Ok(enabled.unwrap_or(true).then_some(config))
 }
 
 fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {

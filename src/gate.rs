@@ -4,10 +4,11 @@
 //! proxy stays thin and the whole decision can be unit-tested and benchmarked without a server.
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
-use crate::config::{RouteAuth, Unmatched};
+use crate::config::{LimitsConfig, RouteAuth, Unmatched};
+use crate::limits::{self, LimitName, Limiter, Policy, Subject, Usage};
 use crate::path::{self, PathError};
 use crate::routes::{Route, RouteTable};
-use crate::snapshot::{KeyEntry, Snapshot, Workspace};
+use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
 use http::HeaderMap;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,6 +33,13 @@ pub enum Rejection {
     InsufficientScope(Vec<String>),
     WorkspaceRequired,
     UnknownWorkspace,
+    /// Over a limit; a request after `retry_after_secs` is admitted.
+    RateLimited {
+        limit: LimitName,
+        /// The limit's value, for the message.
+        allowed: u32,
+        retry_after_secs: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -45,11 +53,50 @@ pub enum Verdict<'r> {
     Reject(Rejection),
 }
 
-/// The outcome with the route it was decided on (absent when no route matched).
+/// The outcome with the route it was decided on (absent when no route matched) and, for an
+/// authenticated request that was counted against limits, where those limits now stand.
 #[derive(Debug)]
 pub struct Decision<'g, 'r> {
     pub route: Option<&'g Route<RouteAuth>>,
     pub verdict: Verdict<'r>,
+    pub rate: Option<Usage>,
+}
+
+/// The limiter and the limits it enforces.
+pub struct RateLimits {
+    pub limiter: std::sync::Arc<Limiter>,
+    pub config: LimitsConfig,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimits {
+    /// Who the key's requests count against, under which limits; `None`: not limited.
+    fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy)> {
+        match &key.owner {
+            Owner::Internal => Some((Subject::InternalKey(&key.id), self.config.internal?)),
+            Owner::Workspace(w) => {
+                let base = match w.kind {
+                    WorkspaceKind::Live => self.config.live,
+                    WorkspaceKind::Sandbox => self.config.sandbox,
+                };
+                let policy = Policy {
+                    burst_per_second: w.limits.burst_per_second.unwrap_or(base.burst_per_second),
+                    sustained_per_minute: w
+                        .limits
+                        .sustained_per_minute
+                        .unwrap_or(base.sustained_per_minute),
+                };
+                Some((Subject::Workspace(&w.id), policy))
+            }
+        }
+    }
 }
 
 /// The request-independent half of the decision: the route table and the unmatched policy.
@@ -59,14 +106,20 @@ pub struct Gate {
     unmatched: Unmatched,
     /// What an unmatched request requires under `unmatched: authenticate`.
     any_key: RouteAuth,
+    limits: Option<RateLimits>,
 }
 
 impl Gate {
-    pub fn new(routes: RouteTable<RouteAuth>, unmatched: Unmatched) -> Gate {
+    pub fn new(
+        routes: RouteTable<RouteAuth>,
+        unmatched: Unmatched,
+        limits: Option<RateLimits>,
+    ) -> Gate {
         Gate {
             routes,
             unmatched,
             any_key: RouteAuth::Scopes(Box::new([])),
+            limits,
         }
     }
 
@@ -82,6 +135,7 @@ impl Gate {
         let reject = |route, r| Decision {
             route,
             verdict: Verdict::Reject(r),
+            rate: None,
         };
         let path = match path::normalize(raw_path) {
             Ok(p) => p,
@@ -101,6 +155,7 @@ impl Gate {
                         identity: None,
                         path,
                     },
+                    rate: None,
                 };
             }
             RouteAuth::Scopes(required) => required,
@@ -119,15 +174,51 @@ impl Gate {
             Ok(k) => k,
             Err(f) => return reject(route, Rejection::InvalidCredentials(f)),
         };
+        // Every authenticated request counts, refused ones included (a 403 flood is still a
+        // flood); a request over a limit is not counted and is answered before anything else.
+        let mut rate = None;
+        let limited = self
+            .limits
+            .as_ref()
+            .and_then(|l| Some((l, l.subject(key)?)));
+        if let Some((limits, (subject, policy))) = limited {
+            match limits.limiter.check(subject, policy) {
+                limits::Verdict::Admitted(usage) => rate = Some(usage),
+                limits::Verdict::Limited {
+                    limit,
+                    retry_after_secs,
+                    usage,
+                } => {
+                    let allowed = match limit {
+                        LimitName::Burst => policy.burst_per_second,
+                        LimitName::Sustained => policy.sustained_per_minute,
+                    };
+                    return Decision {
+                        route,
+                        verdict: Verdict::Reject(Rejection::RateLimited {
+                            limit,
+                            allowed,
+                            retry_after_secs,
+                        }),
+                        rate: Some(usage),
+                    };
+                }
+            }
+        }
+        let refuse = |r| Decision {
+            route,
+            verdict: Verdict::Reject(r),
+            rate,
+        };
         if !key.scopes.grants_all(required) {
             let missing = key.scopes.missing(required);
             let missing = missing.map(|s| s.as_str().to_owned()).collect();
-            return reject(route, Rejection::InsufficientScope(missing));
+            return refuse(Rejection::InsufficientScope(missing));
         }
         let workspace = match auth::workspace(snapshot, key, headers) {
             Ok(w) => w,
-            Err(WorkspaceError::Required) => return reject(route, Rejection::WorkspaceRequired),
-            Err(WorkspaceError::Unknown) => return reject(route, Rejection::UnknownWorkspace),
+            Err(WorkspaceError::Required) => return refuse(Rejection::WorkspaceRequired),
+            Err(WorkspaceError::Unknown) => return refuse(Rejection::UnknownWorkspace),
         };
         Decision {
             route,
@@ -138,6 +229,7 @@ impl Gate {
                 }),
                 path,
             },
+            rate,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod gate;
+pub mod limits;
 pub mod path;
 pub mod proxy;
 pub mod respond;

@@ -3,10 +3,11 @@
 use crate::config::UpstreamConfig;
 use crate::forward;
 use crate::gate::{Gate, Identity, Verdict};
+use crate::limits::{self, Usage};
 use crate::respond::{self, Answer};
 use crate::sync::SnapshotStore;
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
@@ -24,6 +25,8 @@ pub struct Keygate {
 #[derive(Default)]
 pub struct RequestCtx {
     identity: Option<Identity>,
+    /// Where the caller's limits stand, for the response headers.
+    rate: Option<Usage>,
 }
 
 impl Keygate {
@@ -56,6 +59,7 @@ impl Keygate {
             &req.headers,
             unix_now(),
         );
+        ctx.rate = decision.rate;
         match decision.verdict {
             Verdict::Reject(r) => Err(respond::for_rejection(&r)),
             Verdict::Forward { identity, path } => {
@@ -103,7 +107,7 @@ impl ProxyHttp for Keygate {
                 Ok(false)
             }
             Err(answer) => {
-                respond::send(session, answer).await?;
+                respond::send(session, answer, ctx.rate.as_ref()).await?;
                 Ok(true)
             }
         }
@@ -136,17 +140,31 @@ impl ProxyHttp for Keygate {
         )
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(usage) = &ctx.rate {
+            for (name, value) in limits::rate_headers(usage) {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &pingora::Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = status_for(e);
         // Once the upstream's response has started, the client can only be cut off.
         if code != 0 && session.response_written().is_none() {
-            if let Err(write_error) = respond::send(session, respond::for_proxy_failure(code)).await
-            {
+            let answer = respond::for_proxy_failure(code);
+            if let Err(write_error) = respond::send(session, answer, ctx.rate.as_ref()).await {
                 tracing::debug!("could not send the error response: {write_error}");
             }
         }

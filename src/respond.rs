@@ -4,6 +4,7 @@
 //! allocates nothing; only a 403 names scopes and is built per request.
 
 use crate::gate::Rejection;
+use crate::limits::{self, LimitName, Usage};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -15,6 +16,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Cow<'static, str>,
     pub www_authenticate: Option<Cow<'static, str>>,
+    /// Seconds, for a 429's `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 impl Answer {
@@ -23,6 +26,7 @@ impl Answer {
             status,
             body: Cow::Borrowed(body),
             www_authenticate: None,
+            retry_after: None,
         }
     }
 }
@@ -51,7 +55,7 @@ pub fn for_rejection(r: &Rejection) -> Answer {
                 r#"{{"error":"Bad Request","code":"invalid_path","message":{}}}"#,
                 serde_json::Value::from(e.to_string()),
             )),
-            www_authenticate: None,
+            ..Answer::fixed(400, "")
         },
         Rejection::NoRoute => Answer::fixed(404, NO_ROUTE),
         Rejection::MissingCredentials => Answer {
@@ -66,7 +70,6 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             let list = missing.join(" ");
             let message = format!("This API key lacks the scope {list}.");
             Answer {
-                status: 403,
                 body: Cow::Owned(format!(
                     r#"{{"error":"Forbidden","code":"insufficient_scope","message":{},"missing_scopes":{}}}"#,
                     serde_json::Value::from(message),
@@ -77,10 +80,30 @@ pub fn for_rejection(r: &Rejection) -> Answer {
                     r#"Bearer error="insufficient_scope", scope="{}""#,
                     quote(&list)
                 ))),
+                ..Answer::fixed(403, "")
             }
         }
         Rejection::WorkspaceRequired => Answer::fixed(400, WORKSPACE_REQUIRED),
         Rejection::UnknownWorkspace => Answer::fixed(403, UNKNOWN_WORKSPACE),
+        Rejection::RateLimited {
+            limit,
+            allowed,
+            retry_after_secs,
+        } => {
+            let per = match limit {
+                LimitName::Burst => "second",
+                LimitName::Sustained => "minute",
+            };
+            Answer {
+                body: Cow::Owned(format!(
+                    r#"{{"error":"rate_limited","limit":"{}","retry_after":{retry_after_secs},"message":"The workspace's {} limit of {allowed} requests per {per} is used up; retry after {retry_after_secs} s."}}"#,
+                    limit.as_str(),
+                    limit.as_str(),
+                )),
+                retry_after: Some(*retry_after_secs),
+                ..Answer::fixed(429, "")
+            }
+        }
     }
 }
 
@@ -103,14 +126,27 @@ fn quote(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Writes the answer. Content-Length is always set so that the client connection can be reused.
-pub async fn send(session: &mut Session, answer: Answer) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(answer.status, Some(4))?;
+/// Writes the answer, with the rate-limit headers when the request was counted. Content-Length
+/// is always set so that the client connection can be reused.
+pub async fn send(
+    session: &mut Session,
+    answer: Answer,
+    rate: Option<&Usage>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(answer.status, Some(10))?;
     header.insert_header("Content-Type", "application/json")?;
     header.insert_header("Cache-Control", "no-store")?;
     header.set_content_length(answer.body.len())?;
     if let Some(challenge) = answer.www_authenticate {
         header.insert_header("WWW-Authenticate", challenge.as_ref())?;
+    }
+    if let Some(secs) = answer.retry_after {
+        header.insert_header("Retry-After", secs)?;
+    }
+    if let Some(usage) = rate {
+        for (name, value) in limits::rate_headers(usage) {
+            header.insert_header(name, value)?;
+        }
     }
     session
         .write_response_header(Box::new(header), false)

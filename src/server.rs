@@ -1,12 +1,17 @@
 //! Assembling the Pingora server from a validated config: snapshot source, proxy, listeners.
 
 use crate::config::Config;
-use crate::gate::Gate;
+use crate::gate::{Gate, RateLimits};
+use crate::limits::{Limiter, MonotonicClock};
 use crate::proxy::Keygate;
 use crate::sync::{self, file::FileSource};
+use async_trait::async_trait;
 use pingora::server::Server;
+use pingora::server::ShutdownWatch;
 use pingora::server::configuration::Opt;
-use pingora::services::background::background_service;
+use pingora::services::background::{BackgroundService, background_service};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Builds a server ready to `run`. The keys file is loaded here, so a broken one stops the start
 /// with its error instead of a proxy that refuses everything.
@@ -20,6 +25,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         snapshot,
         routes,
         unmatched,
+        limits,
         log_level: _,
     } = config;
 
@@ -31,7 +37,15 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     server.bootstrap();
     server.add_service(background_service("keys file", source));
 
-    let gate = Gate::new(routes, unmatched);
+    let limits = limits.map(|config| {
+        let limiter = Arc::new(Limiter::new(Arc::new(MonotonicClock::new())));
+        server.add_service(background_service(
+            "idle limit eviction",
+            Eviction(limiter.clone()),
+        ));
+        RateLimits { limiter, config }
+    });
+    let gate = Gate::new(routes, unmatched, limits);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Keygate::new(store, gate, upstream, keepalive_timeout),
@@ -42,4 +56,23 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     }
     server.add_service(proxy);
     Ok(server)
+}
+
+/// Drops limiter state of workspaces idle for a whole window, so memory follows the active ones.
+struct Eviction(Arc<Limiter>);
+
+#[async_trait]
+impl BackgroundService for Eviction {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let evicted = self.0.evict_idle();
+                    tracing::debug!(evicted, active = self.0.active(), "limiter state evicted");
+                }
+            }
+        }
+    }
 }

@@ -45,6 +45,12 @@ impl Keys {
         self
     }
 
+    /// A workspace entry written as given (for limits and other optional fields).
+    pub fn workspace_raw(mut self, yaml: &str) -> Keys {
+        self.workspaces.push_str(yaml);
+        self
+    }
+
     /// A key for `workspace` (`None`: internal). `scopes: None` leaves the field out (legacy);
     /// `extra` is appended verbatim as more YAML fields.
     pub fn key(
@@ -126,6 +132,8 @@ pub struct Setup<'a> {
     pub upstream_extra: &'a str,
     /// `RUST_LOG` for the keygate process.
     pub log_filter: &'a str,
+    /// The `limits:` section. Off by default: most tests send bursts that are not about limits.
+    pub limits: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -136,6 +144,7 @@ impl<'a> Setup<'a> {
             extra: ROUTES,
             upstream_extra: "",
             log_filter: "info",
+            limits: "limits:\n  enabled: false\n",
         }
     }
 }
@@ -162,8 +171,8 @@ impl Keygate {
             "listen:\n  addresses: [\"{addr}\"]\n\
              upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
              server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
-             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n{}",
-            setup.upstream, setup.upstream_extra, setup.extra
+             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n{}{}",
+            setup.upstream, setup.upstream_extra, setup.extra, setup.limits
         );
         let config_path = dir.path().join("keygate.yaml");
         std::fs::write(&config_path, config).unwrap();

@@ -1,0 +1,111 @@
+//! The limiter decision: ns per decision with 1 and 100,000 active workspaces, and the bytes of
+//! state each active workspace costs (counted by a wrapping allocator, not estimated).
+//!
+//! Run: `cargo bench --bench limiter`
+
+use criterion::{BatchSize, Criterion, criterion_group};
+use keygate::limits::{FakeClock, Limiter, Policy, Subject, Verdict};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+/// Counts live heap bytes so the per-workspace state can be measured exactly.
+struct Counting;
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const LIVE: Policy = Policy {
+    burst_per_second: 30,
+    sustained_per_minute: 3_000,
+};
+
+/// A limiter with `n` active workspaces, each having sent one request.
+fn populated(n: usize) -> (Arc<FakeClock>, Limiter, Vec<String>) {
+    let clock = Arc::new(FakeClock::at(1_000));
+    let limiter = Limiter::new(clock.clone());
+    let ids: Vec<String> = (0..n).map(|i| format!("ws_{i:06}")).collect();
+    for id in &ids {
+        limiter.check(Subject::Workspace(id), LIVE);
+    }
+    (clock, limiter, ids)
+}
+
+fn bytes_per_workspace() {
+    let n = 100_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("ws_{i:06}")).collect();
+    let clock = Arc::new(FakeClock::at(1_000));
+    let before = LIVE_BYTES.load(Ordering::SeqCst);
+    let limiter = Limiter::new(clock);
+    for id in &ids {
+        limiter.check(Subject::Workspace(id), LIVE);
+    }
+    let after = LIVE_BYTES.load(Ordering::SeqCst);
+    println!(
+        "limiter state: {} bytes per active workspace ({} workspaces, {} bytes of heap)",
+        (after - before) / n as isize,
+        limiter.active(),
+        after - before
+    );
+    black_box(limiter);
+}
+
+fn decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limiter decision");
+    for n in [1usize, 100_000] {
+        let (clock, limiter, ids) = populated(n);
+        let mut i = 0usize;
+        let mut t = 1_000u64;
+        group.bench_function(format!("{n} active workspaces"), |b| {
+            b.iter(|| {
+                // Walk the workspaces and let time pass so that windows roll as in real traffic
+                // (about 10 requests per second per workspace for the 100,000 case).
+                i = (i + 7919) % n;
+                t += 1;
+                clock.set(t / 100 * 100 + t % 100);
+                black_box(matches!(
+                    limiter.check(Subject::Workspace(black_box(&ids[i])), LIVE),
+                    Verdict::Admitted(_)
+                ))
+            })
+        });
+    }
+    // A new workspace: the slow path that takes the shard's write lock once.
+    group.bench_function("first request of a new workspace", |b| {
+        b.iter_batched(
+            || Limiter::new(Arc::new(FakeClock::at(0))),
+            |limiter| black_box(limiter.check(Subject::Workspace("ws_new"), LIVE)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions);
+
+fn main() {
+    bytes_per_workspace();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

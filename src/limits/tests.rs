@@ -1,0 +1,353 @@
+//! The limiter's bars from the issue, each checked with an injected clock.
+
+use super::*;
+use std::sync::Barrier;
+
+const LIVE: Policy = Policy {
+    burst_per_second: 30,
+    sustained_per_minute: 3_000,
+};
+const SANDBOX: Policy = Policy {
+    burst_per_second: 5,
+    sustained_per_minute: 100,
+};
+
+fn limiter_at(ms: Millis) -> (Arc<FakeClock>, Limiter) {
+    let clock = Arc::new(FakeClock::at(ms));
+    (clock.clone(), Limiter::new(clock))
+}
+
+/// The most admissions in any window `[s, s + w)`; `admitted` must be sorted.
+fn max_in_any_window(admitted: &[Millis], w: Millis) -> usize {
+    let (mut best, mut start) = (0, 0);
+    for end in 0..admitted.len() {
+        while admitted[end] - admitted[start] >= w {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+/// Offers evenly spaced requests at `rate_per_ms` for `duration`; returns admitted times.
+fn steady(
+    limiter: &Limiter,
+    clock: &FakeClock,
+    p: Policy,
+    per_sec: f64,
+    secs: u64,
+) -> (usize, Vec<Millis>) {
+    let n = (per_sec * secs as f64) as u64;
+    let gap = 1000.0 / per_sec;
+    let start = clock.now_ms();
+    let mut admitted = Vec::new();
+    for i in 0..n {
+        let t = start + (i as f64 * gap) as u64;
+        clock.set(t);
+        if let Verdict::Admitted(_) = limiter.check(Subject::Workspace("ws"), p) {
+            admitted.push(t);
+        }
+    }
+    (n as usize, admitted)
+}
+
+#[test]
+fn steady_at_90_percent_of_either_limit_is_never_throttled() {
+    // 90% of the live burst limit (27/s, well under the sustained limit) for ten minutes.
+    let (clock, l) = limiter_at(1_000);
+    let (offered, admitted) = steady(&l, &clock, LIVE, 27.0, 600);
+    assert_eq!(admitted.len(), offered);
+    // 90% of the sandbox sustained limit (90/min) for an hour.
+    let (clock, l) = limiter_at(5);
+    let (offered, admitted) = steady(&l, &clock, SANDBOX, 1.5, 3_600);
+    assert_eq!(admitted.len(), offered);
+    // 90% of the sustained limit with a burst limit out of the way.
+    let wide = Policy {
+        burst_per_second: 1_000,
+        sustained_per_minute: 3_000,
+    };
+    let (clock, l) = limiter_at(0);
+    let (offered, admitted) = steady(&l, &clock, wide, 45.0, 600);
+    assert_eq!(admitted.len(), offered);
+}
+
+#[test]
+fn overload_from_one_thread_is_held_to_the_limit_in_every_window() {
+    for (p, window, limit) in [
+        (LIVE, 1_000, LIVE.burst_per_second),
+        (SANDBOX, 1_000, SANDBOX.burst_per_second),
+        (
+            Policy {
+                burst_per_second: 1_000,
+                ..LIVE
+            },
+            60_000,
+            LIVE.sustained_per_minute,
+        ),
+        (
+            Policy {
+                burst_per_second: 1_000,
+                ..SANDBOX
+            },
+            60_000,
+            SANDBOX.sustained_per_minute,
+        ),
+    ] {
+        for factor in [2.0, 10.0] {
+            let (clock, l) = limiter_at(0);
+            let per_sec = factor * f64::from(limit) * 1000.0 / window as f64;
+            let secs = 10 * window / 1000;
+            let (_, admitted) = steady(&l, &clock, p, per_sec, secs);
+            let max = max_in_any_window(&admitted, window);
+            assert!(
+                max <= limit as usize,
+                "{p:?} ×{factor}: {max} in one window"
+            );
+            // Held to the limit, not starved far below it.
+            let windows = (secs * 1000 / window) as f64;
+            assert!(
+                admitted.len() as f64 >= 0.9 * (windows - 1.0) * f64::from(limit),
+                "{p:?} ×{factor}: {}",
+                admitted.len()
+            );
+        }
+    }
+}
+
+/// Eight threads offer requests in lock-step on one workspace; the clock moves only between
+/// steps, so each admission's time is known exactly.
+fn overload_from_threads(
+    p: Policy,
+    window: Millis,
+    limit: u32,
+    factor: f64,
+) -> (Vec<Millis>, Vec<Millis>) {
+    const THREADS: usize = 8;
+    const PER_THREAD_PER_STEP: usize = 4;
+    let offered_per_step = (THREADS * PER_THREAD_PER_STEP) as f64;
+    let step_ms = (offered_per_step * window as f64 / (factor * f64::from(limit))).max(1.0) as u64;
+    let steps = (12 * window / step_ms) as usize;
+    let (clock, l) = limiter_at(0);
+    let barrier = Barrier::new(THREADS + 1);
+    let admitted = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..steps {
+                    barrier.wait();
+                    let now = clock.now_ms();
+                    for _ in 0..PER_THREAD_PER_STEP {
+                        if let Verdict::Admitted(_) = l.check(Subject::Workspace("hot"), p) {
+                            admitted.lock().unwrap().push(now);
+                        }
+                    }
+                    barrier.wait();
+                }
+            });
+        }
+        for step in 0..steps {
+            clock.set(step as u64 * step_ms);
+            barrier.wait();
+            barrier.wait();
+        }
+    });
+    let mut admitted = admitted.into_inner().unwrap();
+    admitted.sort_unstable();
+    let offered = (0..steps)
+        .flat_map(|step| std::iter::repeat_n(step as u64 * step_ms, THREADS * PER_THREAD_PER_STEP))
+        .collect();
+    (offered, admitted)
+}
+
+#[test]
+fn overload_from_many_threads_at_once_is_held_to_the_limit() {
+    for factor in [2.0, 10.0] {
+        for (p, window, limit) in [
+            (LIVE, 1_000, LIVE.burst_per_second),
+            (
+                Policy {
+                    burst_per_second: 100_000,
+                    ..LIVE
+                },
+                60_000,
+                LIVE.sustained_per_minute,
+            ),
+            (SANDBOX, 1_000, SANDBOX.burst_per_second),
+        ] {
+            let (offered, admitted) = overload_from_threads(p, window, limit, factor);
+            let max = max_in_any_window(&admitted, window);
+            assert!(
+                max <= limit as usize,
+                "{p:?} ×{factor}: {max} admitted in one window"
+            );
+            let exact = window::tests::exact_admissions(&offered, limit, window);
+            assert!(
+                admitted.len() as f64 >= 0.6 * exact as f64,
+                "{p:?} ×{factor}: {} of {exact}",
+                admitted.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hundred_thousand_workspaces_under_their_limits_are_never_throttled() {
+    let (clock, l) = limiter_at(0);
+    let ids: Vec<String> = (0..100_000).map(|i| format!("ws_{i}")).collect();
+    // Each workspace sends 4 requests a second (under the sandbox's 5/s) for 20 seconds,
+    // interleaved with all the others: 80 per workspace, under 100/min.
+    for tick in 0..80u64 {
+        for (i, id) in ids.iter().enumerate() {
+            clock.set(tick * 250 + (i as u64 % 250));
+            match l.check(Subject::Workspace(id), SANDBOX) {
+                Verdict::Admitted(_) => {}
+                v => panic!("{id} throttled at tick {tick}: {v:?}"),
+            }
+        }
+    }
+    assert_eq!(l.active(), 100_000);
+    // Memory follows active workspaces: once all are idle, eviction frees every one.
+    clock.advance(30_000);
+    assert_eq!(
+        l.evict_idle(),
+        0,
+        "state was evicted while still in the minute window"
+    );
+    clock.advance(61_000);
+    assert_eq!(l.evict_idle(), 100_000);
+    assert_eq!(l.active(), 0);
+}
+
+#[test]
+fn retry_after_is_when_a_request_is_admitted_again() {
+    for p in [SANDBOX, LIVE] {
+        let (clock, l) = limiter_at(10_000);
+        let retry = loop {
+            match l.check(Subject::Workspace("ws"), p) {
+                Verdict::Admitted(_) => clock.advance(1),
+                Verdict::Limited {
+                    retry_after_secs,
+                    limit,
+                    ..
+                } => {
+                    assert_eq!(limit, LimitName::Burst);
+                    break retry_after_secs;
+                }
+            }
+        };
+        assert!(retry >= 1);
+        clock.advance(Millis::from(retry) * 1000 - 1);
+        assert!(matches!(
+            l.check(Subject::Workspace("ws"), p),
+            Verdict::Admitted(_) | Verdict::Limited { .. }
+        ));
+        clock.advance(1);
+        assert!(
+            matches!(l.check(Subject::Workspace("ws"), p), Verdict::Admitted(_)),
+            "{p:?}"
+        );
+    }
+}
+
+#[test]
+fn sustained_limit_names_itself_and_its_wait() {
+    let p = Policy {
+        burst_per_second: 1_000,
+        sustained_per_minute: 100,
+    };
+    let (clock, l) = limiter_at(0);
+    for i in 0..100 {
+        clock.set(i * 100);
+        assert!(matches!(
+            l.check(Subject::Workspace("ws"), p),
+            Verdict::Admitted(_)
+        ));
+    }
+    clock.set(20_000);
+    let Verdict::Limited {
+        limit,
+        retry_after_secs,
+        usage,
+    } = l.check(Subject::Workspace("ws"), p)
+    else {
+        panic!("101st request in a minute admitted");
+    };
+    assert_eq!(limit, LimitName::Sustained);
+    assert_eq!(usage.sustained.remaining, 0);
+    // The first request (t=0, bucket 0) leaves the 61-bucket ring at 61 s.
+    assert_eq!(retry_after_secs, 41);
+    clock.set(61_000);
+    assert!(matches!(
+        l.check(Subject::Workspace("ws"), p),
+        Verdict::Admitted(_)
+    ));
+}
+
+#[test]
+fn remaining_counts_down_and_names_the_closest_limit() {
+    let (_clock, l) = limiter_at(0);
+    for expected in (0..5).rev() {
+        let Verdict::Admitted(u) = l.check(Subject::Workspace("ws"), SANDBOX) else {
+            panic!()
+        };
+        let (name, s) = u.binding();
+        assert_eq!(
+            (name, s.remaining, s.limit),
+            (LimitName::Burst, expected, 5)
+        );
+        assert_eq!(u.sustained.remaining, 95 + expected);
+    }
+    // A workspace near its sustained limit: that one binds.
+    let p = Policy {
+        burst_per_second: 50,
+        sustained_per_minute: 3,
+    };
+    let Verdict::Admitted(u) = l.check(Subject::Workspace("other"), p) else {
+        panic!()
+    };
+    assert_eq!(u.binding().0, LimitName::Sustained);
+}
+
+#[test]
+fn a_changed_policy_applies_to_existing_state_at_once() {
+    let (_clock, l) = limiter_at(0);
+    for _ in 0..5 {
+        assert!(matches!(
+            l.check(Subject::Workspace("ws"), SANDBOX),
+            Verdict::Admitted(_)
+        ));
+    }
+    assert!(matches!(
+        l.check(Subject::Workspace("ws"), SANDBOX),
+        Verdict::Limited { .. }
+    ));
+    let raised = Policy {
+        burst_per_second: 8,
+        ..SANDBOX
+    };
+    for _ in 0..3 {
+        assert!(matches!(
+            l.check(Subject::Workspace("ws"), raised),
+            Verdict::Admitted(_)
+        ));
+    }
+    assert!(matches!(
+        l.check(Subject::Workspace("ws"), raised),
+        Verdict::Limited { .. }
+    ));
+}
+
+#[test]
+fn internal_keys_and_workspaces_are_counted_apart() {
+    let (_clock, l) = limiter_at(0);
+    for _ in 0..5 {
+        assert!(matches!(
+            l.check(Subject::Workspace("same"), SANDBOX),
+            Verdict::Admitted(_)
+        ));
+    }
+    assert!(matches!(
+        l.check(Subject::InternalKey("same"), SANDBOX),
+        Verdict::Admitted(_)
+    ));
+}
