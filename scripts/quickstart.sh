@@ -23,6 +23,7 @@ show() {
   echo
   printf '$ curl'; printf " %q" "$@"; echo
   curl -s -i "$@" | tr -d '\r'
+  echo
 }
 show -H 'Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01' http://127.0.0.1:8080/v1/products
 show -H 'Authorization: Bearer sk_test_UNKNOWNkeyUNKNOWNkeyUNKNOWNkey00' http://127.0.0.1:8080/v1/products
