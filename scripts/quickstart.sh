@@ -9,7 +9,8 @@ bin=target/release/keygate
 
 python3 scripts/echo_upstream.py 9000 &
 upstream=$!
-"$bin" run -c conf/keygate.yaml &
+access_log=target/quickstart-access.log
+"$bin" run -c conf/keygate.yaml > "$access_log" &
 gate=$!
 trap 'kill $gate $upstream 2>/dev/null || true' EXIT
 
@@ -29,9 +30,18 @@ show -H 'Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01' http
 show -H 'Authorization: Bearer sk_test_UNKNOWNkeyUNKNOWNkeyUNKNOWNkey00' http://127.0.0.1:8080/v1/products
 show -X POST -H 'Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01' http://127.0.0.1:8080/v1/products
 
+sleep 0.2
+echo
+echo "keygate's access log (stdout, one JSON line per request; written to $access_log):"
+tail -n 3 "$access_log"
+echo
+echo "\$ curl -s http://127.0.0.1:9901/metrics | grep keygate_requests_total   # the admin listener"
+curl -s http://127.0.0.1:9901/metrics | grep '^keygate_requests_total' | grep -v ' 0$'
+
 if [ "${1:-}" = "--once" ]; then
   exit 0
 fi
 echo
-echo "keygate is listening on 127.0.0.1:8080 (upstream on 127.0.0.1:9000). Ctrl-C stops both."
+echo "keygate is listening on 127.0.0.1:8080 (upstream on 127.0.0.1:9000, admin on 127.0.0.1:9901)."
+echo "Ctrl-C stops both."
 wait $gate

@@ -49,7 +49,53 @@ struct ConfigFile {
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
+    admin: AdminFile,
+    #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
+    access_log: AccessLogFile,
+    #[serde(default)]
+    usage: UsageFile,
+    #[serde(default)]
     log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    /// Serve /metrics, /healthz, /readyz and /status. Default true.
+    enabled: Option<bool>,
+    /// Default 127.0.0.1:9901 (loopback: these endpoints are for the host's own agents).
+    address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    /// Export `keygate_workspace_requests_total` by workspace. Default false.
+    per_workspace: Option<bool>,
+    /// Workspaces given their own series before the rest count as `(other)`. Default 1000.
+    per_workspace_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogFile {
+    /// One JSON line per request on stdout. Default true.
+    enabled: Option<bool>,
+    /// The level the lines are logged at. Default info.
+    level: Option<String>,
+    /// Share of requests logged, 0.0 to 1.0. Default 1.0.
+    sample_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageFile {
+    /// `status`: per-key request counts and last use shown on /status; `off`. Default status.
+    mode: Option<UsageMode>,
+    /// Keys tracked at most; further keys are not tracked (and counted as dropped). Default 100000.
+    max_keys: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +258,30 @@ pub struct SnapshotSource {
     pub watch_interval: Duration,
 }
 
+/// What happens to per-key usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageMode {
+    Status,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub level: tracing::Level,
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservabilityConfig {
+    /// `None`: no admin listener.
+    pub admin: Option<SocketAddr>,
+    /// `Some(cap)`: per-workspace series, at most `cap` workspaces.
+    pub per_workspace_metrics: Option<usize>,
+    /// `None`: usage is not tracked.
+    pub usage_max_keys: Option<usize>,
+}
+
 /// The limits in force, per workspace type; workspaces may override them in the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
@@ -232,6 +302,8 @@ pub const DEFAULT_SANDBOX: Policy = Policy {
 #[derive(Debug)]
 pub struct Config {
     pub path: PathBuf,
+    /// SHA-256 of the file's bytes (hex), shown on /status.
+    pub checksum: String,
     pub listen: Vec<SocketAddr>,
     pub keepalive_timeout: Duration,
     pub upstream: UpstreamConfig,
@@ -241,6 +313,9 @@ pub struct Config {
     pub unmatched: Unmatched,
     /// `None` when limits are disabled.
     pub limits: Option<LimitsConfig>,
+    pub observability: ObservabilityConfig,
+    /// `None` when access logs are off.
+    pub access_log: Option<AccessLogConfig>,
     pub log_level: String,
 }
 
@@ -259,7 +334,9 @@ impl Config {
             file: path.to_owned(),
             message: e.to_string(),
         })?;
-        validate(file, path)
+        let mut config = validate(file, path)?;
+        config.checksum = crate::secret::KeyHash::of(text).to_hex();
+        Ok(config)
     }
 }
 
@@ -278,6 +355,10 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         routes,
         unmatched,
         limits,
+        admin,
+        metrics,
+        access_log,
+        usage,
         log,
     } = file;
 
@@ -388,15 +469,53 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     let limits = limits_config(limits).map_err(|(f, m)| invalid(f, m))?;
 
     let log_level = log.level.unwrap_or_else(|| "info".into());
-    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+    parse_level(&log_level).map_err(|m| invalid("log.level".into(), m))?;
+
+    let admin_addr = match (admin.enabled.unwrap_or(true), admin.address) {
+        (false, _) => None,
+        (true, None) => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        (true, Some(a)) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin.address".into(),
+                format!("{a:?} is not an IP address and port such as 127.0.0.1:9901"),
+            )
+        })?),
+    };
+    if admin_addr.is_some_and(|a| addrs.contains(&a)) {
         return Err(invalid(
-            "log.level".into(),
-            format!("{log_level:?} is not one of error, warn, info, debug, trace"),
+            "admin.address".into(),
+            "is also a listen address; give the admin endpoints their own port".into(),
         ));
     }
+    let per_workspace_metrics = metrics
+        .per_workspace
+        .unwrap_or(false)
+        .then(|| metrics.per_workspace_max.unwrap_or(1000));
+    let access_log = if access_log.enabled.unwrap_or(true) {
+        let level = access_log.level.unwrap_or_else(|| "info".into());
+        let level = parse_level(&level).map_err(|m| invalid("access_log.level".into(), m))?;
+        let sample_ratio = access_log.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            return Err(invalid(
+                "access_log.sample_ratio".into(),
+                format!("{sample_ratio} is outside 0.0 to 1.0 (1.0 logs every request)"),
+            ));
+        }
+        Some(AccessLogConfig {
+            level,
+            sample_ratio,
+        })
+    } else {
+        None
+    };
+    let usage_max_keys = match usage.mode.unwrap_or(UsageMode::Status) {
+        UsageMode::Off => None,
+        UsageMode::Status => Some(usage.max_keys.unwrap_or(100_000)),
+    };
 
     Ok(Config {
         path: path.to_owned(),
+        checksum: String::new(),
         listen: addrs,
         keepalive_timeout: listen.keepalive_timeout.unwrap_or(Duration::from_secs(60)),
         upstream,
@@ -405,8 +524,20 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         routes,
         unmatched,
         limits,
+        observability: ObservabilityConfig {
+            admin: admin_addr,
+            per_workspace_metrics,
+            usage_max_keys,
+        },
+        access_log,
         log_level,
     })
+}
+
+fn parse_level(level: &str) -> Result<tracing::Level, String> {
+    level
+        .parse()
+        .map_err(|_| format!("{level:?} is not one of error, warn, info, debug, trace"))
 }
 
 fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)> {

@@ -39,6 +39,8 @@ pub enum Rejection {
         /// The limit's value, for the message.
         allowed: u32,
         retry_after_secs: u32,
+        /// `live`, `sandbox` or `internal`, for metrics.
+        subject_type: &'static str,
     },
 }
 
@@ -60,6 +62,8 @@ pub struct Decision<'g, 'r> {
     pub route: Option<&'g Route<RouteAuth>>,
     pub verdict: Verdict<'r>,
     pub rate: Option<Usage>,
+    /// The key, once authenticated: also on a 403 or 429 after authentication.
+    pub key: Option<Arc<KeyEntry>>,
 }
 
 /// The limiter and the limits it enforces.
@@ -78,9 +82,13 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Who the key's requests count against, under which limits; `None`: not limited.
-    fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy)> {
+    fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy, &'static str)> {
         match &key.owner {
-            Owner::Internal => Some((Subject::InternalKey(&key.id), self.config.internal?)),
+            Owner::Internal => Some((
+                Subject::InternalKey(&key.id),
+                self.config.internal?,
+                "internal",
+            )),
             Owner::Workspace(w) => {
                 let base = match w.kind {
                     WorkspaceKind::Live => self.config.live,
@@ -93,7 +101,7 @@ impl RateLimits {
                         .sustained_per_minute
                         .unwrap_or(base.sustained_per_minute),
                 };
-                Some((Subject::Workspace(&w.id), policy))
+                Some((Subject::Workspace(&w.id), policy, w.kind.as_str()))
             }
         }
     }
@@ -123,6 +131,16 @@ impl Gate {
         }
     }
 
+    /// The name of the route at `index` in the table.
+    pub fn route_name(&self, index: usize) -> &str {
+        self.routes.routes().get(index).map_or("", |r| r.name())
+    }
+
+    /// Every route, in configuration order.
+    pub fn routes(&self) -> &[Route<RouteAuth>] {
+        self.routes.routes()
+    }
+
     /// Decides one request. `raw_path` is the URI path without the query.
     pub fn decide<'g, 'r>(
         &'g self,
@@ -136,6 +154,7 @@ impl Gate {
             route,
             verdict: Verdict::Reject(r),
             rate: None,
+            key: None,
         };
         let path = match path::normalize(raw_path) {
             Ok(p) => p,
@@ -156,6 +175,7 @@ impl Gate {
                         path,
                     },
                     rate: None,
+                    key: None,
                 };
             }
             RouteAuth::Scopes(required) => required,
@@ -181,7 +201,7 @@ impl Gate {
             .limits
             .as_ref()
             .and_then(|l| Some((l, l.subject(key)?)));
-        if let Some((limits, (subject, policy))) = limited {
+        if let Some((limits, (subject, policy, subject_type))) = limited {
             match limits.limiter.check(subject, policy) {
                 limits::Verdict::Admitted(usage) => rate = Some(usage),
                 limits::Verdict::Limited {
@@ -199,8 +219,10 @@ impl Gate {
                             limit,
                             allowed,
                             retry_after_secs,
+                            subject_type,
                         }),
                         rate: Some(usage),
+                        key: Some(key.clone()),
                     };
                 }
             }
@@ -209,6 +231,7 @@ impl Gate {
             route,
             verdict: Verdict::Reject(r),
             rate,
+            key: Some(key.clone()),
         };
         if !key.scopes.grants_all(required) {
             let missing = key.scopes.missing(required);
@@ -230,6 +253,7 @@ impl Gate {
                 path,
             },
             rate,
+            key: Some(key.clone()),
         }
     }
 }

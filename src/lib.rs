@@ -6,12 +6,15 @@
 //! the key holds; [`gate`] composes these into one decision, and [`proxy`] acts on it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod gate;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod path;
 pub mod proxy;
 pub mod respond;
@@ -21,3 +24,4 @@ pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod sync;
+pub mod usage;

@@ -1,32 +1,49 @@
-//! The Pingora `ProxyHttp` implementation: thin glue that asks the gate and acts on its answer.
+//! The Pingora `ProxyHttp` implementation: thin glue that asks the gate, acts on its answer and
+//! records what happened.
 
-use crate::config::UpstreamConfig;
+use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::forward;
 use crate::gate::{Gate, Identity, Verdict};
 use crate::limits::{self, Usage};
+use crate::metrics::{Metrics, Outcome};
+use crate::observe::{self, Finish, RequestRecord};
 use crate::respond::{self, Answer};
+use crate::snapshot::Owner;
 use crate::sync::SnapshotStore;
+use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Keygate {
     store: SnapshotStore,
     gate: Gate,
     upstream: UpstreamConfig,
     client_keepalive_secs: u64,
+    metrics: Arc<Metrics>,
+    usage: Option<Arc<UsageTracker>>,
+    access_log: Option<AccessLogConfig>,
 }
 
-/// Per-request state carried from the decision to the upstream request.
+/// Per-request state carried from the decision to the upstream request and the log.
 #[derive(Default)]
 pub struct RequestCtx {
     identity: Option<Identity>,
     /// Where the caller's limits stand, for the response headers.
     rate: Option<Usage>,
+    record: RequestRecord,
+}
+
+/// What `Keygate` needs besides the decision itself.
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub usage: Option<Arc<UsageTracker>>,
+    pub access_log: Option<AccessLogConfig>,
 }
 
 impl Keygate {
@@ -35,12 +52,16 @@ impl Keygate {
         gate: Gate,
         upstream: UpstreamConfig,
         client_keepalive: Duration,
+        observers: Observers,
     ) -> Self {
         Keygate {
             store,
             gate,
             upstream,
             client_keepalive_secs: client_keepalive.as_secs().max(1),
+            metrics: observers.metrics,
+            usage: observers.usage,
+            access_log: observers.access_log,
         }
     }
 
@@ -60,9 +81,25 @@ impl Keygate {
             unix_now(),
         );
         ctx.rate = decision.rate;
+        let record = &mut ctx.record;
+        record.route = decision.route.map(|r| r.index());
+        if let Some(key) = &decision.key {
+            if let Owner::Workspace(w) = &key.owner {
+                record.workspace = Some(w.id.clone());
+            }
+        }
+        record.key = decision.key;
         match decision.verdict {
-            Verdict::Reject(r) => Err(respond::for_rejection(&r)),
+            Verdict::Reject(r) => {
+                let (outcome, reason) = observe::classify(&r, &self.metrics);
+                record.outcome = outcome;
+                record.reason = Some(reason);
+                Err(respond::for_rejection(&r))
+            }
             Verdict::Forward { identity, path } => {
+                if let Some(id) = &identity {
+                    record.workspace = Some(id.workspace.id.clone());
+                }
                 ctx.identity = identity;
                 match path {
                     Cow::Borrowed(_) => Ok(None),
@@ -100,7 +137,12 @@ impl ProxyHttp for Keygate {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora keeps idle client connections open forever unless told otherwise.
         session.set_keepalive(Some(self.client_keepalive_secs));
-        match self.decide(session.req_header(), ctx) {
+        let started = Instant::now();
+        let decided = self.decide(session.req_header(), ctx);
+        self.metrics
+            .decision_duration
+            .observe(started.elapsed().as_secs_f64());
+        match decided {
             Ok(None) => Ok(false),
             Ok(Some(uri)) => {
                 session.req_header_mut().set_uri(uri);
@@ -146,6 +188,9 @@ impl ProxyHttp for Keygate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.record.upstream_status = Some(status);
+        self.metrics.upstream_status(status);
         if let Some(usage) = &ctx.rate {
             for (name, value) in limits::rate_headers(usage) {
                 upstream_response.insert_header(name, value)?;
@@ -161,6 +206,14 @@ impl ProxyHttp for Keygate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = status_for(e);
+        if matches!(e.esource(), ErrorSource::Upstream) {
+            ctx.record.outcome = Outcome::UpstreamError;
+            ctx.record.reason = Some(if code == 504 {
+                "upstream_timeout"
+            } else {
+                "upstream_unavailable"
+            });
+        }
         // Once the upstream's response has started, the client can only be cut off.
         if code != 0 && session.response_written().is_none() {
             let answer = respond::for_proxy_failure(code);
@@ -172,6 +225,26 @@ impl ProxyHttp for Keygate {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let req = session.req_header();
+        Finish {
+            metrics: &self.metrics,
+            usage: self.usage.as_deref(),
+            access_log: self.access_log.as_ref(),
+            route_name: ctx.record.route.map(|i| self.gate.route_name(i)),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        }
+        .record(&ctx.record);
     }
 }
 

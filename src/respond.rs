@@ -89,6 +89,7 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             limit,
             allowed,
             retry_after_secs,
+            ..
         } => {
             let per = match limit {
                 LimitName::Burst => "second",

@@ -28,6 +28,8 @@ pub struct RouteSpec<A> {
 /// A validated route, as returned by [`RouteTable::find`].
 #[derive(Debug, Clone)]
 pub struct Route<A> {
+    /// Position in the configuration, for per-route tables such as metrics.
+    index: usize,
     name: String,
     pattern: String,
     methods: Methods,
@@ -35,6 +37,11 @@ pub struct Route<A> {
 }
 
 impl<A> Route<A> {
+    /// The route's position in the configured list (and in [`RouteTable::routes`]).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -292,6 +299,7 @@ impl<A> RouteTable<A> {
             let methods = parse_methods(index, &name, methods)?;
             names.insert(name.clone(), index);
             routes.push(Route {
+                index,
                 name,
                 pattern: path,
                 methods,

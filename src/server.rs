@@ -1,15 +1,19 @@
-//! Assembling the Pingora server from a validated config: snapshot source, proxy, listeners.
+//! Assembling the Pingora server from a validated config: snapshot source, proxy, listeners,
+//! admin endpoints and housekeeping.
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::gate::{Gate, RateLimits};
 use crate::limits::{Limiter, MonotonicClock};
-use crate::proxy::Keygate;
+use crate::metrics::Metrics;
+use crate::proxy::{Keygate, Observers};
 use crate::sync::{self, file::FileSource};
+use crate::usage::UsageTracker;
 use async_trait::async_trait;
-use pingora::server::Server;
-use pingora::server::ShutdownWatch;
 use pingora::server::configuration::Opt;
+use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +21,8 @@ use std::time::Duration;
 /// with its error instead of a proxy that refuses everything.
 pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     let Config {
-        path: _,
+        path,
+        checksum,
         listen,
         keepalive_timeout,
         upstream,
@@ -26,11 +31,23 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         routes,
         unmatched,
         limits,
+        observability,
+        access_log,
         log_level: _,
     } = config;
 
+    let route_names: Vec<&str> = routes.routes().iter().map(|r| r.name()).collect();
+    let metrics = Arc::new(Metrics::new(
+        &route_names,
+        observability.per_workspace_metrics,
+    ));
     let store = sync::new_store();
-    let source = FileSource::new(snapshot.file, snapshot.watch_interval, store.clone());
+    let source = FileSource::new(
+        snapshot.file,
+        snapshot.watch_interval,
+        store.clone(),
+        metrics.clone(),
+    );
     source.load_initial()?;
 
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
@@ -45,10 +62,37 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         ));
         RateLimits { limiter, config }
     });
+    let limiter = limits.as_ref().map(|l| l.limiter.clone());
+    let usage = observability
+        .usage_max_keys
+        .map(|max| Arc::new(UsageTracker::new(max)));
+
+    if let Some(addr) = observability.admin {
+        let admin = Admin {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            source: "file",
+            config_path: path.display().to_string(),
+            config_checksum: checksum,
+            limiter,
+            usage: usage.clone(),
+        };
+        let mut service = Service::new("keygate admin".to_string(), admin);
+        service.add_tcp(&addr.to_string());
+        // Scrapes and probes are rare: one thread, whatever `server.threads` says.
+        service.threads = Some(1);
+        server.add_service(service);
+    }
+
     let gate = Gate::new(routes, unmatched, limits);
+    let observers = Observers {
+        metrics,
+        usage,
+        access_log,
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Keygate::new(store, gate, upstream, keepalive_timeout),
+        Keygate::new(store, gate, upstream, keepalive_timeout, observers),
         "keygate",
     );
     for addr in &listen {

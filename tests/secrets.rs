@@ -1,4 +1,5 @@
-//! No key, and no run of its hash, reaches keygate's logs, even at the most verbose level.
+//! No key, and no run of its hash, reaches keygate's logs (application log and access log),
+//! even at the most verbose level.
 
 mod common;
 

@@ -4,7 +4,8 @@
 //! into place, by editors, and through symlink swaps such as Kubernetes ConfigMaps, and costs one
 //! `stat` per tick.
 
-use super::{SnapshotStore, log_accepted};
+use super::{SnapshotStore, install};
+use crate::metrics::Metrics;
 use crate::snapshot;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -35,26 +36,34 @@ fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
     })
 }
 
+const SOURCE: &str = "file";
+
 pub struct FileSource {
     path: PathBuf,
     interval: Duration,
     store: SnapshotStore,
+    metrics: Arc<Metrics>,
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf, interval: Duration, store: SnapshotStore) -> Self {
+    pub fn new(
+        path: PathBuf,
+        interval: Duration,
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         FileSource {
             path,
             interval,
             store,
+            metrics,
         }
     }
 
     /// The first load, before serving: a keys file that cannot be read is a start-up error.
     pub fn load_initial(&self) -> Result<(), snapshot::SnapshotError> {
         let snapshot = snapshot::load_file(&self.path)?;
-        log_accepted(&snapshot, "file");
-        self.store.store(Some(Arc::new(snapshot)));
+        install(&self.store, &self.metrics, snapshot, SOURCE);
         Ok(())
     }
 
@@ -62,11 +71,14 @@ impl FileSource {
     fn reload(&self) -> bool {
         match snapshot::load_file(&self.path) {
             Ok(snapshot) => {
-                log_accepted(&snapshot, "file");
-                self.store.store(Some(Arc::new(snapshot)));
+                install(&self.store, &self.metrics, snapshot, SOURCE);
                 true
             }
             Err(e) => {
+                match &e {
+                    snapshot::SnapshotError::Read { .. } => self.metrics.sync_error(SOURCE),
+                    snapshot::SnapshotError::Invalid { .. } => self.metrics.reload(SOURCE, false),
+                }
                 let serving = self.store.load().as_ref().map(|s| s.version());
                 tracing::warn!(
                     serving_version = serving,
@@ -85,6 +97,9 @@ impl BackgroundService for FileSource {
         // A rejected read may have caught an editor half-way through writing: look once more on
         // the next tick even if the file looks unchanged, then wait for the next change.
         let mut retry = false;
+        // Whether the file on disk is the snapshot in force: only then does a tick confirm it
+        // (and keep `keygate_snapshot_age_seconds` low).
+        let mut in_force = true;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -94,16 +109,22 @@ impl BackgroundService for FileSource {
             }
             let now = fingerprint(&self.path);
             if now == seen && !retry {
+                if in_force && now.is_some() {
+                    self.metrics.confirm_snapshot();
+                }
                 continue;
             }
             seen = now;
             if now.is_none() {
                 tracing::warn!(path = %self.path.display(), "keys file is missing, keeping the current snapshot");
+                self.metrics.sync_error(SOURCE);
                 retry = false;
+                in_force = false;
                 continue;
             }
             let had_retry = retry;
-            retry = !self.reload() && !had_retry;
+            in_force = self.reload();
+            retry = !in_force && !had_retry;
         }
     }
 }

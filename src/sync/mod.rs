@@ -2,6 +2,7 @@
 
 pub mod file;
 
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
@@ -17,8 +18,24 @@ pub fn new_store() -> SnapshotStore {
 /// How many skipped entries are logged one by one before the rest are only counted.
 const LOGGED_SKIPS: usize = 20;
 
+/// Puts an accepted snapshot in force: swaps it in, updates the metrics, logs what it holds.
+pub fn install(store: &SnapshotStore, metrics: &Metrics, snapshot: Snapshot, source: &str) {
+    log_accepted(&snapshot, source);
+    metrics.reload(source, true);
+    metrics.snapshot_version.set(snapshot.version() as i64);
+    metrics.snapshot_keys.set(snapshot.key_count() as i64);
+    metrics
+        .snapshot_workspaces
+        .set(snapshot.workspace_count() as i64);
+    metrics
+        .snapshot_skipped
+        .set(snapshot.skipped_count() as i64);
+    metrics.confirm_snapshot();
+    store.store(Some(Arc::new(snapshot)));
+}
+
 /// Logs what an accepted snapshot holds and every entry it left out (up to a bound).
-pub fn log_accepted(snapshot: &Snapshot, source: &str) {
+fn log_accepted(snapshot: &Snapshot, source: &str) {
     tracing::info!(
         source,
         version = snapshot.version(),

@@ -9,7 +9,7 @@ use keygate::secret::KeyHash;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
@@ -119,9 +119,12 @@ routes:
 pub struct Keygate {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener: /metrics, /healthz, /readyz, /status.
+    pub admin: SocketAddr,
     dir: tempfile::TempDir,
     pub keys_path: PathBuf,
     log_path: PathBuf,
+    access_path: PathBuf,
 }
 
 pub struct Setup<'a> {
@@ -134,6 +137,8 @@ pub struct Setup<'a> {
     pub log_filter: &'a str,
     /// The `limits:` section. Off by default: most tests send bursts that are not about limits.
     pub limits: &'a str,
+    /// More top-level YAML (metrics, access_log, usage sections).
+    pub more: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -145,6 +150,7 @@ impl<'a> Setup<'a> {
             upstream_extra: "",
             log_filter: "info",
             limits: "limits:\n  enabled: false\n",
+            more: "",
         }
     }
 }
@@ -165,35 +171,43 @@ impl Keygate {
         let dir = tempfile::tempdir().unwrap();
         let port = http::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", http::free_port()).parse().unwrap();
         let keys_path = dir.path().join("keys.yaml");
         std::fs::write(&keys_path, setup.keys.yaml()).unwrap();
         let config = format!(
             "listen:\n  addresses: [\"{addr}\"]\n\
              upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
              server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
-             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n{}{}",
-            setup.upstream, setup.upstream_extra, setup.extra, setup.limits
+             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n\
+             admin:\n  address: \"{admin}\"\n{}{}{}",
+            setup.upstream, setup.upstream_extra, setup.extra, setup.limits, setup.more
         );
         let config_path = dir.path().join("keygate.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("keygate.log");
         let log = std::fs::File::create(&log_path).unwrap();
+        let access_path = dir.path().join("access.log");
+        let access = std::fs::File::create(&access_path).unwrap();
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", setup.log_filter)
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(log)
             .spawn()
             .unwrap();
         let mut k = Keygate {
             child,
             addr,
+            admin,
             dir,
             keys_path,
             log_path,
+            access_path,
         };
-        if http::wait_for_port(addr, Duration::from_secs(10)) {
+        if http::wait_for_port(addr, Duration::from_secs(10))
+            && http::wait_for_port(admin, Duration::from_secs(5))
+        {
             return Some(k);
         }
         eprintln!("keygate log:\n{}", k.log());
@@ -227,6 +241,56 @@ impl Keygate {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The access log (keygate's stdout): one JSON object per line.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.access_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    pub fn access_log_text(&self) -> String {
+        std::fs::read_to_string(&self.access_path).unwrap_or_default()
+    }
+
+    /// GET on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Response {
+        http::get(self.admin, path, &[])
+    }
+
+    /// The /metrics text, without comments.
+    pub fn metrics(&self) -> String {
+        let r = self.admin_get("/metrics");
+        assert_eq!(r.status, 200);
+        r.text()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// One sample's value, by its exact series text (`name{labels}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+    }
+
+    /// Waits until `n` requests have been fully recorded (metrics and access log are written
+    /// just after each response, on the thread that served it).
+    pub fn settle(&self, n: u64) {
+        let done = within(Duration::from_secs(5), || {
+            self.metric("keygate_request_duration_seconds_count") == Some(n as f64)
+        });
+        assert!(
+            done.is_some(),
+            "{n} requests not recorded:\n{}",
+            self.metrics()
+        );
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,0 +1,406 @@
+//! keygate's Prometheus metrics: one registry, every series declared here.
+//!
+//! Labels are bounded (outcome, route name, reason, status class); a raw key, hash or workspace
+//! id never becomes a label, except in the opt-in, capped per-workspace counter. The counters the
+//! request path touches are resolved to plain atomics at start, so counting takes no lock.
+
+use crate::auth::AuthFailure;
+use crate::limits::LimitName;
+use dashmap::DashMap;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What became of a request, as counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    NotFound,
+    BadRequest,
+    Unavailable,
+    UpstreamError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Allowed,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::RateLimited,
+        Outcome::NotFound,
+        Outcome::BadRequest,
+        Outcome::Unavailable,
+        Outcome::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::NotFound => "not_found",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unavailable => "unavailable",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// Reasons an authentication fails, including a missing credential.
+const AUTH_REASONS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "wrong_environment",
+];
+
+fn auth_reason_index(f: Option<AuthFailure>) -> usize {
+    match f {
+        None => 0,
+        Some(AuthFailure::Malformed) => 1,
+        Some(AuthFailure::Unknown) => 2,
+        Some(AuthFailure::Revoked) => 3,
+        Some(AuthFailure::Expired) => 4,
+        Some(AuthFailure::WrongEnvironment) => 5,
+    }
+}
+
+pub const SUBJECT_TYPES: [&str; 3] = ["live", "sandbox", "internal"];
+
+/// The label the per-workspace counter uses once its cap is reached.
+/// Parentheses are outside the workspace-id alphabet, so no real workspace can collide with it.
+pub const OTHER_WORKSPACES: &str = "(other)";
+
+pub struct Metrics {
+    registry: Registry,
+    /// `[route index + 1][outcome]`; index 0 is "no route".
+    requests: Vec<[IntCounter; 8]>,
+    pub request_duration: Histogram,
+    pub decision_duration: Histogram,
+    upstream_responses: [IntCounter; 5],
+    auth_failures: [IntCounter; 6],
+    /// `[limit][subject type]`.
+    rate_limited: [[IntCounter; 3]; 2],
+    pub snapshot_version: IntGauge,
+    snapshot_age: Gauge,
+    pub snapshot_keys: IntGauge,
+    pub snapshot_workspaces: IntGauge,
+    pub snapshot_skipped: IntGauge,
+    reloads: IntCounterVec,
+    sync_errors: IntCounterVec,
+    pub ready: IntGauge,
+    pub limiter_active: IntGauge,
+    pub usage_tracked_keys: IntGauge,
+    per_workspace: Option<PerWorkspace>,
+    /// Unix milliseconds when the source last confirmed the snapshot in force; 0: never.
+    confirmed_at_ms: AtomicU64,
+}
+
+struct PerWorkspace {
+    counter: IntCounterVec,
+    cap: usize,
+    seen: DashMap<Box<str>, ()>,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Metrics {
+    /// `routes` are the configured route names in table order; `per_workspace_cap` turns on the
+    /// per-workspace counter with at most that many workspaces.
+    pub fn new(routes: &[&str], per_workspace_cap: Option<usize>) -> Metrics {
+        let r = Registry::new();
+        let requests_vec = counter_vec(
+            &r,
+            "keygate_requests_total",
+            "Requests by outcome and route (route is empty when no route matched).",
+            &["outcome", "route"],
+        );
+        let requests = std::iter::once("")
+            .chain(routes.iter().copied())
+            .map(|route| Outcome::ALL.map(|o| requests_vec.with_label_values(&[o.as_str(), route])))
+            .collect();
+        let upstream_vec = counter_vec(
+            &r,
+            "keygate_upstream_responses_total",
+            "Responses from the upstream by status class.",
+            &["class"],
+        );
+        let auth_vec = counter_vec(
+            &r,
+            "keygate_auth_failures_total",
+            "Refused credentials by reason.",
+            &["reason"],
+        );
+        let limited_vec = counter_vec(
+            &r,
+            "keygate_rate_limited_total",
+            "Requests refused over a rate limit, by limit and workspace type.",
+            &["limit", "workspace_type"],
+        );
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "keygate_build_info",
+                "Always 1; the version label says which build.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let snapshot_age = Gauge::new(
+            "keygate_snapshot_age_seconds",
+            "Seconds since the snapshot in force was last confirmed current by its source.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(snapshot_age.clone()))
+            .expect("unique metric");
+        let per_workspace = per_workspace_cap.map(|cap| PerWorkspace {
+            counter: counter_vec(
+                &r,
+                "keygate_workspace_requests_total",
+                "Requests by workspace and outcome (opt-in; workspaces past the cap count as (other)).",
+                &["workspace", "outcome"],
+            ),
+            cap,
+            seen: DashMap::new(),
+        });
+        Metrics {
+            requests,
+            request_duration: histogram(
+                &r,
+                "keygate_request_duration_seconds",
+                "Time from the request header to the end of the response, upstream included.",
+                prometheus::exponential_buckets(0.0001, 2.5, 14).expect("valid buckets"),
+            ),
+            decision_duration: histogram(
+                &r,
+                "keygate_decision_duration_seconds",
+                "Time keygate adds before the upstream: path, route, key, scopes, limits.",
+                prometheus::exponential_buckets(0.000_001, 2.0, 14).expect("valid buckets"),
+            ),
+            upstream_responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| upstream_vec.with_label_values(&[c])),
+            auth_failures: AUTH_REASONS.map(|reason| auth_vec.with_label_values(&[reason])),
+            rate_limited: [LimitName::Burst, LimitName::Sustained]
+                .map(|l| SUBJECT_TYPES.map(|t| limited_vec.with_label_values(&[l.as_str(), t]))),
+            snapshot_version: gauge(
+                &r,
+                "keygate_snapshot_version",
+                "Version of the snapshot in force.",
+            ),
+            snapshot_age,
+            snapshot_keys: gauge(
+                &r,
+                "keygate_snapshot_keys",
+                "Keys in the snapshot in force.",
+            ),
+            snapshot_workspaces: gauge(
+                &r,
+                "keygate_snapshot_workspaces",
+                "Workspaces in the snapshot in force.",
+            ),
+            snapshot_skipped: gauge(
+                &r,
+                "keygate_snapshot_skipped_entries",
+                "Entries skipped as malformed when the snapshot in force was loaded.",
+            ),
+            reloads: counter_vec(
+                &r,
+                "keygate_snapshot_reloads_total",
+                "Snapshot loads by source and result (accepted or rejected).",
+                &["source", "result"],
+            ),
+            sync_errors: counter_vec(
+                &r,
+                "keygate_sync_errors_total",
+                "Times a snapshot source could not be read.",
+                &["source"],
+            ),
+            ready: gauge(
+                &r,
+                "keygate_ready",
+                "1 when keygate has a snapshot to decide on, else 0.",
+            ),
+            limiter_active: gauge(
+                &r,
+                "keygate_limiter_active_subjects",
+                "Workspaces and internal keys with rate-limit state in memory.",
+            ),
+            usage_tracked_keys: gauge(
+                &r,
+                "keygate_usage_tracked_keys",
+                "Keys whose usage (requests, last use) is being tracked.",
+            ),
+            per_workspace,
+            confirmed_at_ms: AtomicU64::new(0),
+            registry: r,
+        }
+    }
+
+    /// `route` is the route's index in the table, `None` when no route matched.
+    pub fn request(&self, outcome: Outcome, route: Option<usize>, workspace: Option<&str>) {
+        let row = route.map_or(0, |i| i + 1);
+        if let Some(counters) = self.requests.get(row) {
+            counters[outcome as usize].inc();
+        }
+        if let (Some(pw), Some(ws)) = (&self.per_workspace, workspace) {
+            let label = if pw.seen.contains_key(ws) {
+                ws
+            } else if pw.seen.len() < pw.cap {
+                pw.seen.insert(Box::from(ws), ());
+                ws
+            } else {
+                OTHER_WORKSPACES
+            };
+            pw.counter
+                .with_label_values(&[label, outcome.as_str()])
+                .inc();
+        }
+    }
+
+    pub fn upstream_status(&self, status: u16) {
+        if let Some(c) = self
+            .upstream_responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            c.inc();
+        }
+    }
+
+    /// `None`: the credential was missing.
+    pub fn auth_failure(&self, failure: Option<AuthFailure>) {
+        self.auth_failures[auth_reason_index(failure)].inc();
+    }
+
+    /// `subject_type` is one of [`SUBJECT_TYPES`].
+    pub fn rate_limited(&self, limit: LimitName, subject_type: &str) {
+        let t = SUBJECT_TYPES
+            .iter()
+            .position(|t| *t == subject_type)
+            .unwrap_or(0);
+        self.rate_limited[limit as usize][t].inc();
+    }
+
+    pub fn reload(&self, source: &str, accepted: bool) {
+        let result = if accepted { "accepted" } else { "rejected" };
+        self.reloads.with_label_values(&[source, result]).inc();
+    }
+
+    pub fn sync_error(&self, source: &str) {
+        self.sync_errors.with_label_values(&[source]).inc();
+    }
+
+    /// The source has just confirmed that the snapshot in force is current.
+    pub fn confirm_snapshot(&self) {
+        self.confirmed_at_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the last confirmation; `None` before the first.
+    pub fn snapshot_age_seconds(&self) -> Option<f64> {
+        match self.confirmed_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(unix_ms().saturating_sub(t) as f64 / 1000.0),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        self.snapshot_age
+            .set(self.snapshot_age_seconds().unwrap_or(0.0));
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn counters_land_on_their_labels() {
+        let m = Metrics::new(&["a", "b"], None);
+        m.request(Outcome::Allowed, Some(1), Some("ws"));
+        m.request(Outcome::NotFound, None, None);
+        m.upstream_status(503);
+        m.auth_failure(Some(AuthFailure::Revoked));
+        m.auth_failure(None);
+        m.rate_limited(LimitName::Sustained, "sandbox");
+        let t = text(&m);
+        for line in [
+            r#"keygate_requests_total{outcome="allowed",route="b"} 1"#,
+            r#"keygate_requests_total{outcome="not_found",route=""} 1"#,
+            r#"keygate_upstream_responses_total{class="5xx"} 1"#,
+            r#"keygate_auth_failures_total{reason="revoked"} 1"#,
+            r#"keygate_auth_failures_total{reason="missing"} 1"#,
+            r#"keygate_rate_limited_total{limit="sustained",workspace_type="sandbox"} 1"#,
+            r#"keygate_build_info{version=""#,
+        ] {
+            assert!(t.contains(line), "{line} missing from\n{t}");
+        }
+        assert!(!t.contains("keygate_workspace_requests_total"));
+    }
+
+    #[test]
+    fn per_workspace_series_stop_at_the_cap() {
+        let m = Metrics::new(&[], Some(2));
+        for ws in ["w1", "w2", "w3", "w4", "w1"] {
+            m.request(Outcome::Allowed, None, Some(ws));
+        }
+        let t = text(&m);
+        assert!(
+            t.contains(r#"keygate_workspace_requests_total{outcome="allowed",workspace="w1"} 2"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                r#"keygate_workspace_requests_total{outcome="allowed",workspace="(other)"} 2"#
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("w3"));
+    }
+}

@@ -1,0 +1,133 @@
+//! What is recorded about each request: its outcome and reason, the metrics, key usage, and the
+//! JSON access-log line. Filled in as the request moves through the proxy, emitted once at the end.
+
+use crate::config::AccessLogConfig;
+use crate::gate::Rejection;
+use crate::metrics::{Metrics, Outcome, unix_ms};
+use crate::snapshot::KeyEntry;
+use crate::usage::UsageTracker;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Level;
+
+/// The tracing target of access-log lines; the logging set-up sends it to stdout as JSON.
+pub const ACCESS_TARGET: &str = "keygate::access";
+
+/// Longest path written to the access log; the rest is cut (it is the client's input).
+const MAX_LOGGED_PATH: usize = 512;
+
+/// Per-request facts gathered along the way.
+pub struct RequestRecord {
+    pub started: Instant,
+    pub outcome: Outcome,
+    pub reason: Option<&'static str>,
+    pub route: Option<usize>,
+    pub key: Option<Arc<KeyEntry>>,
+    /// The workspace the request acted for (or, if refused, the key's own).
+    pub workspace: Option<Box<str>>,
+    pub upstream_status: Option<u16>,
+}
+
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            started: Instant::now(),
+            outcome: Outcome::Allowed,
+            reason: None,
+            route: None,
+            key: None,
+            workspace: None,
+            upstream_status: None,
+        }
+    }
+}
+
+/// The outcome and reason of a refusal, and the metrics it bumps.
+pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
+    match r {
+        Rejection::NoSnapshot => (Outcome::Unavailable, "no_snapshot"),
+        Rejection::BadPath(_) => (Outcome::BadRequest, "invalid_path"),
+        Rejection::NoRoute => (Outcome::NotFound, "no_route"),
+        Rejection::MissingCredentials => {
+            metrics.auth_failure(None);
+            (Outcome::Unauthorized, "missing")
+        }
+        Rejection::InvalidCredentials(f) => {
+            metrics.auth_failure(Some(*f));
+            (Outcome::Unauthorized, f.as_str())
+        }
+        Rejection::InsufficientScope(_) => (Outcome::Forbidden, "insufficient_scope"),
+        Rejection::WorkspaceRequired => (Outcome::BadRequest, "workspace_required"),
+        Rejection::UnknownWorkspace => (Outcome::Forbidden, "unknown_workspace"),
+        Rejection::RateLimited {
+            limit,
+            subject_type,
+            ..
+        } => {
+            metrics.rate_limited(*limit, subject_type);
+            (Outcome::RateLimited, limit.as_str())
+        }
+    }
+}
+
+/// The end of a request: metrics, usage, and (sampled) the access-log line.
+pub struct Finish<'a> {
+    pub metrics: &'a Metrics,
+    pub usage: Option<&'a UsageTracker>,
+    pub access_log: Option<&'a AccessLogConfig>,
+    pub route_name: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub client: Option<std::net::SocketAddr>,
+}
+
+impl Finish<'_> {
+    pub fn record(self, r: &RequestRecord) {
+        let elapsed = r.started.elapsed();
+        self.metrics
+            .request(r.outcome, r.route, r.workspace.as_deref());
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let (Some(usage), Some(key)) = (self.usage, &r.key) {
+            usage.record(&key.id, unix_ms());
+        }
+        let Some(log) = self.access_log else { return };
+        if log.sample_ratio < 1.0 && rand::random::<f64>() >= log.sample_ratio {
+            return;
+        }
+        let path = match self.path.char_indices().nth(MAX_LOGGED_PATH) {
+            Some((cut, _)) => &self.path[..cut],
+            None => self.path,
+        };
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let key_id = r.key.as_ref().map(|k| &*k.id);
+        let client = self.client.map(|c| c.to_string());
+        // tracing fixes an event's level at compile time: one call per level.
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: ACCESS_TARGET,
+                    $level,
+                    method = self.method,
+                    path,
+                    route = self.route_name,
+                    status = self.status,
+                    outcome = r.outcome.as_str(),
+                    reason = r.reason,
+                    workspace_id = r.workspace.as_deref(),
+                    key_id,
+                    client = client.as_deref(),
+                    duration_ms,
+                    upstream_status = r.upstream_status,
+                )
+            };
+        }
+        match log.level {
+            Level::ERROR => line!(Level::ERROR),
+            Level::WARN => line!(Level::WARN),
+            Level::INFO => line!(Level::INFO),
+            Level::DEBUG => line!(Level::DEBUG),
+            Level::TRACE => line!(Level::TRACE),
+        }
+    }
+}

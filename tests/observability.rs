@@ -1,0 +1,343 @@
+//! The admin listener, the metrics, the access log and key usage, through the real binary.
+
+mod common;
+
+use common::http::{Connection, Echo, Request};
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const LIVE: &str = "sk_live_OBSERVElive00000000000000000000001";
+const SANDBOX: &str = "sk_test_OBSERVEsandbox000000000000000001";
+const REVOKED: &str = "sk_live_OBSERVErevoked000000000000000001";
+
+fn keys() -> Keys {
+    Keys::new(42)
+        .workspace("ws_live", "live")
+        .workspace("ws_sandbox", "sandbox")
+        .key(
+            "key_live",
+            LIVE,
+            Some("ws_live"),
+            Some(&["products:read"]),
+            "",
+        )
+        .key(
+            "key_sandbox",
+            SANDBOX,
+            Some("ws_sandbox"),
+            Some(&["products:read"]),
+            "",
+        )
+        .key(
+            "key_revoked",
+            REVOKED,
+            Some("ws_live"),
+            None,
+            "status: revoked",
+        )
+}
+
+#[test]
+fn health_readiness_and_status() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup::new(&up, &keys));
+    assert_eq!(kg.admin_get("/healthz").status, 200);
+    let ready = kg.admin_get("/readyz");
+    assert_eq!(
+        (ready.status, ready.json()["ready"].as_bool()),
+        (200, Some(true))
+    );
+    kg.get_with_key("/v1/products", LIVE);
+    kg.get_with_key("/v1/products", LIVE);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.settle(3);
+    let status = kg.admin_get("/status").json();
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["snapshot"]["version"], 42);
+    assert_eq!(status["snapshot"]["source"], "file");
+    assert_eq!(status["snapshot"]["keys"], 3);
+    assert_eq!(status["snapshot"]["workspaces"], 2);
+    assert!(status["snapshot"]["age_seconds"].as_f64().unwrap() < 5.0);
+    assert_eq!(status["config"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(status["keygate_version"], env!("CARGO_PKG_VERSION"));
+    // Usage: per key, with its last use.
+    let usage = &status["usage"];
+    assert_eq!(usage["tracked_keys"], 2);
+    let entry = |id: &str| {
+        usage["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(entry("key_live")["requests"], 2);
+    assert_eq!(entry("key_sandbox")["requests"], 1);
+    assert!(
+        entry("key_live")["last_used"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(kg.admin_get("/nope").status, 404);
+}
+
+#[test]
+fn usage_can_be_turned_off() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup {
+        more: "usage:\n  mode: off\n",
+        ..Setup::new(&up, &keys)
+    });
+    kg.get_with_key("/v1/products", LIVE);
+    kg.settle(1);
+    assert!(kg.admin_get("/status").json()["usage"].is_null());
+}
+
+#[test]
+fn requests_are_counted_by_outcome_route_and_reason() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup {
+        limits: "limits:\n  sandbox: { burst_per_second: 1 }\n",
+        ..Setup::new(&up, &keys)
+    });
+    kg.get_with_key("/v1/products", LIVE);
+    kg.get_with_key("/v1/products", REVOKED);
+    kg.get("/v1/products", &[]);
+    kg.get_with_key("/v1/data/geo/x", LIVE);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.get("/elsewhere", &[]);
+    kg.get("/v1/%2F", &[]);
+    kg.settle(8);
+    let m = |s: &str| {
+        kg.metric(s)
+            .unwrap_or_else(|| panic!("no {s} in\n{}", kg.metrics()))
+    };
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="allowed",route="products-read"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="unauthorized",route="products-read"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="forbidden",route="geo"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="rate_limited",route="products-read"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="not_found",route=""}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="bad_request",route=""}"#),
+        1.0
+    );
+    assert_eq!(m(r#"keygate_auth_failures_total{reason="revoked"}"#), 1.0);
+    assert_eq!(m(r#"keygate_auth_failures_total{reason="missing"}"#), 1.0);
+    assert_eq!(
+        m(r#"keygate_rate_limited_total{limit="burst",workspace_type="sandbox"}"#),
+        1.0
+    );
+    assert_eq!(m(r#"keygate_upstream_responses_total{class="2xx"}"#), 2.0);
+    assert_eq!(m("keygate_request_duration_seconds_count"), 8.0);
+    // Decisions are timed for every request that reached the decision.
+    assert_eq!(m("keygate_decision_duration_seconds_count"), 8.0);
+    assert_eq!(m("keygate_snapshot_version"), 42.0);
+    assert_eq!(m("keygate_snapshot_keys"), 3.0);
+    assert_eq!(m("keygate_ready"), 1.0);
+    assert_eq!(
+        m(r#"keygate_snapshot_reloads_total{result="accepted",source="file"}"#),
+        1.0
+    );
+    assert!(m("keygate_snapshot_age_seconds") < 5.0);
+
+    // Upstream failure.
+    drop(up);
+    kg.get_with_key("/v1/products", LIVE);
+    kg.settle(9);
+    assert_eq!(
+        m(r#"keygate_requests_total{outcome="upstream_error",route="products-read"}"#),
+        1.0
+    );
+
+    // A rejected edit and a missing file are counted, and the snapshot ages.
+    kg.replace_keys("version: [");
+    std::thread::sleep(Duration::from_millis(300));
+    // Rejected once, and once more on the re-read that catches half-written edits.
+    assert_eq!(
+        m(r#"keygate_snapshot_reloads_total{result="rejected",source="file"}"#),
+        2.0
+    );
+    std::fs::remove_file(&kg.keys_path).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(m(r#"keygate_sync_errors_total{source="file"}"#) >= 1.0);
+    assert!(m("keygate_snapshot_age_seconds") >= 1.0, "{}", kg.metrics());
+}
+
+/// Labels stay bounded: random keys (and random paths) add no series at all.
+#[test]
+fn a_hundred_thousand_random_keys_add_no_series() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup {
+        more: "metrics:\n  per_workspace: true\naccess_log:\n  enabled: false\n",
+        ..Setup::new(&up, &keys)
+    });
+    // One allowed request creates the opt-in series of its workspace; metrics are recorded just
+    // after the response is sent, so wait for it before taking the baseline.
+    kg.get_with_key("/v1/products", LIVE);
+    let recorded = within(Duration::from_secs(2), || {
+        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="ws_live"}"#)
+            .is_some()
+    });
+    assert!(recorded.is_some());
+    let series = |text: String| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
+            .collect()
+    };
+    let before = series(kg.metrics());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let addr = kg.addr;
+            s.spawn(move || {
+                let mut conn = Connection::open(addr).unwrap();
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for i in 0..25_000u64 {
+                    // xorshift: a different key and path every time, some malformed.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = match i % 3 {
+                        0 => format!("Bearer sk_live_{x:032x}"),
+                        1 => format!("Bearer sk_test_{x:040}"),
+                        _ => format!("Bearer {x:x}"),
+                    };
+                    let path = format!("/v1/products/{x:x}");
+                    let r = conn
+                        .send(&Request::get(&path).header("Authorization", &key))
+                        .unwrap();
+                    assert_eq!(r.status, 401);
+                }
+            });
+        }
+    });
+    let after = series(kg.metrics());
+    let added: Vec<_> = after.difference(&before).collect();
+    assert!(added.is_empty(), "new series: {added:?}");
+    assert_eq!(
+        kg.metric(r#"keygate_auth_failures_total{reason="unknown"}"#)
+            .unwrap()
+            + kg.metric(r#"keygate_auth_failures_total{reason="malformed"}"#)
+                .unwrap(),
+        100_000.0
+    );
+}
+
+#[test]
+fn the_access_log_is_one_json_line_per_request() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup::new(&up, &keys));
+    kg.get_with_key("/v1/products/7?token=querysecret", LIVE);
+    kg.get_with_key("/v1/products", REVOKED);
+    let lines = within(Duration::from_secs(2), || kg.access_log().len() == 2);
+    assert!(lines.is_some(), "{}", kg.access_log_text());
+    let log = kg.access_log();
+    let ok = log.iter().find(|l| l["status"] == 200).unwrap();
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/v1/products/7");
+    assert_eq!(ok["route"], "products-read");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["outcome"], "allowed");
+    assert_eq!(ok["workspace_id"], "ws_live");
+    assert_eq!(ok["key_id"], "key_live");
+    assert_eq!(ok["upstream_status"], 200);
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(ok["timestamp"].as_str().is_some());
+    let refused = log.iter().find(|l| l["status"] == 401).unwrap();
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["outcome"], "unauthorized");
+    assert_eq!(refused["reason"], "revoked");
+    assert!(
+        refused.get("key_id").is_none(),
+        "a refused key is not identified"
+    );
+    let text = kg.access_log_text();
+    assert!(
+        !text.contains("querysecret"),
+        "query strings are not logged"
+    );
+    assert!(!text.contains(&LIVE[8..]) && !text.contains(&REVOKED[8..]));
+}
+
+#[test]
+fn the_access_log_can_be_sampled_or_turned_off() {
+    let up = Echo::start();
+    let keys = keys();
+    for more in [
+        "access_log:\n  sample_ratio: 0.0\n",
+        "access_log:\n  enabled: false\n",
+    ] {
+        let kg = Keygate::start(Setup {
+            more,
+            ..Setup::new(&up, &keys)
+        });
+        for _ in 0..20 {
+            kg.get_with_key("/v1/products", LIVE);
+        }
+        kg.settle(20);
+        assert_eq!(kg.access_log_text(), "", "{more}");
+        assert_eq!(
+            kg.metric(r#"keygate_requests_total{outcome="allowed",route="products-read"}"#),
+            Some(20.0)
+        );
+    }
+    let kg = Keygate::start(Setup {
+        more: "access_log:\n  sample_ratio: 0.5\n",
+        ..Setup::new(&up, &keys)
+    });
+    for _ in 0..400 {
+        kg.get_with_key("/v1/products", LIVE);
+    }
+    kg.settle(400);
+    let n = kg.access_log().len();
+    assert!((120..=280).contains(&n), "{n} of 400 logged at ratio 0.5");
+}
+
+#[test]
+fn per_workspace_series_only_when_asked() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup::new(&up, &keys));
+    kg.get_with_key("/v1/products", LIVE);
+    assert!(!kg.metrics().contains("keygate_workspace_requests_total"));
+    let kg = Keygate::start(Setup {
+        more: "metrics:\n  per_workspace: true\n  per_workspace_max: 1\n",
+        ..Setup::new(&up, &keys)
+    });
+    kg.get_with_key("/v1/products", LIVE);
+    kg.settle(1);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.settle(2);
+    assert_eq!(
+        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="ws_live"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="(other)"}"#),
+        Some(1.0)
+    );
+}
