@@ -1,6 +1,7 @@
 //! The admin listener, the metrics, the access log and key usage, through the real binary.
 
 mod common;
+mod support;
 
 use common::http::{Connection, Echo, Request};
 use common::*;
@@ -340,4 +341,56 @@ fn per_workspace_series_only_when_asked() {
         kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="(other)"}"#),
         Some(1.0)
     );
+}
+
+/// keygate's real /metrics output, after traffic of every kind, passes `promtool check metrics`.
+#[test]
+fn promtool_accepts_the_real_metrics_output() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup {
+        more: "metrics:\n  per_workspace: true\n",
+        limits: "limits:\n  sandbox: { burst_per_second: 1 }\n",
+        ..Setup::new(&up, &keys)
+    });
+    kg.get_with_key("/v1/products", LIVE);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.get_with_key("/v1/products", SANDBOX);
+    kg.get_with_key("/v1/products", REVOKED);
+    kg.get("/nowhere", &[]);
+    kg.settle(5);
+    let text = kg.admin_get("/metrics").text();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is missing: run scripts/install-deps.sh");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics failed:\n{report}\n{text}");
+    // promtool prints lint findings (e.g. a counter without _total) even when it exits 0.
+    assert!(report.trim().is_empty(), "promtool lint findings:\n{report}");
+}
+
+/// A real Prometheus server scrapes keygate on loopback and answers a query on its series.
+#[test]
+fn a_real_prometheus_scrapes_keygate() {
+    let up = Echo::start();
+    let keys = keys();
+    let kg = Keygate::start(Setup::new(&up, &keys));
+    for _ in 0..3 {
+        kg.get_with_key("/v1/products", LIVE);
+    }
+    kg.settle(3);
+    let result = support::prometheus::scrape_with_real_prometheus(
+        kg.admin,
+        r#"keygate_requests_total{outcome="allowed",route="products-read"}"#,
+    );
+    let value = &result[0]["value"][1];
+    assert_eq!(value, "3", "{result}");
+    assert_eq!(result[0]["metric"]["job"], "keygate");
 }
