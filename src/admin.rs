@@ -15,8 +15,8 @@ use std::sync::Arc;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub store: SnapshotStore,
-    /// Where the snapshot comes from, e.g. `file`.
-    pub source: &'static str,
+    /// Past this age the snapshot is not fresh enough to serve: not ready.
+    pub max_staleness: Option<std::time::Duration>,
     pub config_path: String,
     /// SHA-256 of the config file's bytes, to tell which config a process runs.
     pub config_checksum: String,
@@ -42,7 +42,7 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u
 
 impl Admin {
     fn ready(&self) -> bool {
-        self.store.load().is_some()
+        self.store.load().is_some() && !self.metrics.is_stale(self.max_staleness)
     }
 
     fn refresh_gauges(&self) {
@@ -59,7 +59,7 @@ impl Admin {
         let snapshot = self.store.load_full().map(|s| {
             json!({
                 "version": s.version(),
-                "source": self.source,
+                "source": self.metrics.source(),
                 "age_seconds": self.metrics.snapshot_age_seconds(),
                 "keys": s.key_count(),
                 "workspaces": s.workspace_count(),
@@ -103,7 +103,11 @@ impl ServeHttp for Admin {
                 } else {
                     json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"ready": false, "reason": "no snapshot loaded yet"}),
+                        json!({"ready": false, "reason": if self.store.load().is_some() {
+                            "the snapshot is older than snapshot.max_staleness"
+                        } else {
+                            "no snapshot loaded yet"
+                        }}),
                     )
                 }
             }

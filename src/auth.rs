@@ -82,7 +82,7 @@ pub fn authenticate<'s>(
     if key.revoked {
         return Err(AuthFailure::Revoked);
     }
-    if key.expires_at.is_some_and(|t| now_unix >= t) {
+    if key.expires_at().is_some_and(|t| now_unix >= t) {
         return Err(AuthFailure::Expired);
     }
     if let Owner::Workspace(w) = &key.owner {

@@ -1,6 +1,6 @@
 //! The command line: `run`, `check`, and the `keys` helpers.
 
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 use crate::scopes::KeyScopes;
 use crate::secret::{self, Env, KeyHash};
 use crate::snapshot::{self, KeyDoc, KeyStatus};
@@ -33,6 +33,31 @@ pub enum Command {
     /// Make and hash API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run the reference control plane: workspaces and API keys in SQLite, served to keygate
+    /// over the sync protocol. Tokens come from KEYGATE_CP_ADMIN_TOKEN and
+    /// KEYGATE_CP_SYNC_TOKEN; KEYGATE_CP_SIGNING_KEY (optional) signs what keygate pulls.
+    ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// The SQLite database file; created when missing.
+    #[arg(long, required_unless_present = "print_public_key")]
+    pub db: Option<PathBuf>,
+    /// The address to serve on, e.g. 127.0.0.1:7070.
+    #[arg(long, required_unless_present = "print_public_key")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Versions of change history kept: `?since=V` deltas work for V this close to the current
+    /// version; older ones get 410 and keygate fetches the full snapshot.
+    #[arg(long, default_value_t = crate::control_plane::DEFAULT_HISTORY)]
+    pub history: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print the base64 Ed25519 public key of KEYGATE_CP_SIGNING_KEY, for keygate's config,
+    /// and exit.
+    #[arg(long, conflicts_with_all = ["db", "listen"])]
+    pub print_public_key: bool,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +118,19 @@ pub fn check(config_path: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    let snap = match snapshot::load_file(&config.snapshot.file) {
+    let path = match &config.snapshot.source {
+        SourceConfig::File { path, .. } => path.clone(),
+        SourceConfig::ControlPlane(cp) => {
+            println!(
+                "{}: ok: {} routes; snapshot from the control plane at {} (not contacted by check)",
+                config_path.display(),
+                config.routes.routes().len(),
+                cp.url
+            );
+            return 0;
+        }
+    };
+    let snap = match snapshot::load_file(&path) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -104,7 +141,7 @@ pub fn check(config_path: &std::path::Path) -> i32 {
         "{}: ok: {} routes; snapshot {} version {}: {} keys, {} workspaces",
         config_path.display(),
         config.routes.routes().len(),
-        config.snapshot.file.display(),
+        path.display(),
         snap.version(),
         snap.key_count(),
         snap.workspace_count(),
@@ -113,7 +150,7 @@ pub fn check(config_path: &std::path::Path) -> i32 {
         return 0;
     }
     for s in snap.skipped() {
-        eprintln!("error: {}: skipped {s}", config.snapshot.file.display());
+        eprintln!("error: {}: skipped {s}", path.display());
     }
     eprintln!("error: {} entries would be skipped", snap.skipped_count());
     1

@@ -48,8 +48,8 @@ pub fn prepare(
     if let Some(id) = identity {
         req.insert_header("x-workspace-id", id.workspace.id_header.clone())?;
         req.insert_header("x-workspace-type", id.workspace.kind.as_str())?;
-        req.insert_header("x-api-key-id", id.key.id_header.clone())?;
-        req.insert_header("x-api-key-scopes", id.key.scopes_header.clone())?;
+        req.insert_header("x-api-key-id", id.key.id_header())?;
+        req.insert_header("x-api-key-scopes", id.key.scopes_header())?;
     }
     Ok(())
 }

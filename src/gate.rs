@@ -85,7 +85,7 @@ impl RateLimits {
     fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy, &'static str)> {
         match &key.owner {
             Owner::Internal => Some((
-                Subject::InternalKey(&key.id),
+                Subject::InternalKey(key.id()),
                 self.config.internal?,
                 "internal",
             )),

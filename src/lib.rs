@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control_plane;
 pub mod forward;
 pub mod gate;
 pub mod limits;

@@ -11,7 +11,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What became of a request, as counted and logged.
@@ -97,13 +97,19 @@ pub struct Metrics {
     pub snapshot_skipped: IntGauge,
     reloads: IntCounterVec,
     sync_errors: IntCounterVec,
+    sync_responses: IntCounterVec,
     pub ready: IntGauge,
     pub limiter_active: IntGauge,
     pub usage_tracked_keys: IntGauge,
     per_workspace: Option<PerWorkspace>,
     /// Unix milliseconds when the source last confirmed the snapshot in force; 0: never.
     confirmed_at_ms: AtomicU64,
+    /// Where the snapshot in force came from: an index into [`SOURCES`].
+    source: AtomicU8,
 }
+
+/// The sources a snapshot can come from, as labels.
+pub const SOURCES: [&str; 4] = ["none", "file", "control_plane", "disk_cache"];
 
 struct PerWorkspace {
     counter: IntCounterVec,
@@ -202,7 +208,7 @@ impl Metrics {
             cap,
             seen: DashMap::new(),
         });
-        Metrics {
+        let m = Metrics {
             requests,
             request_duration: histogram(
                 &r,
@@ -254,6 +260,12 @@ impl Metrics {
                 "Times a snapshot source could not be read.",
                 &["source"],
             ),
+            sync_responses: counter_vec(
+                &r,
+                "keygate_sync_responses_total",
+                "Control-plane answers by request kind (full, delta) and status (200, 304, 410, other).",
+                &["kind", "status"],
+            ),
             ready: gauge(
                 &r,
                 "keygate_ready",
@@ -271,8 +283,18 @@ impl Metrics {
             ),
             per_workspace,
             confirmed_at_ms: AtomicU64::new(0),
+            source: AtomicU8::new(0),
             registry: r,
+        };
+        // Series that start at their first event are invisible to `increase()` in alerts:
+        // create every one the sources can touch at 0.
+        for source in &SOURCES[1..] {
+            for result in ["accepted", "rejected"] {
+                m.reloads.with_label_values(&[source, result]);
+            }
+            m.sync_errors.with_label_values(&[source]);
         }
+        m
     }
 
     /// `route` is the route's index in the table, `None` when no route matched.
@@ -328,9 +350,36 @@ impl Metrics {
         self.sync_errors.with_label_values(&[source]).inc();
     }
 
+    /// A control-plane answer; `delta` when the request asked for changes since a version.
+    pub fn sync_response(&self, delta: bool, status: u16) {
+        let kind = if delta { "delta" } else { "full" };
+        let status = match status {
+            200 => "200",
+            304 => "304",
+            410 => "410",
+            _ => "other",
+        };
+        self.sync_responses.with_label_values(&[kind, status]).inc();
+    }
+
     /// The source has just confirmed that the snapshot in force is current.
     pub fn confirm_snapshot(&self) {
         self.confirmed_at_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Records where the snapshot in force came from (one of [`SOURCES`]).
+    pub fn set_source(&self, source: &str) {
+        let i = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+        self.source.store(i as u8, Ordering::Relaxed);
+    }
+
+    pub fn source(&self) -> &'static str {
+        SOURCES[usize::from(self.source.load(Ordering::Relaxed)).min(SOURCES.len() - 1)]
+    }
+
+    /// Backdates the confirmation, e.g. to a cache file's age when serving from it.
+    pub fn confirm_snapshot_at(&self, unix_ms: u64) {
+        self.confirmed_at_ms.store(unix_ms, Ordering::Relaxed);
     }
 
     /// Seconds since the last confirmation; `None` before the first.
@@ -338,6 +387,15 @@ impl Metrics {
         match self.confirmed_at_ms.load(Ordering::Relaxed) {
             0 => None,
             t => Some(unix_ms().saturating_sub(t) as f64 / 1000.0),
+        }
+    }
+
+    /// Whether the snapshot in force is older than `max` (never, without a maximum).
+    pub fn is_stale(&self, max: Option<std::time::Duration>) -> bool {
+        match (max, self.snapshot_age_seconds()) {
+            (Some(max), Some(age)) => age > max.as_secs_f64(),
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 

@@ -89,7 +89,7 @@ impl Finish<'_> {
             .request(r.outcome, r.route, r.workspace.as_deref());
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if let (Some(usage), Some(key)) = (self.usage, &r.key) {
-            usage.record(&key.id, unix_ms());
+            usage.record(key.id(), unix_ms());
         }
         let Some(log) = self.access_log else { return };
         if log.sample_ratio < 1.0 && rand::random::<f64>() >= log.sample_ratio {
@@ -100,7 +100,7 @@ impl Finish<'_> {
             None => self.path,
         };
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let key_id = r.key.as_ref().map(|k| &*k.id);
+        let key_id = r.key.as_ref().map(|k| k.id());
         let client = self.client.map(|c| c.to_string());
         // tracing fixes an event's level at compile time: one call per level.
         macro_rules! line {

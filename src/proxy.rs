@@ -25,6 +25,7 @@ pub struct Keygate {
     gate: Gate,
     upstream: UpstreamConfig,
     client_keepalive_secs: u64,
+    max_staleness: Option<Duration>,
     metrics: Arc<Metrics>,
     usage: Option<Arc<UsageTracker>>,
     access_log: Option<AccessLogConfig>,
@@ -52,6 +53,7 @@ impl Keygate {
         gate: Gate,
         upstream: UpstreamConfig,
         client_keepalive: Duration,
+        max_staleness: Option<Duration>,
         observers: Observers,
     ) -> Self {
         Keygate {
@@ -59,6 +61,7 @@ impl Keygate {
             gate,
             upstream,
             client_keepalive_secs: client_keepalive.as_secs().max(1),
+            max_staleness,
             metrics: observers.metrics,
             usage: observers.usage,
             access_log: observers.access_log,
@@ -73,8 +76,13 @@ impl Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<Option<http::Uri>, Answer> {
         let snapshot = self.store.load();
+        // Fail closed on a snapshot too old to trust (when a maximum is configured).
+        let snapshot = match self.max_staleness {
+            Some(_) if self.metrics.is_stale(self.max_staleness) => None,
+            _ => snapshot.as_deref(),
+        };
         let decision = self.gate.decide(
-            snapshot.as_deref(),
+            snapshot,
             req.method.as_str(),
             req.uri.path(),
             &req.headers,

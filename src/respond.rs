@@ -39,7 +39,7 @@ const NO_ROUTE: &str =
     r#"{"error":"Not Found","code":"no_route","message":"No route matches this method and path."}"#;
 const WORKSPACE_REQUIRED: &str = r#"{"error":"Bad Request","code":"workspace_required","message":"An internal key must name a workspace in the x-workspace-id header."}"#;
 const UNKNOWN_WORKSPACE: &str = r#"{"error":"Forbidden","code":"unknown_workspace","message":"The workspace named in x-workspace-id does not exist."}"#;
-const NO_SNAPSHOT: &str = r#"{"error":"Service Unavailable","code":"no_snapshot","message":"keygate has not loaded its keys yet."}"#;
+const NO_SNAPSHOT: &str = r#"{"error":"Service Unavailable","code":"no_snapshot","message":"keygate has no current snapshot of its keys: none loaded yet, or too old to trust."}"#;
 const UPSTREAM_TIMEOUT: &str = r#"{"error":"Gateway Timeout","code":"upstream_timeout","message":"The upstream service did not answer in time."}"#;
 const UPSTREAM_FAILED: &str = r#"{"error":"Bad Gateway","code":"upstream_unavailable","message":"The upstream service could not be reached."}"#;
 const INTERNAL: &str = r#"{"error":"Internal Server Error","code":"internal_error","message":"keygate could not handle this request."}"#;

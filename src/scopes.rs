@@ -22,7 +22,9 @@
 //! characters other than `:` and `*`; in a key's pattern a segment may be exactly `*`
 //! (`**` and `prod*` are rejected); a route's required scope contains no `*` at all.
 
+use http::HeaderValue;
 use std::fmt;
+use std::ops::Deref;
 
 /// Longest scope accepted, in bytes.
 pub const MAX_SCOPE_LEN: usize = 128;
@@ -273,12 +275,16 @@ impl KeyScopes {
     pub fn parse(list: Option<&[String]>) -> Result<Self, ScopeError> {
         match list {
             None => Ok(Self::Legacy),
-            Some(list) => list
-                .iter()
-                .map(|s| ScopePattern::parse(s))
-                .collect::<Result<_, _>>()
-                .map(Self::Listed),
+            Some(list) => Self::parse_list(list),
         }
+    }
+
+    /// A listed key's scopes (`[]` included); first error returned.
+    pub fn parse_list<S: AsRef<str>>(list: &[S]) -> Result<Self, ScopeError> {
+        list.iter()
+            .map(|s| ScopePattern::parse(s.as_ref()))
+            .collect::<Result<_, _>>()
+            .map(Self::Listed)
     }
 
     /// Whether this key may use `required`.
@@ -314,6 +320,41 @@ impl KeyScopes {
                 .collect::<Vec<_>>()
                 .join(" "),
         }
+    }
+}
+
+/// A key's scopes together with their upstream header value, both computed once.
+///
+/// Keys share these: a snapshot interns identical scope lists (most keys hold one of a handful),
+/// so a key carries one pointer instead of its own parsed patterns and header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeSet {
+    scopes: KeyScopes,
+    header: HeaderValue,
+}
+
+impl ScopeSet {
+    pub fn new(scopes: KeyScopes) -> Self {
+        // The grammar admits only visible ASCII, joined by spaces: always a valid header value.
+        let header = HeaderValue::from_str(&scopes.header_value())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        ScopeSet { scopes, header }
+    }
+
+    pub fn scopes(&self) -> &KeyScopes {
+        &self.scopes
+    }
+
+    /// [`KeyScopes::header_value`], ready to send: cloning it copies no bytes.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+impl Deref for ScopeSet {
+    type Target = KeyScopes;
+    fn deref(&self) -> &KeyScopes {
+        &self.scopes
     }
 }
 
@@ -532,6 +573,17 @@ mod tests {
             key(&["products:read", "data:*"]).header_value(),
             "products:read data:*"
         );
+    }
+
+    #[test]
+    fn scope_sets_carry_their_header_and_deref_to_the_scopes() {
+        let set = ScopeSet::new(key(&["products:read", "data:*"]));
+        assert_eq!(set.header(), "products:read data:*");
+        assert!(set.grants(&req("data:geo:read")));
+        assert!(!set.grants(&req("orders:read")));
+        assert_eq!(ScopeSet::new(KeyScopes::Legacy).header(), "*");
+        assert_eq!(ScopeSet::new(key(&[])).header(), "");
+        assert_eq!(KeyScopes::parse_list(&["a:b"]).unwrap(), key(&["a:b"]));
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! admin endpoints and housekeeping.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 use crate::gate::{Gate, RateLimits};
 use crate::limits::{Limiter, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::proxy::{Keygate, Observers};
-use crate::sync::{self, file::FileSource};
+use crate::sync::cache::CacheWriter;
+use crate::sync::control_plane::ControlPlaneSource;
+use crate::sync::{self, SnapshotStore, file::FileSource};
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
@@ -42,17 +44,27 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         observability.per_workspace_metrics,
     ));
     let store = sync::new_store();
-    let source = FileSource::new(
-        snapshot.file,
-        snapshot.watch_interval,
-        store.clone(),
-        metrics.clone(),
-    );
-    source.load_initial()?;
-
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    server.add_service(background_service("keys file", source));
+    let max_staleness = snapshot.max_staleness;
+    match snapshot.source {
+        SourceConfig::File {
+            path,
+            watch_interval,
+        } => {
+            let source = FileSource::new(path, watch_interval, store.clone(), metrics.clone());
+            source.load_initial()?;
+            server.add_service(background_service("keys file", source));
+        }
+        SourceConfig::ControlPlane(cp) => {
+            let cache = snapshot.cache_file.map(CacheWriter::new);
+            if let Some(cache) = &cache {
+                serve_from_cache(cache, &store, &metrics);
+            }
+            let source = ControlPlaneSource::new(cp, store.clone(), metrics.clone(), cache)?;
+            server.add_service(background_service("control-plane sync", source));
+        }
+    }
 
     let limits = limits.map(|config| {
         let limiter = Arc::new(Limiter::new(Arc::new(MonotonicClock::new())));
@@ -71,7 +83,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         let admin = Admin {
             metrics: metrics.clone(),
             store: store.clone(),
-            source: "file",
+            max_staleness,
             config_path: path.display().to_string(),
             config_checksum: checksum,
             limiter,
@@ -92,7 +104,14 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Keygate::new(store, gate, upstream, keepalive_timeout, observers),
+        Keygate::new(
+            store,
+            gate,
+            upstream,
+            keepalive_timeout,
+            max_staleness,
+            observers,
+        ),
         "keygate",
     );
     for addr in &listen {
@@ -100,6 +119,32 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     }
     server.add_service(proxy);
     Ok(server)
+}
+
+/// Until the control plane answers, serve the last snapshot it gave (fail closed without one).
+/// A corrupt cache is reported and ignored.
+fn serve_from_cache(cache: &CacheWriter, store: &SnapshotStore, metrics: &Metrics) {
+    match cache.load() {
+        Ok(snapshot) => {
+            let written_ms = std::fs::metadata(cache.path())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            sync::install(store, metrics, snapshot, "disk_cache");
+            // Its age is the file's: it was last confirmed when it was written.
+            metrics.confirm_snapshot_at(written_ms);
+        }
+        Err(crate::snapshot::SnapshotError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::info!(path = %cache.path().display(), "no snapshot cache yet");
+        }
+        Err(e) => {
+            metrics.reload("disk_cache", false);
+            tracing::warn!("ignoring the snapshot cache: {e}");
+        }
+    }
 }
 
 /// Drops limiter state of workspaces idle for a whole window, so memory follows the active ones.

@@ -368,12 +368,27 @@ fn promtool_accepts_the_real_metrics_output() {
         .spawn()
         .expect("promtool is missing: run scripts/install-deps.sh");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check metrics failed:\n{report}\n{text}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}\n{text}"
+    );
     // promtool prints lint findings (e.g. a counter without _total) even when it exits 0.
-    assert!(report.trim().is_empty(), "promtool lint findings:\n{report}");
+    assert!(
+        report.trim().is_empty(),
+        "promtool lint findings:\n{report}"
+    );
 }
 
 /// A real Prometheus server scrapes keygate on loopback and answers a query on its series.

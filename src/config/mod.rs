@@ -4,6 +4,11 @@
 //! errors); `validate` turns them into the checked values the server runs on. Every error names
 //! the config file, the field path and what is allowed.
 
+mod source;
+
+use source::SnapshotFile;
+pub use source::{ControlPlaneConfig, Secret, SnapshotSource, SourceConfig};
+
 use crate::limits::Policy;
 use crate::routes::{RouteSpec, RouteTable};
 use crate::scopes::RequiredScope;
@@ -183,16 +188,6 @@ struct ServerFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SnapshotFile {
-    /// The keys file, relative to this config file.
-    file: PathBuf,
-    /// How often the keys file is checked for changes. Default 250ms.
-    #[serde(default, deserialize_with = "duration")]
-    watch_interval: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RouteFile {
     name: String,
     #[serde(default)]
@@ -250,12 +245,6 @@ pub struct UpstreamConfig {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub forward_authorization: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct SnapshotSource {
-    pub file: PathBuf,
-    pub watch_interval: Duration,
 }
 
 /// What happens to per-key usage.
@@ -414,19 +403,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     let server = server_conf(server).map_err(|(f, m)| invalid(f, m))?;
 
     let base = path.parent().unwrap_or(Path::new("."));
-    let watch_interval = snapshot
-        .watch_interval
-        .unwrap_or(Duration::from_millis(250));
-    if watch_interval < Duration::from_millis(10) || watch_interval > Duration::from_secs(60) {
-        return Err(invalid(
-            "snapshot.watch_interval".into(),
-            "must be between 10ms and 60s".into(),
-        ));
-    }
-    let snapshot = SnapshotSource {
-        file: base.join(snapshot.file),
-        watch_interval,
-    };
+    let snapshot = source::validate(snapshot, base).map_err(|(f, m)| invalid(f, m))?;
 
     let mut specs = Vec::with_capacity(routes.len());
     for (i, r) in routes.into_iter().enumerate() {
@@ -628,7 +605,7 @@ fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {
 
 /// Durations are written as `500ms`, `2s`, `1m`. Parsed inside a visitor so that serde_yaml
 /// reports the error with the field's path and line.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     struct HumanDuration;
     impl serde::de::Visitor<'_> for HumanDuration {
         type Value = Duration;

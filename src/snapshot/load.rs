@@ -5,9 +5,10 @@
 //! and counted with its reason, so one bad key never takes the others down.
 
 use super::model::{EntryKind, Snapshot, SnapshotBuilder};
+use super::raw::{Raw, RawSeed};
 use super::wire::{KeyDoc, WorkspaceDoc};
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -95,14 +96,20 @@ impl<'de> Visitor<'de> for DocSeed {
         while let Some(field) = map.next_key::<String>()? {
             match field.as_str() {
                 "version" => version = Some(map.next_value::<u64>()?),
-                "workspaces" => map.next_value_seed(Entries {
-                    builder: &mut builder,
-                    kind: EntryKind::Workspace,
-                })?,
-                "keys" => map.next_value_seed(Entries {
-                    builder: &mut builder,
-                    kind: EntryKind::Key,
-                })?,
+                "workspaces" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
+                    match WorkspaceDoc::deserialize(&raw) {
+                        Ok(doc) => builder.add_workspace(doc),
+                        Err(e) => {
+                            builder.skip(EntryKind::Workspace, raw.label(position), e.to_string())
+                        }
+                    }
+                }))?,
+                "keys" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
+                    match KeyDoc::<&str>::deserialize(&raw) {
+                        Ok(doc) => builder.add_key(doc),
+                        Err(e) => builder.skip(EntryKind::Key, raw.label(position), e.to_string()),
+                    }
+                }))?,
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
         }
@@ -112,20 +119,19 @@ impl<'de> Visitor<'de> for DocSeed {
     }
 }
 
-/// A list of workspace or key entries, each read on its own so that a bad one is skipped.
-struct Entries<'a> {
-    builder: &'a mut SnapshotBuilder,
-    kind: EntryKind,
-}
+/// A list of entries, each read on its own into a [`Raw`] and handed to the closure with its
+/// position, so that one that does not fit the schema can be skipped. Only one entry is held at
+/// a time, never the whole list.
+pub(crate) struct Entries<F>(pub(crate) F);
 
-impl<'de> DeserializeSeed<'de> for Entries<'_> {
+impl<'de, F: FnMut(Raw<'de>, usize)> DeserializeSeed<'de> for Entries<F> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for Entries<'_> {
+impl<'de, F: FnMut(Raw<'de>, usize)> Visitor<'de> for Entries<F> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -137,25 +143,11 @@ impl<'de> Visitor<'de> for Entries<'_> {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         let mut position = 0usize;
-        // One entry is held as a generic value at a time, never the whole list.
-        while let Some(value) = seq.next_element::<Value>()? {
-            let label = match value.get("id").and_then(Value::as_str) {
-                Some(id) => id.to_owned(),
-                None => format!("#{position} (no id)"),
-            };
+        while let Some(raw) = seq.next_element_seed(RawSeed)? {
+            (self.0)(raw, position);
             position += 1;
-            match self.kind {
-                EntryKind::Workspace => match serde_json::from_value::<WorkspaceDoc>(value) {
-                    Ok(doc) => self.builder.add_workspace(doc),
-                    Err(e) => self.builder.skip(self.kind, label, e.to_string()),
-                },
-                EntryKind::Key => match serde_json::from_value::<KeyDoc>(value) {
-                    Ok(doc) => self.builder.add_key(doc),
-                    Err(e) => self.builder.skip(self.kind, label, e.to_string()),
-                },
-            }
         }
         Ok(())
     }

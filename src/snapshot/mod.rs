@@ -1,11 +1,19 @@
-//! The snapshot keygate decides on: its wire schema, its validated model, and loading it.
+//! The snapshot keygate decides on: its wire schema, its validated model, loading it, applying
+//! deltas to it, and writing it back out.
 
+pub mod delta;
+mod index;
 pub mod load;
 pub mod model;
+mod raw;
 pub mod wire;
+mod write;
 
+pub use delta::{Delta, parse_delta};
 pub use load::{Format, SnapshotError, load_file, parse};
 pub use model::{EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, Workspace};
 pub use wire::{
-    KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
+    Changes, DeltaDoc, KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SnapshotDoc, WorkspaceDoc,
+    WorkspaceKind,
 };
+pub use write::write_json;

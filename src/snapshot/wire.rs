@@ -53,16 +53,25 @@ pub struct LimitsDoc {
     pub sustained_per_minute: Option<u32>,
 }
 
+/// A key entry. The loader reads it with `S = &str`, borrowing from the document instead of
+/// copying every string; `KeyDoc` (`S = String`) is the owned form written out and kept in a
+/// [`DeltaDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyDoc {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
+#[serde(
+    deny_unknown_fields,
+    bound(
+        serialize = "S: Serialize + AsRef<str>",
+        deserialize = "S: Deserialize<'de> + Default"
+    )
+)]
+pub struct KeyDoc<S = String> {
+    pub id: S,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub name: S,
     /// Lowercase hex SHA-256 of the secret.
-    pub hash: String,
+    pub hash: S,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<String>,
+    pub workspace: Option<S>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
     /// Absent: a legacy wide-open key. `null` is an error, not "absent": see [`present`].
@@ -71,12 +80,12 @@ pub struct KeyDoc {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
-    pub scopes: Option<Option<Vec<String>>>,
+    pub scopes: Option<Option<Vec<S>>>,
     #[serde(default)]
     pub status: KeyStatus,
     /// RFC 3339 time after which the key stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
+    pub expires_at: Option<S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restrictions: Option<RestrictionsDoc>,
 }
@@ -102,6 +111,48 @@ pub struct RestrictionsDoc {
     /// Route names the key may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+}
+
+/// A change from snapshot version `from` to `version`, as a control plane serves it for
+/// `GET /v1/snapshot?since=<from>`. An upsert replaces the entry with the same id (or adds it);
+/// a removal names an id. See "Deltas" in `docs/snapshot.md`.
+///
+/// Like [`SnapshotDoc`], this is the shape written out: `parse_delta` reads the upserts entry by
+/// entry, so that one malformed entry is skipped rather than failing the whole delta.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaDoc {
+    pub from: u64,
+    pub version: u64,
+    #[serde(default)]
+    pub workspaces: Changes<WorkspaceDoc>,
+    #[serde(default)]
+    pub keys: Changes<KeyDoc>,
+}
+
+/// The changes to one kind of entry: whole entries to add or replace, and ids to remove.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, bound(deserialize = "T: Deserialize<'de>"))]
+pub struct Changes<T> {
+    #[serde(default)]
+    pub upsert: Vec<T>,
+    /// Ids.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Not derived: that would require `T: Default`.
+impl<T> Default for Changes<T> {
+    fn default() -> Self {
+        Changes {
+            upsert: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+fn is_empty<S: AsRef<str>>(s: &S) -> bool {
+    s.as_ref().is_empty()
 }
 
 /// Distinguishes `scopes: null` (or a bare `scopes:` in YAML, easy to type by accident) from an

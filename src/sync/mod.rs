@@ -1,5 +1,7 @@
 //! Keeping the snapshot current: the shared store the proxy reads, and the sources that fill it.
 
+pub mod cache;
+pub mod control_plane;
 pub mod file;
 
 use crate::metrics::Metrics;
@@ -19,7 +21,13 @@ pub fn new_store() -> SnapshotStore {
 const LOGGED_SKIPS: usize = 20;
 
 /// Puts an accepted snapshot in force: swaps it in, updates the metrics, logs what it holds.
-pub fn install(store: &SnapshotStore, metrics: &Metrics, snapshot: Snapshot, source: &str) {
+pub fn install(
+    store: &SnapshotStore,
+    metrics: &Metrics,
+    snapshot: impl Into<Arc<Snapshot>>,
+    source: &'static str,
+) {
+    let snapshot: Arc<Snapshot> = snapshot.into();
     log_accepted(&snapshot, source);
     metrics.reload(source, true);
     metrics.snapshot_version.set(snapshot.version() as i64);
@@ -31,7 +39,29 @@ pub fn install(store: &SnapshotStore, metrics: &Metrics, snapshot: Snapshot, sou
         .snapshot_skipped
         .set(snapshot.skipped_count() as i64);
     metrics.confirm_snapshot();
-    store.store(Some(Arc::new(snapshot)));
+    metrics.set_source(source);
+    if let Some(old) = store.swap(Some(snapshot)) {
+        retire(old);
+    }
+}
+
+/// How long a swapped-out snapshot is kept before it is freed. Requests hold the snapshot for
+/// microseconds; this only has to outlast them.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Frees a swapped-out snapshot off the request path. Whoever drops the last reference pays for
+/// freeing it — for a million keys, a large index and a million reference counts — so the last
+/// reference is kept here, past any request that might still be reading it.
+fn retire(old: Arc<Snapshot>) {
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-retire".into())
+        .spawn(move || {
+            std::thread::sleep(RETIRE_AFTER);
+            drop(old);
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("could not start a thread to free the old snapshot: {e}");
+    }
 }
 
 /// Logs what an accepted snapshot holds and every entry it left out (up to a bound).

@@ -2,6 +2,7 @@
 //! upstream, with config and keys files in a temporary directory.
 #![allow(dead_code)]
 
+pub mod cp;
 pub mod http;
 
 use self::http::{Echo, Response};
@@ -139,6 +140,12 @@ pub struct Setup<'a> {
     pub limits: &'a str,
     /// More top-level YAML (metrics, access_log, usage sections).
     pub more: &'a str,
+    /// Replaces the `snapshot:` section (default: the keys file, watched every 50 ms).
+    pub snapshot: Option<String>,
+    /// Environment for the keygate process (e.g. the control-plane token).
+    pub env: Vec<(&'a str, String)>,
+    /// A fixed listen port instead of a free one (for restarts on the same address).
+    pub port: Option<u16>,
 }
 
 impl<'a> Setup<'a> {
@@ -151,6 +158,9 @@ impl<'a> Setup<'a> {
             log_filter: "info",
             limits: "limits:\n  enabled: false\n",
             more: "",
+            snapshot: None,
+            env: Vec::new(),
+            port: None,
         }
     }
 }
@@ -169,7 +179,7 @@ impl Keygate {
 
     fn try_start(setup: &Setup) -> Option<Keygate> {
         let dir = tempfile::tempdir().unwrap();
-        let port = http::free_port();
+        let port = setup.port.unwrap_or_else(http::free_port);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", http::free_port()).parse().unwrap();
         let keys_path = dir.path().join("keys.yaml");
@@ -178,9 +188,17 @@ impl Keygate {
             "listen:\n  addresses: [\"{addr}\"]\n\
              upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
              server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
-             snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n\
+             {}\
              admin:\n  address: \"{admin}\"\n{}{}{}",
-            setup.upstream, setup.upstream_extra, setup.extra, setup.limits, setup.more
+            setup.upstream,
+            setup.upstream_extra,
+            setup
+                .snapshot
+                .as_deref()
+                .unwrap_or("snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n"),
+            setup.extra,
+            setup.limits,
+            setup.more
         );
         let config_path = dir.path().join("keygate.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -192,6 +210,7 @@ impl Keygate {
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", setup.log_filter)
+            .envs(setup.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(access)
             .stderr(log)
             .spawn()

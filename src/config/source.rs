@@ -1,0 +1,259 @@
+//! The `snapshot:` section: where keys come from (a keys file or a control plane), the
+//! last-known-good cache, and how stale a snapshot may get.
+
+use super::duration;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SnapshotFile {
+    /// The keys file, relative to this config file.
+    file: Option<PathBuf>,
+    /// How often the keys file is checked for changes. Default 250ms.
+    #[serde(default, deserialize_with = "duration")]
+    watch_interval: Option<Duration>,
+    control_plane: Option<ControlPlaneFile>,
+    /// Where the last accepted control-plane snapshot is kept, for starts while it is down.
+    cache_file: Option<PathBuf>,
+    /// Past this age without confirmation from the source, fail closed. Default: never.
+    #[serde(default, deserialize_with = "duration")]
+    max_staleness: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlPlaneFile {
+    /// Base URL, `http://` or `https://`.
+    url: String,
+    /// The environment variable holding the bearer token.
+    token_env: Option<String>,
+    /// A file holding the bearer token (relative to this config file).
+    token_file: Option<PathBuf>,
+    /// Long-poll for changes (default true); false: poll every `poll_interval`.
+    watch: Option<bool>,
+    /// How long a long-poll is held by the control plane. Default 30s.
+    #[serde(default, deserialize_with = "duration")]
+    wait: Option<Duration>,
+    /// Between polls when `watch` is false. Default 10s.
+    #[serde(default, deserialize_with = "duration")]
+    poll_interval: Option<Duration>,
+    /// Per request, on top of `wait`. Default 10s.
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+    /// Base64 Ed25519 public key: when set, every snapshot must carry a valid signature.
+    public_key: Option<String>,
+    /// PEM CA certificate(s) to trust for an `https://` control plane with a private CA.
+    ca_file: Option<PathBuf>,
+}
+
+/// A secret read from the environment or a file: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Without a trailing slash.
+    pub url: String,
+    pub token: Secret,
+    pub watch: bool,
+    pub wait: Duration,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub public_key: Option<[u8; 32]>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    File {
+        path: PathBuf,
+        watch_interval: Duration,
+    },
+    ControlPlane(ControlPlaneConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    pub source: SourceConfig,
+    pub cache_file: Option<PathBuf>,
+    pub max_staleness: Option<Duration>,
+}
+
+impl SnapshotSource {
+    /// The label snapshots from this source carry in metrics and `/status`.
+    pub fn name(&self) -> &'static str {
+        match self.source {
+            SourceConfig::File { .. } => "file",
+            SourceConfig::ControlPlane(_) => "control_plane",
+        }
+    }
+}
+
+type Invalid = (String, String);
+
+fn err(field: &str, message: impl Into<String>) -> Invalid {
+    (format!("snapshot.{field}"), message.into())
+}
+
+pub(super) fn validate(s: SnapshotFile, base: &Path) -> Result<SnapshotSource, Invalid> {
+    let SnapshotFile {
+        file,
+        watch_interval,
+        control_plane,
+        cache_file,
+        max_staleness,
+    } = s;
+    let source = match (file, control_plane) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(err(
+                "file",
+                "give exactly one source: `file: keys.yaml` or `control_plane: { url: … }`",
+            ));
+        }
+        (Some(file), None) => {
+            let watch_interval = watch_interval.unwrap_or(Duration::from_millis(250));
+            if watch_interval < Duration::from_millis(10)
+                || watch_interval > Duration::from_secs(60)
+            {
+                return Err(err("watch_interval", "must be between 10ms and 60s"));
+            }
+            if cache_file.is_some() {
+                return Err(err(
+                    "cache_file",
+                    "is for the control-plane source; the keys file is its own last-known-good copy",
+                ));
+            }
+            SourceConfig::File {
+                path: base.join(file),
+                watch_interval,
+            }
+        }
+        (None, Some(cp)) => {
+            if watch_interval.is_some() {
+                return Err(err(
+                    "watch_interval",
+                    "is for the file source; use control_plane.watch / poll_interval",
+                ));
+            }
+            SourceConfig::ControlPlane(control_plane_config(cp, base)?)
+        }
+    };
+    if max_staleness.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(err(
+            "max_staleness",
+            "must be at least 1s (or absent: never)",
+        ));
+    }
+    Ok(SnapshotSource {
+        source,
+        cache_file: cache_file.map(|f| base.join(f)),
+        max_staleness,
+    })
+}
+
+fn control_plane_config(cp: ControlPlaneFile, base: &Path) -> Result<ControlPlaneConfig, Invalid> {
+    let ControlPlaneFile {
+        url,
+        token_env,
+        token_file,
+        watch,
+        wait,
+        poll_interval,
+        timeout,
+        public_key,
+        ca_file,
+    } = cp;
+    let url = url.trim_end_matches('/').to_owned();
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(err(
+            "control_plane.url",
+            format!("{url:?} must start with http:// or https://"),
+        ));
+    };
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(err(
+            "control_plane.url",
+            format!("{url:?} is not a base URL such as https://cp.internal:7443"),
+        ));
+    }
+    // The token never sits in this file: a config is copied, diffed and pasted into tickets.
+    let token = match (token_env, token_file) {
+        (Some(var), None) => std::env::var(&var).map_err(|_| {
+            err(
+                "control_plane.token_env",
+                format!("the environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?,
+        (None, Some(file)) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "control_plane.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
+        _ => {
+            return Err(err(
+                "control_plane.token_env",
+                "give exactly one of `token_env: VAR` or `token_file: path` (a token is never written in the config)",
+            ));
+        }
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(err(
+            "control_plane.token_env",
+            "the token is empty or holds spaces or control characters",
+        ));
+    }
+    let public_key = match public_key {
+        None => None,
+        Some(b64) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    err(
+                        "control_plane.public_key",
+                        "must be a base64 Ed25519 public key (32 bytes), as printed by `keygate control-plane --print-public-key`",
+                    )
+                })?;
+            Some(bytes)
+        }
+    };
+    let wait = wait.unwrap_or(Duration::from_secs(30));
+    if wait > Duration::from_secs(60) {
+        return Err(err("control_plane.wait", "must be at most 60s"));
+    }
+    Ok(ControlPlaneConfig {
+        url,
+        token: Secret(token),
+        watch: watch.unwrap_or(true),
+        wait,
+        poll_interval: poll_interval.unwrap_or(Duration::from_secs(10)),
+        timeout: timeout.unwrap_or(Duration::from_secs(10)),
+        public_key,
+        ca_file: ca_file.map(|f| base.join(f)),
+    })
+}

@@ -1,0 +1,405 @@
+//! The snapshot's two key indexes — by hash (the request path) and by id (deltas) — as hash sets
+//! split into shards that snapshots share.
+//!
+//! Each shard is an `Arc`'d `HashSet` of `Arc<KeyEntry>`, so a new snapshot made by a delta
+//! copies the shard table (one refcount per shard) and only the shards it changes (a few dozen
+//! entries each): a one-key change costs microseconds however many keys there are, where
+//! copying one flat table would touch every entry. A lookup picks its shard from bits the table
+//! inside does not use and probes that one table: no lock, no allocation.
+
+use super::model::KeyEntry;
+use crate::secret::KeyHash;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+/// Keys per shard aimed for: small enough that a changed shard is cheap to copy, large enough
+/// that the shards' own overhead stays small next to the entries.
+const KEYS_PER_SHARD: usize = 32;
+/// At most 2^16 shards (then up to ~2M keys are at the target; more keys make shards larger).
+const MAX_SHARD_BITS: u32 = 16;
+
+/// Shard bits for `n` keys: 2^bits shards of about [`KEYS_PER_SHARD`] keys.
+pub(crate) fn bits_for(n: usize) -> u32 {
+    let shards = n / KEYS_PER_SHARD;
+    if shards <= 1 {
+        0
+    } else {
+        (usize::BITS - (shards - 1).leading_zeros()).min(MAX_SHARD_BITS)
+    }
+}
+
+/// Whether an index of `n` keys in 2^`bits` shards should be rebuilt with more shards.
+pub(crate) fn outgrown(n: usize, bits: u32) -> bool {
+    bits < MAX_SHARD_BITS && n > (KEYS_PER_SHARD << bits) * 4
+}
+
+/// A hash set split into 2^bits shards; which shard an element belongs to is the caller's
+/// 16-bit selector, taken from hash bits that the shard's own table does not use.
+struct Sharded<T, S> {
+    shards: Box<[Arc<HashSet<T, S>>]>,
+    bits: u32,
+    len: usize,
+}
+
+impl<T, S> Clone for Sharded<T, S> {
+    fn clone(&self) -> Self {
+        Sharded {
+            shards: self.shards.clone(),
+            bits: self.bits,
+            len: self.len,
+        }
+    }
+}
+
+impl<T: Hash + Eq + Clone, S: BuildHasher + Default + Clone> Sharded<T, S> {
+    fn slot(&self, selector: u16) -> usize {
+        match self.bits {
+            0 => 0,
+            bits => usize::from(selector >> (16 - bits)),
+        }
+    }
+
+    fn get<Q>(&self, selector: u16, q: &Q) -> Option<&T>
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.slot(selector)].get(q)
+    }
+
+    /// Copies the shard first if another snapshot shares it.
+    fn shard_mut(&mut self, selector: u16) -> &mut HashSet<T, S> {
+        let slot = self.slot(selector);
+        Arc::make_mut(&mut self.shards[slot])
+    }
+
+    fn insert(&mut self, selector: u16, value: T) -> bool {
+        let added = self.shard_mut(selector).insert(value);
+        self.len += usize::from(added);
+        added
+    }
+
+    fn replace(&mut self, selector: u16, value: T) -> Option<T> {
+        let old = self.shard_mut(selector).replace(value);
+        self.len += usize::from(old.is_none());
+        old
+    }
+
+    fn take<Q>(&mut self, selector: u16, q: &Q) -> Option<T>
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        // Look before copying a shared shard for nothing.
+        self.get(selector, q)?;
+        let old = self.shard_mut(selector).take(q);
+        self.len -= usize::from(old.is_some());
+        old
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+/// A key by its hash; `Hash` and `Eq` agree with [`KeyHash`]'s, so the set is probed with one.
+#[derive(Clone)]
+struct ByHash(Arc<KeyEntry>);
+
+impl Hash for ByHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash.hash(state)
+    }
+}
+impl PartialEq for ByHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.hash == other.0.hash
+    }
+}
+impl Eq for ByHash {}
+impl Borrow<KeyHash> for ByHash {
+    fn borrow(&self) -> &KeyHash {
+        &self.0.hash
+    }
+}
+
+/// The key hashes are SHA-256 outputs, uniformly distributed and not chosen by clients (a client
+/// controls only the preimage), so their first eight bytes are already a good table hash.
+#[derive(Default, Clone, Copy)]
+pub struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `KeyHash::hash` feeds this hasher, through `write_u64`.
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Hash for KeyHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The shard of a hash: bytes 8 and 9, which the table (bytes 0 to 7) does not look at.
+fn hash_selector(hash: &KeyHash) -> u16 {
+    u16::from_le_bytes([hash.0[8], hash.0[9]])
+}
+
+/// Keys by hash: what a request looks up.
+#[derive(Clone)]
+pub(crate) struct KeyIndex(Sharded<ByHash, BuildHasherDefault<PrefixHasher>>);
+
+impl KeyIndex {
+    pub(crate) fn get(&self, hash: &KeyHash) -> Option<&Arc<KeyEntry>> {
+        self.0.get(hash_selector(hash), hash).map(|e| &e.0)
+    }
+    pub(crate) fn contains(&self, hash: &KeyHash) -> bool {
+        self.get(hash).is_some()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.len
+    }
+    pub(crate) fn bits(&self) -> u32 {
+        self.0.bits
+    }
+    /// False (and nothing changes) when the hash is taken.
+    pub(crate) fn insert(&mut self, entry: Arc<KeyEntry>) -> bool {
+        self.0.insert(hash_selector(&entry.hash), ByHash(entry))
+    }
+    /// Puts `entry` in place of the one with its hash.
+    pub(crate) fn replace(&mut self, entry: Arc<KeyEntry>) -> Option<Arc<KeyEntry>> {
+        self.0
+            .replace(hash_selector(&entry.hash), ByHash(entry))
+            .map(|e| e.0)
+    }
+    pub(crate) fn remove(&mut self, hash: &KeyHash) -> Option<Arc<KeyEntry>> {
+        self.0.take(hash_selector(hash), hash).map(|e| e.0)
+    }
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.0.iter().map(|e| &e.0)
+    }
+}
+
+/// A key by its id; `Hash` and `Eq` agree with `str`'s.
+#[derive(Clone)]
+struct ById(Arc<KeyEntry>);
+
+/// Hashes as `str` does (its bytes, then `0xff`), without checking the bytes are UTF-8 again.
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0.id_bytes());
+        state.write_u8(0xff);
+    }
+}
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id_bytes() == other.0.id_bytes()
+    }
+}
+impl Eq for ById {}
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id()
+    }
+}
+
+/// A fast hash for ids (FxHash's mixing, with a final avalanche so that every bit is usable).
+/// Ids come from the operator's keys file or control plane, not from clients.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl IdHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(word(c));
+        }
+        let rest = chunks.remainder().len();
+        if rest > 0 {
+            // The last eight bytes (overlapping the words before), or the few there are: one
+            // load, not a copy to the stack and back.
+            let tail = match bytes.len() {
+                n if n >= 8 => word(&bytes[n - 8..]),
+                _ => bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+            };
+            self.add(tail ^ ((rest as u64) << 59));
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+pub(crate) type IdBuild = BuildHasherDefault<IdHasher>;
+
+/// The shard of an id: hash bits 32 to 47, away from those the table uses (the low bits for
+/// the bucket, the top seven for its tag).
+fn id_selector(id: &str) -> u16 {
+    (IdBuild::default().hash_one(id) >> 32) as u16
+}
+
+/// Keys by id: what a delta names.
+#[derive(Clone)]
+pub(crate) struct IdIndex(Sharded<ById, IdBuild>);
+
+impl IdIndex {
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<KeyEntry>> {
+        self.0.get(id_selector(id), id).map(|e| &e.0)
+    }
+    pub(crate) fn insert(&mut self, entry: Arc<KeyEntry>) -> bool {
+        self.0.insert(id_selector(entry.id()), ById(entry))
+    }
+    pub(crate) fn replace(&mut self, entry: Arc<KeyEntry>) -> Option<Arc<KeyEntry>> {
+        self.0
+            .replace(id_selector(entry.id()), ById(entry))
+            .map(|e| e.0)
+    }
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<KeyEntry>> {
+        self.0.take(id_selector(id), id).map(|e| e.0)
+    }
+}
+
+/// Both indexes, built together from entries in document order: an entry whose id or hash an
+/// earlier entry already holds is handed to `rejected` with the reason instead.
+///
+/// Every shard starts at its final size (counted first): a shard that grows rehashes, which
+/// means visiting its entries again, at a cache miss each.
+pub(crate) fn build(
+    entries: Vec<Arc<KeyEntry>>,
+    mut rejected: impl FnMut(Arc<KeyEntry>, &'static str),
+) -> (KeyIndex, IdIndex) {
+    let bits = bits_for(entries.len());
+    let (sizes_by_hash, sizes_by_id) = shard_sizes(&entries, bits);
+    let mut keys: Vec<HashSet<ByHash, _>> = empty_shards(&sizes_by_hash);
+    let mut ids: Vec<HashSet<ById, _>> = empty_shards(&sizes_by_id);
+    let mut len = 0;
+    for e in entries {
+        let by_id = &mut ids[slot(bits, id_selector(e.id()))];
+        if !by_id.insert(ById(e.clone())) {
+            rejected(e, "duplicate id");
+            continue;
+        }
+        let by_hash = &mut keys[slot(bits, hash_selector(&e.hash))];
+        if by_hash.contains(&e.hash) {
+            // Two ids for one secret would make the caller's identity ambiguous.
+            by_id.remove(e.id());
+            rejected(e, "duplicate hash");
+            continue;
+        }
+        by_hash.insert(ByHash(e));
+        len += 1;
+    }
+    (
+        KeyIndex(into_sharded(keys, bits, len)),
+        IdIndex(into_sharded(ids, bits, len)),
+    )
+}
+
+/// How many entries fall in each shard, by hash and by id.
+fn shard_sizes(entries: &[Arc<KeyEntry>], bits: u32) -> (Vec<usize>, Vec<usize>) {
+    let mut by_hash = vec![0usize; 1 << bits];
+    let mut by_id = vec![0usize; 1 << bits];
+    for e in entries {
+        by_hash[slot(bits, hash_selector(&e.hash))] += 1;
+        by_id[slot(bits, id_selector(e.id()))] += 1;
+    }
+    (by_hash, by_id)
+}
+
+fn slot(bits: u32, selector: u16) -> usize {
+    match bits {
+        0 => 0,
+        b => usize::from(selector >> (16 - b)),
+    }
+}
+
+fn empty_shards<T, S: Default>(sizes: &[usize]) -> Vec<HashSet<T, S>> {
+    sizes
+        .iter()
+        .map(|&n| HashSet::with_capacity_and_hasher(n, S::default()))
+        .collect()
+}
+
+fn into_sharded<T, S>(shards: Vec<HashSet<T, S>>, bits: u32, len: usize) -> Sharded<T, S> {
+    Sharded {
+        shards: shards.into_iter().map(Arc::new).collect(),
+        bits,
+        len,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_bits_follow_the_key_count() {
+        assert_eq!(bits_for(0), 0);
+        assert_eq!(bits_for(63), 0);
+        assert_eq!(bits_for(20_000), 10);
+        assert_eq!(bits_for(1_000_000), 15);
+        assert_eq!(bits_for(usize::MAX / 2), MAX_SHARD_BITS);
+        assert!(!outgrown(4 * KEYS_PER_SHARD, 0));
+        assert!(outgrown(4 * KEYS_PER_SHARD + 1, 0));
+        assert!(!outgrown(usize::MAX, MAX_SHARD_BITS));
+    }
+
+    #[test]
+    fn an_id_entry_hashes_like_its_id() {
+        let s = crate::snapshot::parse(
+            br#"{"version":1,"keys":[{"id":"key_0123456789abcdefghij","internal":true,
+                "hash":"0000000000000000000000000000000000000000000000000000000000000000"}]}"#,
+            crate::snapshot::Format::Json,
+            "t",
+        )
+        .unwrap();
+        let e = s.key_by_id("key_0123456789abcdefghij").unwrap();
+        assert_eq!(
+            IdBuild::default().hash_one(ById(e.clone())),
+            IdBuild::default().hash_one(e.id())
+        );
+    }
+
+    #[test]
+    fn id_hashes_spread_over_shards_and_buckets() {
+        let mut shards = std::collections::HashSet::new();
+        let mut low = std::collections::HashSet::new();
+        for i in 0..4096 {
+            let id = format!("key_{i}");
+            shards.insert(id_selector(&id) >> 8);
+            low.insert(IdBuild::default().hash_one(id.as_str()) & 0xff);
+        }
+        assert_eq!((shards.len(), low.len()), (256, 256));
+    }
+}

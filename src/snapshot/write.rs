@@ -1,0 +1,74 @@
+//! Writing a snapshot back out as a JSON document that [`parse`](super::parse) reads to the
+//! same snapshot (e.g. a last-known-good copy on disk). Entries a load skipped are not in the
+//! snapshot, so they are not written either.
+
+use super::model::{Owner, Snapshot};
+use super::wire::{KeyDoc, KeyStatus, WorkspaceDoc};
+use crate::scopes::KeyScopes;
+use std::io::{self, Write};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Streams `snapshot` as compact JSON: `{"version":…,"workspaces":[…],"keys":[…]}`.
+/// Workspaces are sorted by id; keys come in index order.
+pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
+    let mut w = io::BufWriter::with_capacity(64 * 1024, w);
+    write!(w, "{{\"version\":{},\"workspaces\":[", snapshot.version())?;
+    let mut workspaces: Vec<_> = snapshot.workspaces.values().collect();
+    workspaces.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    for (i, ws) in workspaces.into_iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        let doc = WorkspaceDoc {
+            id: ws.id.to_string(),
+            kind: ws.kind,
+            limits: (ws.limits != Default::default()).then_some(ws.limits),
+        };
+        serde_json::to_writer(&mut w, &doc)?;
+    }
+    w.write_all(b"],\"keys\":[")?;
+    let mut hex = [0u8; 64];
+    for (i, key) in snapshot.keys.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        let expires_at = match key.expires_at() {
+            None => None,
+            Some(t) => Some(
+                OffsetDateTime::from_unix_timestamp(t)
+                    .map_err(io::Error::other)?
+                    .format(&Rfc3339)
+                    .map_err(io::Error::other)?,
+            ),
+        };
+        let scopes = match key.scopes.scopes() {
+            KeyScopes::Legacy => None,
+            KeyScopes::Listed(patterns) => {
+                Some(Some(patterns.iter().map(|p| p.as_str()).collect()))
+            }
+        };
+        hex::encode_to_slice(key.hash.0, &mut hex).map_err(io::Error::other)?;
+        let doc = KeyDoc::<&str> {
+            id: key.id(),
+            name: key.name(),
+            hash: std::str::from_utf8(&hex).map_err(io::Error::other)?,
+            workspace: match &key.owner {
+                Owner::Workspace(ws) => Some(&ws.id),
+                Owner::Internal => None,
+            },
+            internal: matches!(key.owner, Owner::Internal),
+            scopes,
+            status: if key.revoked {
+                KeyStatus::Revoked
+            } else {
+                KeyStatus::Active
+            },
+            expires_at: expires_at.as_deref(),
+            restrictions: snapshot.restrictions(key).cloned(),
+        };
+        serde_json::to_writer(&mut w, &doc)?;
+    }
+    w.write_all(b"]}")?;
+    w.flush()
+}

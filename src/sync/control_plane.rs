@@ -1,0 +1,240 @@
+//! The control-plane source: pull the snapshot, then long-poll for changes as deltas.
+//!
+//! One loop per process, in a Pingora background service. Each round asks for what changed since
+//! the version in force (`?since=V&wait=30s` when watching): the control plane answers at once
+//! when something changed — which is how a revocation reaches every keygate within a second —
+//! or with 304 when the wait ends. A 410 (the version is too old for a delta) leads to a full
+//! fetch. Any failure keeps the snapshot in force and retries with exponential backoff and
+//! jitter; a snapshot that goes backwards, fails its signature or does not parse is rejected
+//! and counted.
+
+use super::{SnapshotStore, cache::CacheWriter, install};
+use crate::config::ControlPlaneConfig;
+use crate::metrics::Metrics;
+use crate::snapshot::{self, Format};
+use async_trait::async_trait;
+use base64::Engine;
+use ed25519_dalek::{Signature, VerifyingKey};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub const SOURCE: &str = "control_plane";
+pub const SIGNATURE_HEADER: &str = "x-keygate-signature";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the control plane refused the token (HTTP {0}); check snapshot.control_plane.token_*")]
+    Unauthorized(u16),
+    #[error("unexpected HTTP {0} from the control plane")]
+    Status(u16),
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// What one round brought.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    Changed,
+    Unchanged,
+    /// The delta base is gone (410): fetch the whole snapshot next.
+    NeedFull,
+}
+
+pub struct ControlPlaneSource {
+    cfg: ControlPlaneConfig,
+    client: reqwest::Client,
+    store: SnapshotStore,
+    metrics: Arc<Metrics>,
+    verifier: Option<VerifyingKey>,
+    cache: Option<Arc<CacheWriter>>,
+    need_full: AtomicBool,
+}
+
+impl ControlPlaneSource {
+    pub fn new(
+        cfg: ControlPlaneConfig,
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+        cache: Option<Arc<CacheWriter>>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("keygate/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!("snapshot.control_plane.ca_file: {}: {e}", ca.display())
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let verifier = match cfg.public_key {
+            Some(bytes) => Some(VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                anyhow::anyhow!("snapshot.control_plane.public_key is not a valid Ed25519 key")
+            })?),
+            None => None,
+        };
+        Ok(ControlPlaneSource {
+            client: builder.build()?,
+            cfg,
+            store,
+            metrics,
+            verifier,
+            cache,
+            need_full: AtomicBool::new(true),
+        })
+    }
+
+    /// One request to the control plane, applied.
+    async fn round(&self) -> Result<Round, SyncError> {
+        let current = self.store.load_full();
+        let delta_from = match &current {
+            Some(s) if !self.need_full.load(Ordering::Relaxed) => Some(s.version()),
+            _ => None,
+        };
+        let watch = self.cfg.watch && delta_from.is_some();
+        let mut url = format!("{}/v1/snapshot", self.cfg.url);
+        if let Some(v) = delta_from {
+            url.push_str(&format!("?since={v}"));
+            if watch {
+                url.push_str(&format!("&wait={}ms", self.cfg.wait.as_millis()));
+            }
+        }
+        let mut req = self
+            .client
+            .get(&url)
+            .bearer_auth(self.cfg.token.expose())
+            .timeout(self.cfg.timeout + if watch { self.cfg.wait } else { Duration::ZERO });
+        if let (Some(s), None) = (&current, delta_from) {
+            req = req.header(http::header::IF_NONE_MATCH, format!("\"{}\"", s.version()));
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        self.metrics.sync_response(delta_from.is_some(), status);
+        match status {
+            200 => {}
+            304 => {
+                self.metrics.confirm_snapshot();
+                return Ok(Round::Unchanged);
+            }
+            410 => {
+                self.need_full.store(true, Ordering::Relaxed);
+                return Ok(Round::NeedFull);
+            }
+            401 | 403 => return Err(SyncError::Unauthorized(status)),
+            _ => return Err(SyncError::Status(status)),
+        }
+        let signature = resp
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await?;
+        self.verify(&body, signature.as_deref())
+            .map_err(|e| self.reject(e))?;
+        let next = match (delta_from, &current) {
+            (Some(_), Some(cur)) => {
+                let delta = snapshot::parse_delta(&body, "control plane delta")
+                    .map_err(|e| self.reject(e.to_string()))?;
+                cur.apply(&delta).map_err(|e| self.reject(e.to_string()))?
+            }
+            _ => snapshot::parse(&body, Format::Json, "control plane snapshot")
+                .map_err(|e| self.reject(e.to_string()))?,
+        };
+        if let Some(cur) = &current {
+            if next.version() < cur.version() {
+                return Err(self.reject(format!(
+                    "version {} is older than the version in force ({}): a rollback",
+                    next.version(),
+                    cur.version()
+                )));
+            }
+            if next.version() == cur.version() {
+                self.need_full.store(false, Ordering::Relaxed);
+                self.metrics.confirm_snapshot();
+                return Ok(Round::Unchanged);
+            }
+        }
+        self.need_full.store(false, Ordering::Relaxed);
+        let next = Arc::new(next);
+        install(&self.store, &self.metrics, next.clone(), SOURCE);
+        if let Some(cache) = &self.cache {
+            cache.save(next);
+        }
+        Ok(Round::Changed)
+    }
+
+    fn verify(&self, body: &[u8], signature: Option<&str>) -> Result<(), String> {
+        let Some(key) = &self.verifier else {
+            return Ok(());
+        };
+        let sig = signature.ok_or("no signature, and snapshot.control_plane.public_key is set")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sig.trim())
+            .map_err(|_| "the signature is not base64")?;
+        let sig = Signature::from_slice(&bytes).map_err(|_| "the signature is not 64 bytes")?;
+        key.verify_strict(body, &sig)
+            .map_err(|_| "the signature does not match the snapshot".to_string())
+    }
+
+    fn reject(&self, why: impl Into<String>) -> SyncError {
+        self.metrics.reload(SOURCE, false);
+        SyncError::Rejected(why.into())
+    }
+}
+
+/// Exponential backoff with full jitter: 0.25 s doubling to 30 s.
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = Duration::from_millis(250) * 2u32.saturating_pow(self.0.min(7));
+        self.0 += 1;
+        ceiling
+            .min(Duration::from_secs(30))
+            .mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ControlPlaneSource {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = Backoff(0);
+        loop {
+            let round = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.round() => r,
+            };
+            let pause = match round {
+                Ok(Round::NeedFull) => continue,
+                Ok(Round::Changed | Round::Unchanged) => {
+                    backoff = Backoff(0);
+                    if self.cfg.watch {
+                        continue;
+                    }
+                    self.cfg.poll_interval
+                }
+                Err(e) => {
+                    if !matches!(e, SyncError::Rejected(_)) {
+                        self.metrics.sync_error(SOURCE);
+                    }
+                    let serving = self.store.load().as_ref().map(|s| s.version());
+                    tracing::warn!(
+                        serving_version = serving,
+                        "control-plane sync: {e}; keeping the snapshot in force"
+                    );
+                    backoff.next()
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}

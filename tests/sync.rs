@@ -1,0 +1,405 @@
+//! keygate ↔ the reference control plane, both real, on loopback: sync, revocation latency,
+//! outages, the disk cache, and rejected snapshots.
+
+mod common;
+
+use common::cp::{ControlPlane, SYNC_TOKEN};
+use common::http::Echo;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn start_keygate(up: &Echo, cp: &ControlPlane, extra: &str, port: Option<u16>) -> Keygate {
+    let keys = Keys::new(0);
+    Keygate::start(Setup {
+        snapshot: Some(cp.keygate_snapshot_section(extra)),
+        env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
+        port,
+        ..Setup::new(up, &keys)
+    })
+}
+
+fn wait_ready(kg: &Keygate) {
+    let ready = within(Duration::from_secs(10), || {
+        kg.admin_get("/readyz").status == 200
+    });
+    assert!(ready.is_some(), "keygate never became ready:\n{}", kg.log());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn initial_sync_serves_the_control_planes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws_acme", "live");
+    let (_, secret) = cp.create_key("ws_acme", "live", &["products:read"]);
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, "", None);
+    wait_ready(&kg);
+    let r = kg.get_with_key("/v1/products", &secret);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        upstream_header(&r, "x-workspace-id").as_deref(),
+        Some("ws_acme")
+    );
+    let status = kg.admin_get("/status").json();
+    assert_eq!(status["snapshot"]["source"], "control_plane");
+    assert_eq!(status["snapshot"]["keys"], 1);
+    // A key created afterwards arrives as a delta, without a restart.
+    let (_, second) = cp.create_key("ws_acme", "live", &[]);
+    assert!(
+        within(Duration::from_secs(2), || kg
+            .get_with_key("/v1/me", &second)
+            .status
+            == 200)
+        .is_some()
+    );
+    assert!(
+        kg.metric(r#"keygate_sync_responses_total{kind="delta",status="200"}"#)
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        kg.metric(r#"keygate_sync_responses_total{kind="full",status="200"}"#)
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn before_the_first_snapshot_requests_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::http::free_port();
+    let up = Echo::start();
+    // Nothing listens on the control plane's port yet.
+    let placeholder = ControlPlaneAddr(port);
+    let kg = {
+        let keys = Keys::new(0);
+        Keygate::start(Setup {
+            snapshot: Some(format!(
+                "snapshot:\n  control_plane:\n    url: http://127.0.0.1:{}\n    token_env: KEYGATE_CP_TOKEN\n",
+                placeholder.0
+            )),
+            env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
+            ..Setup::new(&up, &keys)
+        })
+    };
+    let r = kg.get(
+        "/v1/products",
+        &[(
+            "Authorization",
+            "Bearer sk_live_00000000000000000000000000000000",
+        )],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], "no_snapshot");
+    assert_eq!(kg.admin_get("/readyz").status, 503);
+    assert_eq!(up.requests_seen(), 0);
+    // Public routes do not need keys and stay open.
+    assert_eq!(kg.get("/health", &[]).status, 200);
+
+    // The control plane comes up: keygate syncs (after its backoff) and serves.
+    let cp = ControlPlane::start_with(dir.path(), Some(port), None);
+    cp.create_workspace("ws", "sandbox");
+    let (_, secret) = cp.create_key("ws", "test", &[]);
+    wait_ready(&kg);
+    assert!(
+        within(Duration::from_secs(5), || kg
+            .get_with_key("/v1/me", &secret)
+            .status
+            == 200)
+        .is_some()
+    );
+    assert!(
+        kg.metric(r#"keygate_sync_errors_total{source="control_plane"}"#)
+            .unwrap()
+            >= 1.0
+    );
+}
+
+struct ControlPlaneAddr(u16);
+
+/// The issue's measurement: from the DELETE's response to the first 401, over 100 revocations.
+#[test]
+fn revocations_reach_keygate_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let keys: Vec<(String, String)> = (0..100).map(|_| cp.create_key("ws", "live", &[])).collect();
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, "", None);
+    wait_ready(&kg);
+    let mut latencies = Vec::new();
+    for (id, secret) in &keys {
+        assert_eq!(kg.get_with_key("/v1/me", secret).status, 200);
+        cp.revoke(id);
+        let revoked_at = Instant::now();
+        let took = within(Duration::from_secs(5), || {
+            kg.get_with_key("/v1/me", secret).status == 401
+        })
+        .map(|_| revoked_at.elapsed())
+        .unwrap_or_else(|| panic!("{id} still accepted 5 s after its revocation"));
+        latencies.push(took);
+    }
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    println!(
+        "revocation → first 401, watch (long-poll), 100 revocations: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies[99]
+    );
+    assert!(p99 <= Duration::from_secs(1), "p99 {p99:?}");
+}
+
+#[test]
+fn without_watch_revocations_take_at_most_the_poll_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let keys: Vec<(String, String)> = (0..10).map(|_| cp.create_key("ws", "live", &[])).collect();
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, "    watch: false\n    poll_interval: 1s\n", None);
+    wait_ready(&kg);
+    let mut latencies = Vec::new();
+    for (id, secret) in &keys {
+        assert_eq!(kg.get_with_key("/v1/me", secret).status, 200);
+        cp.revoke(id);
+        let t = Instant::now();
+        within(Duration::from_secs(5), || {
+            kg.get_with_key("/v1/me", secret).status == 401
+        })
+        .unwrap_or_else(|| panic!("{id} still accepted"));
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    println!("revocation → first 401, polling every 1 s, 10 revocations: p50 {p50:?}, p99 {p99:?}");
+    assert!(
+        p99 <= Duration::from_secs(2),
+        "p99 {p99:?} > poll interval + 1 s"
+    );
+}
+
+#[test]
+fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let (_, good) = cp.create_key("ws", "live", &[]);
+    let (revoked_id, revoked) = cp.create_key("ws", "live", &[]);
+    cp.revoke(&revoked_id);
+    let cache = dir.path().join("snapshot-cache.json");
+    let extra = format!("  cache_file: {}\n", cache.display());
+    let up = Echo::start();
+    let mut kg = start_keygate(&up, &cp, &extra, None);
+    wait_ready(&kg);
+    assert!(
+        within(Duration::from_secs(5), || cache.exists()).is_some(),
+        "no cache written"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    cp.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kg.get_with_key("/v1/me", &good).status, 200);
+    assert_eq!(kg.get_with_key("/v1/me", &revoked).status, 401);
+    assert_eq!(
+        kg.admin_get("/readyz").status,
+        200,
+        "no max_staleness: still ready"
+    );
+
+    // Restart keygate while the control plane is down: it serves from the cache.
+    let port = kg.addr.port();
+    drop(kg);
+    kg = start_keygate(&up, &cp, &extra, Some(port));
+    wait_ready(&kg);
+    assert_eq!(kg.get_with_key("/v1/me", &good).status, 200);
+    assert_eq!(kg.get_with_key("/v1/me", &revoked).status, 401);
+    assert_eq!(
+        kg.admin_get("/status").json()["snapshot"]["source"],
+        "disk_cache"
+    );
+    assert!(kg.is_running());
+
+    // The control plane returns: keygate takes up syncing again.
+    cp.resume();
+    let (_, later) = cp.create_key("ws", "live", &[]);
+    assert!(
+        within(Duration::from_secs(10), || kg
+            .get_with_key("/v1/me", &later)
+            .status
+            == 200)
+        .is_some()
+    );
+}
+
+#[test]
+fn a_corrupt_cache_is_reported_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let cache = dir.path().join("cache.json");
+    std::fs::write(&cache, b"{\"version\": 1, \"keys\": [trunc").unwrap();
+    let up = Echo::start();
+    let kg = start_keygate(
+        &up,
+        &cp,
+        &format!("  cache_file: {}\n", cache.display()),
+        None,
+    );
+    wait_ready(&kg);
+    assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
+    assert!(
+        kg.log().contains("ignoring the snapshot cache"),
+        "{}",
+        kg.log()
+    );
+    assert_eq!(
+        kg.metric(r#"keygate_snapshot_reloads_total{result="rejected",source="disk_cache"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn max_staleness_fails_closed_when_the_control_plane_is_gone_too_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, "    wait: 500ms\n  max_staleness: 2s\n", None);
+    wait_ready(&kg);
+    assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
+    cp.stop();
+    let closed = within(Duration::from_secs(6), || {
+        kg.get_with_key("/v1/me", &secret).status == 503
+    });
+    assert!(closed.is_some(), "still serving with a stale snapshot");
+    assert_eq!(kg.admin_get("/readyz").status, 503);
+    cp.resume();
+    assert!(
+        within(Duration::from_secs(10), || kg
+            .get_with_key("/v1/me", &secret)
+            .status
+            == 200)
+        .is_some()
+    );
+}
+
+#[test]
+fn a_rollback_is_rejected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let (_, old) = cp.create_key("ws", "live", &[]);
+    // Keep the database as it is now (an "old backup").
+    cp.stop();
+    let backup = dir.path().join("backup.sqlite");
+    std::fs::copy(&cp.db, &backup).unwrap();
+    cp.resume();
+    let (_, newer) = cp.create_key("ws", "live", &[]);
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, "", None);
+    wait_ready(&kg);
+    assert_eq!(kg.get_with_key("/v1/me", &newer).status, 200);
+
+    // The control plane is restored from the old backup: its version goes backwards.
+    cp.stop();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", cp.db.display()));
+    }
+    std::fs::copy(&backup, &cp.db).unwrap();
+    cp.resume();
+    let counted = within(Duration::from_secs(10), || {
+        kg.metric(r#"keygate_snapshot_reloads_total{result="rejected",source="control_plane"}"#)
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(counted.is_some(), "rollback not rejected:\n{}", kg.log());
+    assert!(kg.log().contains("rollback"), "{}", kg.log());
+    // The newer snapshot keeps serving.
+    assert_eq!(kg.get_with_key("/v1/me", &newer).status, 200);
+    assert_eq!(kg.get_with_key("/v1/me", &old).status, 200);
+}
+
+#[test]
+fn signatures_are_checked_when_a_public_key_is_configured() {
+    use base64::Engine;
+    let seed = [7u8; 32];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let public = b64.encode(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let other = b64.encode(
+        ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(dir.path(), None, Some(&b64.encode(seed)));
+    cp.create_workspace("ws", "live");
+    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let up = Echo::start();
+
+    let good = start_keygate(&up, &cp, &format!("    public_key: {public}\n"), None);
+    wait_ready(&good);
+    assert_eq!(good.get_with_key("/v1/me", &secret).status, 200);
+
+    let wrong = start_keygate(&up, &cp, &format!("    public_key: {other}\n"), None);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        wrong.admin_get("/readyz").status,
+        503,
+        "accepted a snapshot signed by another key"
+    );
+    assert_eq!(wrong.get_with_key("/v1/me", &secret).status, 503);
+    assert!(
+        wrong.log().contains("signature does not match"),
+        "{}",
+        wrong.log()
+    );
+}
+
+#[test]
+fn the_control_plane_token_is_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let up = Echo::start();
+    let keys = Keys::new(0);
+    let kg = Keygate::start(Setup {
+        snapshot: Some(cp.keygate_snapshot_section("")),
+        env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
+        log_filter: "trace",
+        ..Setup::new(&up, &keys)
+    });
+    wait_ready(&kg);
+    cp.create_key("ws", "live", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    // And a wrong token: refused, logged as refused, still not printed.
+    let bad = Keygate::start(Setup {
+        snapshot: Some(cp.keygate_snapshot_section("")),
+        env: vec![("KEYGATE_CP_TOKEN", "wrong-token-value-123".to_owned())],
+        log_filter: "trace",
+        ..Setup::new(&up, &keys)
+    });
+    let refused = within(Duration::from_secs(5), || {
+        bad.log().contains("refused the token")
+    });
+    assert!(refused.is_some(), "{}", bad.log());
+    for log in [kg.log(), bad.log(), kg.admin_get("/status").text()] {
+        assert!(
+            !log.contains(SYNC_TOKEN) && !log.contains("wrong-token-value-123"),
+            "token in:\n{log}"
+        );
+        assert!(log.lines().count() > 0);
+    }
+}
