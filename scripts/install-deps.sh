@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building and testing keygate needs and a fresh Debian machine lacks: cmake
-# (Pingora's zlib-ng), a C compiler, curl and python3 (for the quickstart), and Prometheus
-# (`promtool` and `prometheus`, for tests/prometheus_tools.rs). Safe to run again.
+# Installs what building keygate needs and a fresh Debian machine lacks: cmake (Pingora's
+# zlib-ng), a C compiler, curl and python3 (for the quickstart). With `--test`, also Prometheus
+# (`promtool` and `prometheus`, which the test suite runs). Safe to run again.
 set -euo pipefail
+for_tests=false
+[ "${1:-}" = "--test" ] && for_tests=true
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v cc >/dev/null || missing+=(gcc)
@@ -10,7 +12,9 @@ command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 # Debian's `prometheus` package provides both binaries.
 prometheus=()
-{ command -v promtool && command -v prometheus; } >/dev/null || prometheus=(prometheus)
+if $for_tests; then
+  { command -v promtool && command -v prometheus; } >/dev/null || prometheus=(prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ] || [ ${#prometheus[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -4,7 +4,7 @@
 # Pingora is compiled once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 cargo fmt --all -- --check
 cargo clippy --release --locked --all-targets -- -D warnings
 # The README's first command must keep working: run it once, non-interactively.
