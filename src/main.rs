@@ -67,9 +67,15 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         daemon: args.daemon,
         ..Opt::default()
     };
-    let server = keygate::server::build(config, opt)?;
+    let built = keygate::server::build(config, opt)?;
     tracing::info!(config = %args.config.display(), "keygate starting");
-    server.run_forever()
+    // `run` returns once a shutdown has finished (SIGTERM, SIGQUIT); SIGINT exits at once.
+    built.server.run(pingora::server::RunArgs::default());
+    if let Some(reporter) = built.usage_reporter {
+        reporter.final_report();
+    }
+    tracing::info!("keygate stopped");
+    Ok(())
 }
 
 /// `keygate control-plane`: the reference control plane, or with `--print-public-key` the key

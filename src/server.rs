@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Keygate, Observers};
 use crate::sync::cache::CacheWriter;
 use crate::sync::control_plane::ControlPlaneSource;
+use crate::sync::usage_report::UsageReporter;
 use crate::sync::{self, SnapshotStore, file::FileSource};
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
@@ -19,9 +20,16 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A server ready to `run`, and what must happen after it stops.
+pub struct Built {
+    pub server: Server,
+    /// Reports the last usage to the control plane; call after the server has stopped.
+    pub usage_reporter: Option<Arc<UsageReporter>>,
+}
+
 /// Builds a server ready to `run`. The keys file is loaded here, so a broken one stops the start
 /// with its error instead of a proxy that refuses everything.
-pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
+pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     let Config {
         path,
         checksum,
@@ -47,6 +55,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     let max_staleness = snapshot.max_staleness;
+    let mut control_plane = None;
     match snapshot.source {
         SourceConfig::File {
             path,
@@ -57,6 +66,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
             server.add_service(background_service("keys file", source));
         }
         SourceConfig::ControlPlane(cp) => {
+            control_plane = Some(cp.clone());
             let cache = snapshot.cache_file.map(CacheWriter::new);
             if let Some(cache) = &cache {
                 serve_from_cache(cache, &store, &metrics);
@@ -78,6 +88,16 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
     let usage = observability
         .usage_max_keys
         .map(|max| Arc::new(UsageTracker::new(max)));
+    let mut usage_reporter = None;
+    if let (Some(cp), Some(usage)) = (&control_plane, &usage) {
+        let reporter = Arc::new(UsageReporter::new(
+            cp.clone(),
+            usage.clone(),
+            observability.usage_flush_interval,
+        )?);
+        usage_reporter = Some(reporter.clone());
+        server.add_service(background_service("usage report", Reporting(reporter)));
+    }
 
     if let Some(addr) = observability.admin {
         let admin = Admin {
@@ -118,7 +138,20 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Server> {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    Ok(server)
+    Ok(Built {
+        server,
+        usage_reporter,
+    })
+}
+
+/// The usage reporter as a background service; `main` keeps its own handle for the last report.
+struct Reporting(Arc<UsageReporter>);
+
+#[async_trait]
+impl BackgroundService for Reporting {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await
+    }
 }
 
 /// Until the control plane answers, serve the last snapshot it gave (fail closed without one).

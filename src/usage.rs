@@ -13,6 +13,8 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Default)]
 struct Entry {
     requests: AtomicU64,
+    /// Requests not yet reported to the control plane.
+    unflushed: AtomicU64,
     last_used_ms: AtomicU64,
 }
 
@@ -28,6 +30,21 @@ pub struct KeyUsage {
     pub requests: u64,
     /// RFC 3339, UTC.
     pub last_used: String,
+}
+
+/// One key's requests since the last report, as `POST /v1/usage` takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageDelta {
+    pub key_id: String,
+    pub requests: u64,
+    pub last_used: String,
+}
+
+fn rfc3339_ms(unix_ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,6 +68,7 @@ impl UsageTracker {
     pub fn record(&self, key_id: &str, now_unix_ms: u64) {
         let touch = |e: &Entry| {
             e.requests.fetch_add(1, Ordering::Relaxed);
+            e.unflushed.fetch_add(1, Ordering::Relaxed);
             e.last_used_ms.fetch_max(now_unix_ms, Ordering::Relaxed);
         };
         if let Some(e) = self.keys.get(key_id) {
@@ -61,6 +79,31 @@ impl UsageTracker {
             return;
         }
         touch(&self.keys.entry(Box::from(key_id)).or_default());
+    }
+
+    /// Takes the requests counted since the last call, per key, for the control plane
+    /// (`POST /v1/usage`). A failed report is put back with [`UsageTracker::restore`].
+    pub fn take_unflushed(&self) -> Vec<UsageDelta> {
+        self.keys
+            .iter()
+            .filter_map(|e| {
+                let requests = e.unflushed.swap(0, Ordering::Relaxed);
+                (requests > 0).then(|| UsageDelta {
+                    key_id: e.key().to_string(),
+                    requests,
+                    last_used: rfc3339_ms(e.last_used_ms.load(Ordering::Relaxed)),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts back a report that did not reach the control plane, to be sent with the next one.
+    pub fn restore(&self, batch: &[UsageDelta]) {
+        for d in batch {
+            if let Some(e) = self.keys.get(d.key_id.as_str()) {
+                e.unflushed.fetch_add(d.requests, Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -74,10 +117,7 @@ impl UsageTracker {
             .iter()
             .map(|e| {
                 let last = e.last_used_ms.load(Ordering::Relaxed);
-                let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(last) * 1_000_000)
-                    .ok()
-                    .and_then(|t| t.format(&Rfc3339).ok())
-                    .unwrap_or_default();
+                let time = rfc3339_ms(last);
                 (
                     last,
                     KeyUsage {
@@ -116,5 +156,24 @@ mod tests {
         assert_eq!(r.keys[0].requests, 3);
         assert_eq!(r.keys[0].last_used, "2023-11-14T22:13:25Z");
         assert_eq!(r.keys[1].key_id, "k2");
+    }
+
+    #[test]
+    fn unflushed_requests_are_taken_once_and_restored_on_failure() {
+        let u = UsageTracker::new(10);
+        u.record("k1", 1_700_000_000_000);
+        u.record("k1", 1_700_000_001_000);
+        let batch = u.take_unflushed();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            (batch[0].requests, batch[0].last_used.as_str()),
+            (2, "2023-11-14T22:13:21Z")
+        );
+        assert!(u.take_unflushed().is_empty());
+        u.restore(&batch);
+        u.record("k1", 1_700_000_002_000);
+        assert_eq!(u.take_unflushed()[0].requests, 3);
+        // The total on /status is not affected by flushing.
+        assert_eq!(u.report().keys[0].requests, 3);
     }
 }

@@ -403,3 +403,59 @@ fn the_control_plane_token_is_never_logged() {
         assert!(log.lines().count() > 0);
     }
 }
+
+#[test]
+fn key_usage_reaches_the_control_plane_on_an_interval_and_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws", "live");
+    let (id, secret) = cp.create_key("ws", "live", &[]);
+    let usage_of = |cp: &ControlPlane| {
+        let keys = cp.list_keys();
+        keys["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert!(usage_of(&cp)["last_used"].is_null());
+    let up = Echo::start();
+    let keys = Keys::new(0);
+    let start = |flush: &str| {
+        Keygate::start(Setup {
+            snapshot: Some(cp.keygate_snapshot_section("")),
+            env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
+            more: if flush == "fast" {
+                "usage:\n  flush_interval: 200ms\n"
+            } else {
+                "usage:\n  flush_interval: 1h\n"
+            },
+            ..Setup::new(&up, &keys)
+        })
+    };
+    let kg = start("fast");
+    wait_ready(&kg);
+    for _ in 0..3 {
+        assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
+    }
+    let reported = within(Duration::from_secs(5), || usage_of(&cp)["requests"] == 3);
+    assert!(reported.is_some(), "{}", usage_of(&cp));
+    assert!(
+        usage_of(&cp)["last_used"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    drop(kg);
+
+    // An hour-long interval: only the report at shutdown can deliver these two.
+    let mut kg = start("slow");
+    wait_ready(&kg);
+    for _ in 0..2 {
+        assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
+    }
+    kg.settle(2);
+    assert!(kg.terminate(), "keygate did not stop on SIGTERM");
+    assert_eq!(usage_of(&cp)["requests"], 5, "{}", usage_of(&cp));
+}

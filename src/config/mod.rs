@@ -101,6 +101,9 @@ struct UsageFile {
     mode: Option<UsageMode>,
     /// Keys tracked at most; further keys are not tracked (and counted as dropped). Default 100000.
     max_keys: Option<usize>,
+    /// With a control-plane source: how often usage is reported to it. Default 60s.
+    #[serde(default, deserialize_with = "duration")]
+    flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +272,8 @@ pub struct ObservabilityConfig {
     pub per_workspace_metrics: Option<usize>,
     /// `None`: usage is not tracked.
     pub usage_max_keys: Option<usize>,
+    /// How often usage goes to the control plane (with a control-plane source).
+    pub usage_flush_interval: Duration,
 }
 
 /// The limits in force, per workspace type; workspaces may override them in the snapshot.
@@ -485,6 +490,13 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     } else {
         None
     };
+    let usage_flush_interval = usage.flush_interval.unwrap_or(Duration::from_secs(60));
+    if usage_flush_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            "usage.flush_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
     let usage_max_keys = match usage.mode.unwrap_or(UsageMode::Status) {
         UsageMode::Off => None,
         UsageMode::Status => Some(usage.max_keys.unwrap_or(100_000)),
@@ -505,6 +517,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
             admin: admin_addr,
             per_workspace_metrics,
             usage_max_keys,
+            usage_flush_interval,
         },
         access_log,
         log_level,

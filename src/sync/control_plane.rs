@@ -80,7 +80,7 @@ impl ControlPlaneSource {
             None => None,
         };
         Ok(ControlPlaneSource {
-            client: builder.build()?,
+            client: http_client(&cfg)?,
             cfg,
             store,
             metrics,
@@ -186,6 +186,22 @@ impl ControlPlaneSource {
         self.metrics.reload(SOURCE, false);
         SyncError::Rejected(why.into())
     }
+}
+
+/// The HTTP client for the control plane: its timeouts, and its private CA when configured.
+pub fn http_client(cfg: &ControlPlaneConfig) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(cfg.timeout)
+        .user_agent(concat!("keygate/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| {
+            anyhow::anyhow!("snapshot.control_plane.ca_file: {}: {e}", ca.display())
+        })?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 /// Exponential backoff with full jitter: 0.25 s doubling to 30 s.

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod control_plane;
 pub mod file;
+pub mod usage_report;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;

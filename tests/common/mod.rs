@@ -316,6 +316,17 @@ impl Keygate {
         self.dir.path()
     }
 
+    /// SIGTERM, as systemd stops a service; waits up to 10 s for the process to exit.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        within(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        })
+        .is_some()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
