@@ -62,17 +62,6 @@ impl ControlPlaneSource {
         metrics: Arc<Metrics>,
         cache: Option<Arc<CacheWriter>>,
     ) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(cfg.timeout)
-            .user_agent(concat!("keygate/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                anyhow::anyhow!("snapshot.control_plane.ca_file: {}: {e}", ca.display())
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         let verifier = match cfg.public_key {
             Some(bytes) => Some(VerifyingKey::from_bytes(&bytes).map_err(|_| {
                 anyhow::anyhow!("snapshot.control_plane.public_key is not a valid Ed25519 key")
