@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --locked
-bin=target/release/keygate
+# Honour CARGO_TARGET_DIR, as cargo does.
+target_dir="${CARGO_TARGET_DIR:-target}"
+bin="$target_dir/release/keygate"
 
 python3 scripts/echo_upstream.py 9000 &
 upstream=$!
-access_log=target/quickstart-access.log
+access_log="$target_dir/quickstart-access.log"
 "$bin" run -c conf/keygate.yaml > "$access_log" &
 gate=$!
 trap 'kill $gate $upstream 2>/dev/null || true' EXIT
@@ -19,6 +21,10 @@ for _ in $(seq 100); do
   curl -sf -o /dev/null http://127.0.0.1:8080/health && break
   sleep 0.1
 done
+if ! curl -sf -o /dev/null http://127.0.0.1:8080/health; then
+  echo "keygate (or the sample upstream) did not come up on 127.0.0.1:8080 / :9000; is a port taken?" >&2
+  exit 1
+fi
 
 show() {
   echo
