@@ -1,0 +1,90 @@
+//! A bare Pingora proxy with keygate's settings and none of its work: the baseline that
+//! `scripts/bench-load.sh` compares keygate against.
+//!
+//! It reads a keygate config file with keygate's own loader and takes from it exactly what
+//! `keygate run` gives Pingora — the server settings (`server.threads`, `work_stealing`,
+//! `listener_tasks_per_fd`, the upstream keep-alive pool, retries, grace periods), the upstream
+//! address and its peer timeouts (`connect`, `read`, `write`, `idle`), and the client keep-alive
+//! (`listen.keepalive_timeout`, set per request with `Session::set_keepalive` as keygate does).
+//! Everything else is left out: no snapshot, no authentication, no route or limit, no header
+//! rewriting, no metrics, no access log, no admin listener. Every request goes to the upstream.
+//!
+//! Run: `cargo run --release --example bare_proxy -- -c conf/keygate.yaml --listen 127.0.0.1:8081`
+
+use async_trait::async_trait;
+use clap::Parser;
+use keygate::config::{Config, UpstreamConfig};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::Opt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "A plain Pingora proxy with keygate's server, upstream and keep-alive settings")]
+struct Args {
+    /// The keygate config to take the settings from.
+    #[arg(short, long, default_value = "conf/keygate.yaml")]
+    config: PathBuf,
+    /// Where to listen, instead of the config's `listen.addresses` (so that keygate can run on
+    /// the same config at the same time).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+struct BareProxy {
+    upstream: UpstreamConfig,
+    client_keepalive_secs: u64,
+}
+
+#[async_trait]
+impl ProxyHttp for BareProxy {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        // As keygate: Pingora keeps idle client connections open forever unless told otherwise.
+        session.set_keepalive(Some(self.client_keepalive_secs));
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        // The same peer keygate builds in `proxy.rs`.
+        let u = &self.upstream;
+        let mut peer = HttpPeer::new(u.address, false, String::new());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        Ok(Box::new(peer))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    let listen = match args.listen {
+        Some(addr) => vec![addr],
+        None => config.listen.clone(),
+    };
+    eprintln!(
+        "bare proxy: listening on {listen:?}, upstream {}, {} threads",
+        config.upstream.address, config.server.threads
+    );
+    // As `keygate run` without `-d` or `-u`.
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), config.server);
+    server.bootstrap();
+    let proxy = BareProxy {
+        upstream: config.upstream,
+        // As keygate's `Keygate::new`.
+        client_keepalive_secs: config.keepalive_timeout.as_secs().max(1),
+    };
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "bare proxy");
+    for addr in &listen {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+    server.run_forever()
+}

@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# The end-to-end load benchmark: what keygate costs over a bare Pingora proxy, under real HTTP.
+#
+# In one run, all on 127.0.0.1: nginx answering `200 ok` (one worker, keep-alive, no access
+# log) as the upstream; then, each in turn, driven by wrk through the same Lua script:
+#   1. nginx directly;
+#   2. a bare Pingora proxy (examples/bare_proxy.rs: keygate's Pingora version and settings,
+#      read from the same generated config, with no auth and no header work);
+#   3. keygate on a generated snapshot of 10,000 keys in 1,000 live workspaces, limits high
+#      enough never to answer 429, access log off;
+#   4. the same keygate with the access log on (stdout to a file), unless BENCH_ACCESS_LOG=0.
+# Every request carries `Authorization: Bearer <key>`, cycling through all 10,000 keys. Before
+# loading keygate the script checks that a good key gets 200 and a bad or missing one 401; after,
+# that keygate counted as `allowed` (its admin /metrics) the requests wrk reports, and that no
+# request got anything but 2xx. It prints req/s, p50 and p99 per target, the CPU time each
+# process spent per request (read from /proc; the steadier measure of cost when wrk, nginx and
+# the proxy share 2 cores), then the ratios: keygate / bare Pingora, keygate / nginx direct,
+# access log on / off. Other load on the machine during a run is measured and warned about.
+#
+# Needs a Rust toolchain and the build dependencies (scripts/install-deps.sh); installs wrk and
+# nginx-light when missing. Takes about 75 s on 2 cores with a warm release build.
+#
+# Settings (environment): BENCH_DURATION (15s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (32),
+# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1), BENCH_KEEP (0: 1 keeps the
+# work directory with configs, logs and wrk's outputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+duration=${BENCH_DURATION:-15s}
+warmup=${BENCH_WARMUP:-2s}
+# One wrk thread: on a 2-core machine a second one would take CPU from the proxy it measures.
+# 32 connections keep keygate's 2 worker threads busy despite that single wrk thread, and stay
+# well under the upstream keep-alive pool (128 idle connections), so every in-flight request
+# reuses a pooled upstream connection and no run pays for connection set-up. Many more would
+# only lengthen the queues (and the latencies) without adding throughput.
+connections=${BENCH_CONNECTIONS:-32}
+n_keys=${BENCH_KEYS:-10000}
+n_workspaces=${BENCH_WORKSPACES:-1000}
+access_log_run=${BENCH_ACCESS_LOG:-1}
+
+die() {
+  echo "bench-load: FAIL: $*" >&2
+  exit 1
+}
+
+# --- processes: every one started is stopped on exit -------------------------------------------
+
+pids=()
+work=""
+policy=""
+cleanup() {
+  local pid
+  if [ -n "${wrk_pid:-}" ]; then
+    kill -KILL "$wrk_pid" 2>/dev/null || true
+  fi
+  for pid in "${pids[@]}"; do
+    stop "$pid"
+  done
+  if [ -n "$policy" ]; then
+    $sudo rm -f "$policy"
+  fi
+  if [ -n "$work" ]; then
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+      echo "bench-load: work directory kept: $work"
+    else
+      rm -rf "$work"
+    fi
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# alive PID: the process runs (an exited child not yet waited for is a zombie: not alive).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# stop PID: SIGINT — a fast shutdown for Pingora (SIGTERM would wait out its grace period) and
+# for nginx — then SIGKILL if it is still there after 3 s.
+stop() {
+  local pid=$1
+  if alive "$pid"; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 30); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# wait_ready NAME URL PID LOG: until URL answers 200 (10 s at most); the log is shown on failure.
+wait_ready() {
+  local name=$1 url=$2 pid=$3 log=$4
+  for _ in $(seq 100); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; then
+      return 0
+    fi
+    if ! alive "$pid"; then
+      tail -n 30 "$log" >&2 || true
+      die "$name exited at start (log above)"
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$log" >&2 || true
+  die "$name did not answer 200 at $url within 10 s (log above)"
+}
+
+# --- tools ---------------------------------------------------------------------------------
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+[ -x "$nginx_bin" ] || missing+=(nginx-light)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  # The nginx package would start a system nginx on port 80: forbid service starts during the
+  # install, unless a policy-rc.d is already in place (as in Docker images).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# keygate scripts/bench-load.sh: no service starts during its install\nexit 101\n' |
+      $sudo tee "$policy" >/dev/null
+    $sudo chmod 0755 "$policy"
+  fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$policy" ]; then
+    $sudo rm -f "$policy"
+    policy=""
+  fi
+  nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+fi
+
+echo "== building (release): keygate and examples/bare_proxy"
+cargo build --release --locked --examples --bins
+keygate=target/release/keygate
+bare=target/release/examples/bare_proxy
+lua=scripts/bench/keys.lua
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
+# Six free loopback ports, all held at once so that they differ.
+read -r p_nginx p_bare p_kg p_kg_admin p_kg2 p_kg2_admin < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+')
+[ -n "${p_kg2_admin:-}" ] || die "could not pick free ports"
+
+echo "== generating $n_keys keys in $n_workspaces workspaces"
+secrets=$work/secrets.txt
+python3 scripts/bench/gen_keys.py "$work/keys.json" "$secrets" "$n_keys" "$n_workspaces"
+[ "$(wc -l <"$secrets")" -eq "$n_keys" ] || die "expected $n_keys secrets in $secrets"
+
+# keygate_config FILE PORT ADMIN_PORT ACCESS_LOG(true|false): conf/keygate.yaml's settings, with
+# the generated keys, one route over everything, and limits that never bind.
+keygate_config() {
+  cat >"$1" <<EOF
+# Generated by scripts/bench-load.sh.
+listen:
+  addresses: ["127.0.0.1:$2"]
+  keepalive_timeout: 60s
+upstream:
+  address: 127.0.0.1:$p_nginx
+  connect_timeout: 1s
+  read_timeout: 30s
+  write_timeout: 30s
+  idle_timeout: 4s
+  forward_authorization: false
+server:
+  threads: 2
+  grace_period_seconds: 5
+  graceful_shutdown_timeout_seconds: 5
+  upgrade_sock: $work/upgrade-$2.sock
+snapshot:
+  file: keys.json
+  watch_interval: 250ms
+routes:
+  - name: all
+    path: /**
+    scopes: ["products:read"]
+unmatched: deny
+limits:
+  enabled: true
+  live: { burst_per_second: 1000000, sustained_per_minute: 100000000 }
+admin:
+  address: 127.0.0.1:$3
+access_log:
+  enabled: $4
+  sample_ratio: 1.0
+usage:
+  mode: status
+log:
+  level: info
+EOF
+  "$keygate" check -c "$1" >"$1.check" 2>&1 || {
+    cat "$1.check" >&2
+    die "keygate check rejected $1"
+  }
+}
+keygate_config "$work/keygate.yaml" "$p_kg" "$p_kg_admin" false
+keygate_config "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin" true
+
+# --- the upstream --------------------------------------------------------------------------
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+# Generated by scripts/bench-load.sh: a fast upstream answering 200 "ok".
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+lock_file $work/nginx/nginx.lock;
+error_log $work/nginx/error.log warn;
+events {
+  worker_connections 1024;
+}
+http {
+  access_log off;
+  keepalive_timeout 65s;          # above the proxies' 4 s upstream idle_timeout
+  keepalive_requests 100000000;   # the default (1000) would close every connection often
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server {
+    listen 127.0.0.1:$p_nginx;
+    location / {
+      default_type text/plain;
+      return 200 "ok\n";
+    }
+  }
+}
+EOF
+nginx_args=(-p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf")
+"$nginx_bin" "${nginx_args[@]}" -t -q || die "nginx rejected its config"
+"$nginx_bin" "${nginx_args[@]}" -g 'daemon off;' 2>>"$work/nginx/error.log" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+wait_ready nginx "http://127.0.0.1:$p_nginx/" "$nginx_pid" "$work/nginx/error.log"
+nginx_worker=$(pgrep -P "$nginx_pid" | head -n 1) || die "no nginx worker process"
+
+# --- load ----------------------------------------------------------------------------------
+
+path=/v1/products
+results=$work/results.tsv
+: >"$results"
+cpus=$(nproc)
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+echo "== $cpus CPUs; wrk -t1 -c$connections -d$duration --latency (after a $warmup warm-up)," \
+  "keys cycled from $n_keys"
+
+# run_wrk ARGS...: wrk in the background, waited for, so that a signal stops the script at once
+# (bash runs a trap only once the foreground command is over).
+wrk_pid=""
+run_wrk() {
+  wrk "$@" &
+  wrk_pid=$!
+  wait "$wrk_pid"
+}
+
+warm_up() {
+  run_wrk -t1 -c"$connections" -d"$warmup" -s "$lua" "$1" -- "$secrets" >/dev/null
+  # Let the requests still in flight when wrk stopped finish before anything is counted.
+  sleep 0.3
+}
+
+# CPU accounting, in clock ticks. On a 2-core machine where wrk, nginx and the proxy share the
+# CPUs, throughput is largely set by what they all spend per request; the proxy's own CPU time
+# per request is the steadier figure of what it costs. The machine's busy time shows whether
+# something else (a build, another benchmark) ran at the same time and skewed the figures.
+#   proc_ticks PID: the process's user + system time (all threads).
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat") || die "process $1 is gone"
+  stat=${stat##*) }
+  awk '{ print $12 + $13 }' <<<"$stat"
+}
+#   waited_ticks: user + system time of this shell's waited-for children (wrk among them).
+waited_ticks() {
+  local stat
+  stat=$(cat "/proc/$$/stat")
+  stat=${stat##*) }
+  awk '{ print $14 + $15 }' <<<"$stat"
+}
+#   machine_ticks: "BUSY TOTAL" over all CPUs since boot.
+machine_ticks() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# measure NAME LABEL URL SERVER_PID: one wrk run against SERVER_PID (the proxy, or the nginx
+# worker for nginx directly); sets `requests`; records a line in the results file. Any non-2xx
+# answer or socket error fails the whole benchmark.
+measure() {
+  local name=$1 label=$2 url=$3 server=$4 out="$work/wrk-$1.txt"
+  local summary rps p50 p99 non2xx errors s0 s1 u0 u1 w0 w1 m0 m1 busy total cpu
+  s0=$(proc_ticks "$server")
+  u0=$(proc_ticks "$nginx_worker")
+  w0=$(waited_ticks)
+  m0=$(machine_ticks)
+  run_wrk -t1 -c"$connections" -d"$duration" --latency -s "$lua" "$url" -- "$secrets" >"$out" 2>&1 ||
+    { cat "$out" >&2; die "wrk failed against $label"; }
+  m1=$(machine_ticks)
+  w1=$(waited_ticks)
+  u1=$(proc_ticks "$nginx_worker")
+  s1=$(proc_ticks "$server")
+  summary=$(python3 scripts/bench/wrk_summary.py <"$out") || die "could not read wrk's output"
+  read -r rps p50 p99 requests non2xx errors <<<"$summary"
+  read -r busy total <<<"$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] - x[1], y[2] - x[2] }')"
+  # Per request, in microseconds: the server, the upstream nginx (none when it is the server),
+  # wrk; then the machine's busy share and what processes other than these three used, in
+  # percent of one CPU.
+  cpu=$(awk -v tick="$tick_us" -v n="$requests" -v s=$((s1 - s0)) -v u=$((u1 - u0)) \
+    -v w=$((w1 - w0)) -v busy="$busy" -v total="$total" -v cpus="$cpus" -v direct="$([ "$server" = "$nginx_worker" ] && echo 1 || echo 0)" '
+    BEGIN {
+      up = direct ? 0 : u
+      printf "%.1f %.1f %.1f %.0f %.0f", s * tick / n, up * tick / n, w * tick / n,
+        100 * cpus * busy / total, 100 * cpus * max(0, busy - s - up - w) / total
+    }
+    function max(a, b) { return a > b ? a : b }')
+  read -r cpu_server cpu_upstream cpu_wrk busy_pct other_pct <<<"$cpu"
+  printf '   %-36s %6s req/s  p50 %6s ms  p99 %6s ms  (%s requests)\n' \
+    "$label" "$rps" "$p50" "$p99" "$requests"
+  if [ "$server" = "$nginx_worker" ]; then
+    printf '   %-36s CPU per request: nginx %s us, wrk %s us;' "" "$cpu_server" "$cpu_wrk"
+  else
+    printf '   %-36s CPU per request: proxy %s us, nginx %s us, wrk %s us;' "" \
+      "$cpu_server" "$cpu_upstream" "$cpu_wrk"
+  fi
+  printf ' machine %s%% busy, other processes %s%% (of one CPU)\n' "$busy_pct" "$other_pct"
+  if [ "$non2xx" -ne 0 ] || [ "$errors" -ne 0 ]; then
+    cat "$out" >&2
+    die "$label: $non2xx non-2xx/3xx responses and $errors socket errors (wrk's output above)"
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$label" "$rps" "$p50" "$p99" \
+    "$requests" "$cpu_server" "$cpu_upstream" "$cpu_wrk" "$other_pct" >>"$results"
+}
+
+echo "-- nginx directly (127.0.0.1:$p_nginx)"
+warm_up "http://127.0.0.1:$p_nginx$path"
+measure nginx "nginx direct" "http://127.0.0.1:$p_nginx$path" "$nginx_worker"
+
+echo "-- bare Pingora proxy (127.0.0.1:$p_bare)"
+"$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" >"$work/bare.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+wait_ready "bare proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid" "$work/bare.log"
+warm_up "http://127.0.0.1:$p_bare$path"
+measure bare "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
+stop "$bare_pid"
+
+# outcomes ADMIN_PORT: "ALLOWED OTHER": keygate_requests_total summed over routes.
+outcomes() {
+  curl -sf "http://127.0.0.1:$1/metrics" | awk '
+    /^keygate_requests_total\{/ { if ($0 ~ /outcome="allowed"/) a += $NF; else o += $NF }
+    END { printf "%d %d\n", a, o }'
+}
+
+# expect_status WANT URL [CURL ARGS...]
+expect_status() {
+  local want=$1 url=$2 got
+  shift 2
+  got=$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)
+  [ "$got" = "$want" ] || die "expected $want, got $got: curl $* $url"
+}
+
+# bench_keygate NAME LABEL CONFIG PORT ADMIN_PORT
+bench_keygate() {
+  local name=$1 label=$2 config=$3 port=$4 admin=$5
+  local url="http://127.0.0.1:$port$path" log="$work/$name.log" access="$work/$name-access.log"
+  local pid counts allowed0 other0 allowed1 other1 allowed other lines
+  echo "-- $label (127.0.0.1:$port, admin $admin)"
+  "$keygate" run -c "$config" >"$access" 2>"$log" &
+  pid=$!
+  pids+=("$pid")
+  wait_ready "$label" "http://127.0.0.1:$admin/readyz" "$pid" "$log"
+
+  # It really authenticates: good keys (first, middle, last) pass, a bad or missing one does not.
+  expect_status 200 "$url" -H "Authorization: Bearer $(sed -n 1p "$secrets")"
+  expect_status 200 "$url" -H "Authorization: Bearer $(sed -n "$((n_keys / 2))p" "$secrets")"
+  expect_status 200 "$url" -H "Authorization: Bearer $(sed -n "${n_keys}p" "$secrets")"
+  expect_status 401 "$url" -H "Authorization: Bearer sk_live_NOTaKEYnotAkeyNOTaKEYnotAkeyNOTaKEY00"
+  expect_status 401 "$url"
+
+  warm_up "$url"
+  counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
+  read -r allowed0 other0 <<<"$counts"
+  measure "$name" "$label" "$url" "$pid"
+  sleep 0.3 # the last responses are counted just after they are sent
+  counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
+  read -r allowed1 other1 <<<"$counts"
+  allowed=$((allowed1 - allowed0))
+  other=$((other1 - other0))
+  # wrk counts the responses it received; keygate also counted the (at most one per connection)
+  # requests in flight when wrk stopped.
+  echo "   keygate's metrics: +$allowed allowed, +$other refused (wrk: $requests responses)"
+  if [ "$allowed" -lt "$requests" ] || [ "$allowed" -gt $((requests + connections)) ] ||
+    [ "$other" -ne 0 ]; then
+    die "$label counted $allowed allowed and $other refused requests; wrk reported $requests"
+  fi
+  if grep -q '"keygate::access"' "$access"; then
+    lines=$(grep -c '"keygate::access"' "$access")
+    echo "   access log: $lines lines ($(du -h "$access" | cut -f1))"
+    [ "$lines" -ge "$allowed1" ] || die "$label logged $lines requests of $allowed1 allowed"
+  fi
+  stop "$pid"
+}
+
+bench_keygate keygate "keygate (access log off)" "$work/keygate.yaml" "$p_kg" "$p_kg_admin"
+if [ "$access_log_run" = 1 ]; then
+  bench_keygate keygate_log "keygate (access log on, to a file)" \
+    "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin"
+fi
+
+stop "$nginx_pid"
+echo
+echo "== results ($cpus CPUs; wrk -t1 -c$connections -d$duration; $n_keys keys)"
+python3 scripts/bench/report.py "$results"
+echo
+echo "bench-load: done in $((SECONDS - started)) s"

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Prints the table and the ratios of scripts/bench-load.sh from its results file.
+
+    report.py RESULTS_TSV
+
+Each line of RESULTS_TSV, tab-separated: NAME LABEL REQUESTS_PER_SEC P50_MS P99_MS REQUESTS
+SERVER_CPU_US UPSTREAM_CPU_US WRK_CPU_US OTHER_CPU_PCT (CPU per request; the last in percent of
+one CPU). NAMEs compared: nginx, bare, keygate, keygate_log (any may be missing).
+"""
+
+import sys
+
+OTHER_LOAD_WARNING_PCT = 10
+
+
+def main() -> None:
+    rows = {}
+    with open(sys.argv[1]) as f:
+        for line in f:
+            name, label, *numbers = line.rstrip("\n").split("\t")
+            rps, p50, p99, requests, cpu, cpu_up, cpu_wrk, other = map(float, numbers)
+            rows[name] = dict(label=label, rps=rps, p50=p50, p99=p99, requests=int(requests),
+                              cpu=cpu, cpu_up=cpu_up, cpu_wrk=cpu_wrk, other=other)
+
+    print(f"{'target':<36} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'requests':>9}"
+          f" {'server CPU us/req':>18} {'other load':>10}")
+    for r in rows.values():
+        print(f"{r['label']:<36} {r['rps']:>7.0f} {r['p50']:>7.3f} {r['p99']:>7.3f}"
+              f" {r['requests']:>9} {r['cpu']:>18.1f} {r['other']:>9.0f}%")
+
+    def ratio(a: str, b: str, what: str, cpu: bool = True) -> None:
+        if a not in rows or b not in rows:
+            return
+        x, y = rows[a], rows[b]
+        text = (f"{what:<36} throughput x{x['rps'] / y['rps']:.3f}"
+                f" ({100 * (x['rps'] / y['rps'] - 1):+.1f}%),"
+                f" p50 x{x['p50'] / y['p50']:.2f}, p99 x{x['p99'] / y['p99']:.2f}")
+        if cpu:
+            text += (f", server CPU per request x{x['cpu'] / y['cpu']:.2f}"
+                     f" ({x['cpu'] - y['cpu']:+.1f} us)")
+        print(text)
+
+    print()
+    ratio("keygate", "bare", "keygate / bare Pingora:")
+    ratio("keygate", "nginx", "keygate / nginx direct:", cpu=False)
+    ratio("bare", "nginx", "bare Pingora / nginx direct:", cpu=False)
+    ratio("keygate_log", "keygate", "keygate access log on / off:")
+    ratio("keygate_log", "bare", "keygate (access log on) / bare:")
+
+    busy = [r["label"] for r in rows.values() if r["other"] > OTHER_LOAD_WARNING_PCT]
+    if busy:
+        print(f"\nWARNING: other processes used more than {OTHER_LOAD_WARNING_PCT}% of a CPU"
+              f" during: {', '.join(busy)}. The machine was not idle; compare with care.")
+
+
+if __name__ == "__main__":
+    main()
