@@ -50,14 +50,7 @@ impl ProxyHttp for BareProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        // The same peer keygate builds in `proxy.rs`.
-        let u = &self.upstream;
-        let mut peer = HttpPeer::new(u.address, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        Ok(Box::new(peer))
+        Ok(Box::new(self.upstream.peer()))
     }
 }
 

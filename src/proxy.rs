@@ -168,13 +168,7 @@ impl ProxyHttp for Keygate {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let u = &self.upstream;
-        let mut peer = HttpPeer::new(u.address, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        Ok(Box::new(peer))
+        Ok(Box::new(self.upstream.peer()))
     }
 
     async fn upstream_request_filter(

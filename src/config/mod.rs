@@ -240,6 +240,20 @@ pub enum RouteAuth {
     Scopes(Box<[RequiredScope]>),
 }
 
+impl UpstreamConfig {
+    /// The upstream as a Pingora peer, with its timeouts. keygate and the bare-Pingora baseline
+    /// (`examples/bare_proxy.rs`) both build their peer here, so the benchmark compares like
+    /// with like.
+    pub fn peer(&self) -> pingora::upstreams::peer::HttpPeer {
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(self.address, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.write_timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
+        peer
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub address: SocketAddr,

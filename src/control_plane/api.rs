@@ -76,21 +76,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 // --- shared vocabulary ---------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkspaceKind {
-    Live,
-    Sandbox,
-}
-
-impl WorkspaceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkspaceKind::Live => "live",
-            WorkspaceKind::Sandbox => "sandbox",
-        }
-    }
-}
+/// The snapshot's own workspace type: the API and the sync protocol speak the same words.
+pub use crate::snapshot::WorkspaceKind;
 
 /// A key's environment: the `sk_live_` / `sk_test_` prefix of its secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
