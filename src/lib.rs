@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod forward;
 pub mod gate;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod path;

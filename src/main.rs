@@ -2,11 +2,8 @@
 
 use clap::Parser;
 use keygate::cli::{self, Cli, Command, KeysCommand};
-use keygate::config::{AccessLogConfig, Config};
-use keygate::observe::ACCESS_TARGET;
+use keygate::config::Config;
 use pingora::server::configuration::Opt;
-use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
@@ -30,38 +27,9 @@ fn report(result: anyhow::Result<()>) -> i32 {
     }
 }
 
-/// Two streams. Application logs go to stderr as text: `RUST_LOG`, when set, wins over the
-/// config's level — except that Pingora's own targets stay at `info` or quieter, since at `debug`
-/// and `trace` they print whole request headers, `Authorization` included. Access-log lines go
-/// to stdout as JSON, at the access log's own level, whatever `RUST_LOG` says.
-fn init_logging(level: &str, access_log: Option<&AccessLogConfig>) {
-    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
-    use tracing_subscriber::prelude::*;
-    let wanted = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},pingora=warn")));
-    let no_header_dumps = Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("pingora", LevelFilter::INFO);
-    let not_access = filter_fn(|meta| meta.target() != ACCESS_TARGET);
-    let app = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(wanted.and(no_header_dumps).and(not_access));
-    let access = access_log.map(|a| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(std::io::stdout)
-            .with_filter(Targets::new().with_target(ACCESS_TARGET, a.level))
-    });
-    tracing_subscriber::registry().with(app).with(access).init();
-}
-
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    init_logging(&config.log_level, config.access_log.as_ref());
+    keygate::logging::init(&config.log_level, config.access_log.as_ref());
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,
@@ -89,7 +57,7 @@ fn control_plane(args: cli::ControlPlaneArgs) -> anyhow::Result<()> {
     let (Some(db), Some(listen)) = (args.db, args.listen) else {
         anyhow::bail!("--db and --listen are required");
     };
-    init_logging("info", None);
+    keygate::logging::init("info", None);
     let settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
     control_plane::run(settings)
 }
