@@ -114,7 +114,7 @@ pub const SOURCES: [&str; 4] = ["none", "file", "control_plane", "disk_cache"];
 struct PerWorkspace {
     counter: IntCounterVec,
     cap: usize,
-    seen: DashMap<Box<str>, ()>,
+    seen: DashMap<Box<str>, (), foldhash::fast::RandomState>,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -206,7 +206,7 @@ impl Metrics {
                 &["workspace", "outcome"],
             ),
             cap,
-            seen: DashMap::new(),
+            seen: DashMap::default(),
         });
         let m = Metrics {
             requests,

@@ -4,7 +4,7 @@
 use crate::config::AccessLogConfig;
 use crate::gate::Rejection;
 use crate::metrics::{Metrics, Outcome, unix_ms};
-use crate::snapshot::KeyEntry;
+use crate::snapshot::{KeyEntry, Workspace};
 use crate::usage::UsageTracker;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +24,7 @@ pub struct RequestRecord {
     pub route: Option<usize>,
     pub key: Option<Arc<KeyEntry>>,
     /// The workspace the request acted for (or, if refused, the key's own).
-    pub workspace: Option<Box<str>>,
+    pub workspace: Option<Arc<Workspace>>,
     pub upstream_status: Option<u16>,
 }
 
@@ -39,6 +39,12 @@ impl Default for RequestRecord {
             workspace: None,
             upstream_status: None,
         }
+    }
+}
+
+impl RequestRecord {
+    fn workspace_id(&self) -> Option<&str> {
+        self.workspace.as_ref().map(|w| &*w.id)
     }
 }
 
@@ -85,8 +91,7 @@ pub struct Finish<'a> {
 impl Finish<'_> {
     pub fn record(self, r: &RequestRecord) {
         let elapsed = r.started.elapsed();
-        self.metrics
-            .request(r.outcome, r.route, r.workspace.as_deref());
+        self.metrics.request(r.outcome, r.route, r.workspace_id());
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if let (Some(usage), Some(key)) = (self.usage, &r.key) {
             usage.record(key.id(), unix_ms());
@@ -114,7 +119,7 @@ impl Finish<'_> {
                     status = self.status,
                     outcome = r.outcome.as_str(),
                     reason = r.reason,
-                    workspace_id = r.workspace.as_deref(),
+                    workspace_id = r.workspace_id(),
                     key_id,
                     client = client.as_deref(),
                     duration_ms,

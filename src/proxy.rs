@@ -93,7 +93,7 @@ impl Keygate {
         record.route = decision.route.map(|r| r.index());
         if let Some(key) = &decision.key {
             if let Owner::Workspace(w) = &key.owner {
-                record.workspace = Some(w.id.clone());
+                record.workspace = Some(Arc::clone(w));
             }
         }
         record.key = decision.key;
@@ -106,7 +106,7 @@ impl Keygate {
             }
             Verdict::Forward { identity, path } => {
                 if let Some(id) = &identity {
-                    record.workspace = Some(id.workspace.id.clone());
+                    record.workspace = Some(Arc::clone(&id.workspace));
                 }
                 ctx.identity = identity;
                 match path {

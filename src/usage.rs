@@ -19,7 +19,7 @@ struct Entry {
 }
 
 pub struct UsageTracker {
-    keys: DashMap<Box<str>, Entry>,
+    keys: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
     max_keys: usize,
     dropped: AtomicU64,
 }
@@ -59,7 +59,7 @@ pub struct UsageReport {
 impl UsageTracker {
     pub fn new(max_keys: usize) -> UsageTracker {
         UsageTracker {
-            keys: DashMap::new(),
+            keys: DashMap::default(),
             max_keys,
             dropped: AtomicU64::new(0),
         }

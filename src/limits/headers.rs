@@ -12,37 +12,123 @@ fn secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
-fn value(s: String) -> HeaderValue {
-    // Only digits, letters, quotes, `;`, `=`, `,` and spaces: always a valid header value.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// A header value assembled on the stack from text and numbers: the only allocation is the
+/// value's own bytes. (`format!` would allocate twice and cost several times the instructions;
+/// these values are written on every authenticated response.)
+struct ValueBuf {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl ValueBuf {
+    fn new() -> Self {
+        ValueBuf {
+            bytes: [0; 96],
+            len: 0,
+        }
+    }
+
+    fn text(mut self, s: &str) -> Self {
+        // The longest value (two quotas of ten-digit numbers) is about 60 bytes.
+        let end = (self.len + s.len()).min(self.bytes.len());
+        self.bytes[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
+        self.len = end;
+        self
+    }
+
+    fn number(self, n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // ASCII digits only.
+        self.text(std::str::from_utf8(&digits[at..]).unwrap_or("0"))
+    }
+
+    fn value(self) -> HeaderValue {
+        // Only digits, letters, quotes, `;`, `=`, `,` and spaces: always a valid header value.
+        HeaderValue::from_bytes(&self.bytes[..self.len])
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+fn number(n: impl Into<u64>) -> HeaderValue {
+    ValueBuf::new().number(n.into()).value()
 }
 
 pub fn rate_headers(usage: &Usage) -> [(&'static str, HeaderValue); 5] {
     let (_, binding): (LimitName, &Standing) = usage.binding();
     let (b, s) = (&usage.burst, &usage.sustained);
+    let policy = ValueBuf::new()
+        .text("\"burst\";q=")
+        .number(b.limit.into())
+        .text(";w=")
+        .number(SECOND_MS / 1000)
+        .text(", \"sustained\";q=")
+        .number(s.limit.into())
+        .text(";w=")
+        .number(MINUTE_MS / 1000);
+    let standing = ValueBuf::new()
+        .text("\"burst\";r=")
+        .number(b.remaining.into())
+        .text(";t=")
+        .number(secs(b.reset_ms))
+        .text(", \"sustained\";r=")
+        .number(s.remaining.into())
+        .text(";t=")
+        .number(secs(s.reset_ms));
     [
-        ("X-RateLimit-Limit", binding.limit.into()),
-        ("X-RateLimit-Remaining", binding.remaining.into()),
-        ("X-RateLimit-Reset", secs(binding.reset_ms).into()),
-        (
-            "RateLimit-Policy",
-            value(format!(
-                "\"burst\";q={};w={}, \"sustained\";q={};w={}",
-                b.limit,
-                SECOND_MS / 1000,
-                s.limit,
-                MINUTE_MS / 1000
-            )),
-        ),
-        (
-            "RateLimit",
-            value(format!(
-                "\"burst\";r={};t={}, \"sustained\";r={};t={}",
-                b.remaining,
-                secs(b.reset_ms),
-                s.remaining,
-                secs(s.reset_ms)
-            )),
-        ),
+        ("X-RateLimit-Limit", number(binding.limit)),
+        ("X-RateLimit-Remaining", number(binding.remaining)),
+        ("X-RateLimit-Reset", number(secs(binding.reset_ms))),
+        ("RateLimit-Policy", policy.value()),
+        ("RateLimit", standing.value()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing(limit: u32, remaining: u32, reset_ms: u64) -> Standing {
+        Standing {
+            limit,
+            remaining,
+            reset_ms,
+            retry_ms: 0,
+        }
+    }
+
+    #[test]
+    fn headers_describe_the_binding_limit_and_both_quotas() {
+        let usage = Usage {
+            burst: standing(30, 29, 1_000),
+            sustained: standing(u32::MAX, 7, 59_001),
+        };
+        assert_eq!(number(0u32), "0");
+        assert_eq!(number(u64::MAX), "18446744073709551615");
+        let headers = rate_headers(&usage);
+        let got: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.to_str().unwrap()))
+            .collect();
+        let want = [
+            ("X-RateLimit-Limit", "4294967295"),
+            ("X-RateLimit-Remaining", "7"),
+            ("X-RateLimit-Reset", "60"),
+            (
+                "RateLimit-Policy",
+                "\"burst\";q=30;w=1, \"sustained\";q=4294967295;w=60",
+            ),
+            ("RateLimit", "\"burst\";r=29;t=1, \"sustained\";r=7;t=60"),
+        ];
+        assert_eq!(got, want);
+    }
 }

@@ -128,7 +128,7 @@ impl State {
     }
 }
 
-type Subjects = DashMap<Box<str>, Mutex<State>>;
+type Subjects = DashMap<Box<str>, Mutex<State>, foldhash::fast::RandomState>;
 
 pub struct Limiter {
     clock: Arc<dyn Clock>,
@@ -140,8 +140,8 @@ impl Limiter {
     pub fn new(clock: Arc<dyn Clock>) -> Limiter {
         Limiter {
             clock,
-            workspaces: DashMap::new(),
-            internal_keys: DashMap::new(),
+            workspaces: DashMap::default(),
+            internal_keys: DashMap::default(),
         }
     }
 
