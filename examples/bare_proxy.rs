@@ -20,6 +20,11 @@ use pingora::server::configuration::Opt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// As keygate's binary (src/main.rs): the same allocator, so that the baseline differs only in
+/// the work keygate does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "A plain Pingora proxy with keygate's server, upstream and keep-alive settings")]
 struct Args {

@@ -36,20 +36,19 @@ impl ValueBuf {
         self
     }
 
-    fn number(self, n: u64) -> Self {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+    fn number(mut self, n: u64) -> Self {
+        let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let end = self.len + digits;
+        if end > self.bytes.len() {
+            return self;
         }
-        // ASCII digits only.
-        self.text(std::str::from_utf8(&digits[at..]).unwrap_or("0"))
+        let mut n = n;
+        for at in (self.len..end).rev() {
+            self.bytes[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.len = end;
+        self
     }
 
     fn value(self) -> HeaderValue {
