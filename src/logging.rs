@@ -5,19 +5,58 @@
 //! at `info` or quieter, since at `debug` and `trace` they print whole request headers,
 //! `Authorization` included. Access-log lines are written at the access log's own level,
 //! whatever `RUST_LOG` says.
+//!
+//! Access-log lines are formatted on the request's thread but written by a thread of their own,
+//! in batches: one `write` per request to stdout (a pipe to journald, or a file) cost more than
+//! everything else keygate does per request. The queue is bounded and never drops a line; if the
+//! reader falls that far behind, requests wait for it, as they did when they wrote themselves.
 
 use crate::config::AccessLogConfig;
 use crate::observe::ACCESS_TARGET;
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing::Subscriber;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
+/// Lines the access-log queue holds before requests wait for the writer thread.
+const ACCESS_QUEUE_LINES: usize = 64 * 1024;
+/// Bytes the writer thread gathers before a `write`; it also writes whenever the queue is empty.
+const ACCESS_WRITE_BUFFER: usize = 64 * 1024;
+
+/// Where access-log lines go: stdout, through the writer thread unless `direct`.
+pub enum AccessSink {
+    /// Written by the request's own thread (for `--daemon`, whose fork would leave the writer
+    /// thread behind).
+    Direct,
+    Queued(NonBlocking),
+}
+
+/// Keeps the access-log writer thread running; dropping it writes out what is queued.
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
 /// Installs the subscriber for the whole process (and routes the `log` crate, which Pingora
-/// uses, into it).
-pub fn init(level: &str, access_log: Option<&AccessLogConfig>) {
+/// uses, into it). Keep the guard until the server has stopped.
+pub fn init(level: &str, access_log: Option<&AccessLogConfig>, direct: bool) -> LogGuard {
     let rust_log = std::env::var("RUST_LOG").ok();
-    subscriber(level, rust_log.as_deref(), access_log).init();
+    let (sink, guard) = if direct || access_log.is_none() {
+        (AccessSink::Direct, None)
+    } else {
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(ACCESS_QUEUE_LINES)
+            .thread_name("keygate-access-log")
+            .finish(BufWriter::with_capacity(
+                ACCESS_WRITE_BUFFER,
+                std::io::stdout(),
+            ));
+        (AccessSink::Queued(writer), Some(guard))
+    };
+    subscriber(level, rust_log.as_deref(), access_log, sink).init();
+    LogGuard { _writer: guard }
 }
 
 /// The subscriber `init` installs: `level` is the config's, `rust_log` the environment's.
@@ -31,6 +70,7 @@ pub fn subscriber(
     level: &str,
     rust_log: Option<&str>,
     access_log: Option<&AccessLogConfig>,
+    sink: AccessSink,
 ) -> impl Subscriber + Send + Sync + 'static {
     let wanted = rust_log
         .filter(|spec| !spec.trim().is_empty())
@@ -47,13 +87,17 @@ pub fn subscriber(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(wanted.and(no_header_dumps).and(not_access));
+    let writer = match sink {
+        AccessSink::Direct => BoxMakeWriter::new(std::io::stdout),
+        AccessSink::Queued(queue) => BoxMakeWriter::new(queue),
+    };
     let access = access_log.map(|a| {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stdout)
+            .with_writer(writer)
             .with_filter(Targets::new().with_target(ACCESS_TARGET, a.level))
     });
     tracing_subscriber::registry().with(app).with(access)
@@ -74,7 +118,7 @@ mod tests {
     #[test]
     fn the_level_hint_is_the_most_verbose_level_any_stream_wants() {
         let hint = |level, rust_log, log: Option<AccessLogConfig>| {
-            subscriber(level, rust_log, log.as_ref()).max_level_hint()
+            subscriber(level, rust_log, log.as_ref(), AccessSink::Direct).max_level_hint()
         };
         assert_eq!(hint("info", None, None), Some(LevelFilter::INFO));
         assert_eq!(hint("warn", None, None), Some(LevelFilter::WARN));

@@ -34,7 +34,9 @@ fn report(result: anyhow::Result<()>) -> i32 {
 
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    keygate::logging::init(&config.log_level, config.access_log.as_ref());
+    // Held until the server has stopped: dropping it writes out the queued access-log lines.
+    let _log_guard =
+        keygate::logging::init(&config.log_level, config.access_log.as_ref(), args.daemon);
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,
@@ -62,7 +64,7 @@ fn control_plane(args: cli::ControlPlaneArgs) -> anyhow::Result<()> {
     let (Some(db), Some(listen)) = (args.db, args.listen) else {
         anyhow::bail!("--db and --listen are required");
     };
-    keygate::logging::init("info", None);
+    let _log_guard = keygate::logging::init("info", None, true);
     let settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
     control_plane::run(settings)
 }

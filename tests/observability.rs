@@ -314,8 +314,33 @@ fn the_access_log_can_be_sampled_or_turned_off() {
         kg.get_with_key("/v1/products", LIVE);
     }
     kg.settle(400);
+    // Lines are written by a thread of their own; stopping keygate writes out the rest.
+    let mut kg = kg;
+    assert!(kg.terminate());
     let n = kg.access_log().len();
     assert!((120..=280).contains(&n), "{n} of 400 logged at ratio 0.5");
+}
+
+#[test]
+fn the_access_log_keeps_every_line_in_order_through_a_fast_shutdown() {
+    let up = Echo::start();
+    let keys = keys();
+    let mut kg = Keygate::start(Setup::new(&up, &keys));
+    let mut conn = Connection::open(kg.addr).unwrap();
+    let auth = format!("Bearer {LIVE}");
+    for i in 0..2_000 {
+        let path = format!("/v1/products/{i}");
+        let r = conn
+            .send(&Request::get(&path).header("authorization", &auth))
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    kg.settle(2_000);
+    // At once: the lines still queued for the writer thread must not be lost.
+    assert!(kg.interrupt(), "keygate did not stop on SIGINT");
+    let log = kg.access_log();
+    assert_eq!(log.len(), 2_000, "{} of 2000 lines written", log.len());
+    assert_eq!(log[1_999]["path"], "/v1/products/1999");
 }
 
 #[test]

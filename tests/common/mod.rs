@@ -327,6 +327,18 @@ impl Keygate {
         .is_some()
     }
 
+    /// SIGINT: Pingora's fast shutdown, which closes connections without a grace period; waits
+    /// up to 10 s for the process to exit.
+    pub fn interrupt(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        within(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        })
+        .is_some()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
