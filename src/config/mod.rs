@@ -165,7 +165,8 @@ struct UpstreamFile {
 struct ServerFile {
     /// Worker threads of the proxy service. Default 2.
     threads: Option<usize>,
-    /// Let idle threads take work from busy ones. Default true.
+    /// Let idle threads take work from busy ones. Default false: a sidecar shares its host's
+    /// cores, and stealing costs more CPU per request than it saves (see the README).
     work_stealing: Option<bool>,
     /// Accept tasks per listening socket. Default 1.
     listener_tasks_per_fd: Option<usize>,
@@ -613,7 +614,7 @@ fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {
     let defaults = ServerConf::default();
     Ok(ServerConf {
         threads,
-        work_stealing: work_stealing.unwrap_or(true),
+        work_stealing: work_stealing.unwrap_or(false),
         listener_tasks_per_fd: listener_tasks,
         upstream_keepalive_pool_size: upstream_keepalive_pool_size
             .unwrap_or(defaults.upstream_keepalive_pool_size),
