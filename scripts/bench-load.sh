@@ -2,32 +2,39 @@
 # The end-to-end load benchmark: what keygate costs over a bare Pingora proxy, under real HTTP.
 #
 # In one run, all on 127.0.0.1: nginx answering `200 ok` (one worker, keep-alive, no access
-# log) as the upstream; then, each in turn, driven by wrk through the same Lua script:
+# log) as the upstream; then, driven by wrk through the same Lua script:
 #   1. nginx directly;
-#   2. a bare Pingora proxy (examples/bare_proxy.rs: keygate's Pingora version and settings,
-#      read from the same generated config, with no auth and no header work);
-#   3. keygate on a generated snapshot of 10,000 keys in 1,000 live workspaces, limits high
-#      enough never to answer 429, access log off;
-#   4. the same keygate with the access log on (stdout to a file), unless BENCH_ACCESS_LOG=0.
+#   2. nginx as a reverse proxy (a second nginx, one worker, pooled keep-alive upstream
+#      connections): the reference for what a proxy hop costs at best;
+#   3. a bare Pingora proxy (examples/bare_proxy.rs: keygate's Pingora version, allocator and
+#      settings, read from the same generated config, with no auth and no header work), and
+#   4. keygate on a generated snapshot of 10,000 keys in 1,000 live workspaces, limits high
+#      enough never to answer 429, access log off: these two in alternating rounds, both
+#      running throughout, so that a drift in the machine's speed reaches both alike;
+#   5. the same keygate with the access log on (stdout to a file), unless BENCH_ACCESS_LOG=0.
 # Every request carries `Authorization: Bearer <key>`, cycling through all 10,000 keys. Before
-# loading keygate the script checks that a good key gets 200 and a bad or missing one 401; after,
-# that keygate counted as `allowed` (its admin /metrics) the requests wrk reports, and that no
-# request got anything but 2xx. It prints req/s, p50 and p99 per target, the CPU time each
-# process spent per request (read from /proc; the steadier measure of cost when wrk, nginx and
-# the proxy share 2 cores), then the ratios: keygate / bare Pingora, keygate / nginx direct,
-# access log on / off. Other load on the machine during a run is measured and warned about.
+# loading keygate the script checks that a good key gets 200 and a bad or missing one 401; after
+# each run, that keygate counted as `allowed` (its admin /metrics) the requests wrk reports, and
+# that no request got anything but 2xx. It prints req/s, p50 and p99 per target (the median
+# round for bare Pingora and keygate), the CPU time each process spent per request (read from
+# /proc; the steadier measure of cost when wrk, nginx and the proxy share 2 cores), then the
+# ratios: keygate / bare Pingora, bare Pingora / nginx proxy, access log on / off. Other load on
+# the machine during a run is measured and warned about.
 #
 # Needs a Rust toolchain and the build dependencies (scripts/install-deps.sh); installs wrk and
-# nginx-light when missing. Takes about 75 s on 2 cores with a warm release build.
+# nginx-light when missing. Takes about 100 s on 2 cores with a warm release build.
 #
-# Settings (environment): BENCH_DURATION (15s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (32),
-# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1), BENCH_KEEP (0: 1 keeps the
-# work directory with configs, logs and wrk's outputs).
+# Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (3), BENCH_WARMUP (2s),
+# BENCH_CONNECTIONS (32), BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1),
+# BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
+# Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
+# BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128). To compare
+# two builds, BENCH_KEYGATE and BENCH_BARE name other binaries than this tree's release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 
-duration=${BENCH_DURATION:-15s}
+duration=${BENCH_DURATION:-8s}
 warmup=${BENCH_WARMUP:-2s}
 # One wrk thread: on a 2-core machine a second one would take CPU from the proxy it measures.
 # 32 connections keep keygate's 2 worker threads busy despite that single wrk thread, and stay
@@ -38,6 +45,11 @@ connections=${BENCH_CONNECTIONS:-32}
 n_keys=${BENCH_KEYS:-10000}
 n_workspaces=${BENCH_WORKSPACES:-1000}
 access_log_run=${BENCH_ACCESS_LOG:-1}
+rounds=${BENCH_ROUNDS:-3}
+threads=${BENCH_THREADS:-2}
+work_stealing=${BENCH_WORK_STEALING:-false}
+listener_tasks=${BENCH_LISTENER_TASKS:-1}
+upstream_pool=${BENCH_UPSTREAM_POOL:-128}
 
 die() {
   echo "bench-load: FAIL: $*" >&2
@@ -143,15 +155,15 @@ fi
 
 echo "== building (release): keygate and examples/bare_proxy"
 cargo build --release --locked --examples --bins
-keygate=target/release/keygate
-bare=target/release/examples/bare_proxy
+keygate=${BENCH_KEYGATE:-target/release/keygate}
+bare=${BENCH_BARE:-target/release/examples/bare_proxy}
 lua=scripts/bench/keys.lua
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
-# Six free loopback ports, all held at once so that they differ.
-read -r p_nginx p_bare p_kg p_kg_admin p_kg2 p_kg2_admin < <(python3 -c '
+# Seven free loopback ports, all held at once so that they differ.
+read -r p_nginx p_nginx_proxy p_bare p_kg p_kg_admin p_kg2 p_kg2_admin < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -179,7 +191,10 @@ upstream:
   idle_timeout: 4s
   forward_authorization: false
 server:
-  threads: 2
+  threads: $threads
+  work_stealing: $work_stealing
+  listener_tasks_per_fd: $listener_tasks
+  upstream_keepalive_pool_size: $upstream_pool
   grace_period_seconds: 5
   graceful_shutdown_timeout_seconds: 5
   upgrade_sock: $work/upgrade-$2.sock
@@ -214,13 +229,17 @@ keygate_config "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin" true
 
 # --- the upstream --------------------------------------------------------------------------
 
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-# Generated by scripts/bench-load.sh: a fast upstream answering 200 "ok".
+# nginx_config NAME SERVER_BLOCK: an nginx of one worker, keep-alive, no access log, its files
+# in $work/NAME.
+nginx_config() {
+  local dir=$work/$1
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+# Generated by scripts/bench-load.sh.
 worker_processes 1;
-pid $work/nginx/nginx.pid;
-lock_file $work/nginx/nginx.lock;
-error_log $work/nginx/error.log warn;
+pid $dir/nginx.pid;
+lock_file $dir/nginx.lock;
+error_log $dir/error.log warn;
 events {
   worker_connections 1024;
 }
@@ -228,27 +247,52 @@ http {
   access_log off;
   keepalive_timeout 65s;          # above the proxies' 4 s upstream idle_timeout
   keepalive_requests 100000000;   # the default (1000) would close every connection often
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  server {
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+$2
+}
+EOF
+}
+
+# start_nginx NAME: sets nginx_pid.
+start_nginx() {
+  local dir=$work/$1
+  local args=(-p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf")
+  "$nginx_bin" "${args[@]}" -t -q || die "nginx rejected $dir/nginx.conf"
+  "$nginx_bin" "${args[@]}" -g 'daemon off;' 2>>"$dir/error.log" &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+}
+
+# The upstream: answers 200 "ok".
+nginx_config nginx "  server {
     listen 127.0.0.1:$p_nginx;
     location / {
       default_type text/plain;
-      return 200 "ok\n";
+      return 200 \"ok\\n\";
     }
+  }"
+# The reference proxy: nginx in front of the same upstream, as keygate would be, with upstream
+# connections pooled (HTTP/1.1, keep-alive) as Pingora pools them.
+nginx_config nginx-proxy "  upstream backend {
+    server 127.0.0.1:$p_nginx;
+    keepalive $upstream_pool;
   }
-}
-EOF
-nginx_args=(-p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf")
-"$nginx_bin" "${nginx_args[@]}" -t -q || die "nginx rejected its config"
-"$nginx_bin" "${nginx_args[@]}" -g 'daemon off;' 2>>"$work/nginx/error.log" &
-nginx_pid=$!
-pids+=("$nginx_pid")
-wait_ready nginx "http://127.0.0.1:$p_nginx/" "$nginx_pid" "$work/nginx/error.log"
-nginx_worker=$(pgrep -P "$nginx_pid" | head -n 1) || die "no nginx worker process"
+  server {
+    listen 127.0.0.1:$p_nginx_proxy;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+start_nginx nginx
+upstream_pid=$nginx_pid
+wait_ready nginx "http://127.0.0.1:$p_nginx/" "$upstream_pid" "$work/nginx/error.log"
+nginx_worker=$(pgrep -P "$upstream_pid" | head -n 1) || die "no nginx worker process"
 
 # --- load ----------------------------------------------------------------------------------
 
@@ -350,14 +394,16 @@ echo "-- nginx directly (127.0.0.1:$p_nginx)"
 warm_up "http://127.0.0.1:$p_nginx$path"
 measure nginx "nginx direct" "http://127.0.0.1:$p_nginx$path" "$nginx_worker"
 
-echo "-- bare Pingora proxy (127.0.0.1:$p_bare)"
-"$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" >"$work/bare.log" 2>&1 &
-bare_pid=$!
-pids+=("$bare_pid")
-wait_ready "bare proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid" "$work/bare.log"
-warm_up "http://127.0.0.1:$p_bare$path"
-measure bare "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
-stop "$bare_pid"
+echo "-- nginx proxy, one worker (127.0.0.1:$p_nginx_proxy)"
+start_nginx nginx-proxy
+proxy_pid=$nginx_pid
+wait_ready "nginx proxy" "http://127.0.0.1:$p_nginx_proxy$path" "$proxy_pid" \
+  "$work/nginx-proxy/error.log"
+proxy_worker=$(pgrep -P "$proxy_pid" | head -n 1) || die "no nginx proxy worker process"
+warm_up "http://127.0.0.1:$p_nginx_proxy$path"
+measure nginx_proxy "nginx proxy (1 worker)" "http://127.0.0.1:$p_nginx_proxy$path" \
+  "$proxy_worker"
+stop "$proxy_pid"
 
 # outcomes ADMIN_PORT: "ALLOWED OTHER": keygate_requests_total summed over routes.
 outcomes() {
@@ -374,28 +420,31 @@ expect_status() {
   [ "$got" = "$want" ] || die "expected $want, got $got: curl $* $url"
 }
 
-# bench_keygate NAME LABEL CONFIG PORT ADMIN_PORT
-bench_keygate() {
-  local name=$1 label=$2 config=$3 port=$4 admin=$5
-  local url="http://127.0.0.1:$port$path" log="$work/$name.log" access="$work/$name-access.log"
-  local pid counts allowed0 other0 allowed1 other1 allowed other lines
-  echo "-- $label (127.0.0.1:$port, admin $admin)"
+# start_keygate LABEL CONFIG PORT ADMIN_PORT LOG ACCESS_LOG: sets keygate_pid once it is ready
+# and has shown that it authenticates: good keys (first, middle, last) pass, a bad or missing
+# one does not.
+start_keygate() {
+  local label=$1 config=$2 port=$3 admin=$4 log=$5 access=$6
+  local url="http://127.0.0.1:$port$path"
   "$keygate" run -c "$config" >"$access" 2>"$log" &
-  pid=$!
-  pids+=("$pid")
-  wait_ready "$label" "http://127.0.0.1:$admin/readyz" "$pid" "$log"
-
-  # It really authenticates: good keys (first, middle, last) pass, a bad or missing one does not.
+  keygate_pid=$!
+  pids+=("$keygate_pid")
+  wait_ready "$label" "http://127.0.0.1:$admin/readyz" "$keygate_pid" "$log"
   expect_status 200 "$url" -H "Authorization: Bearer $(sed -n 1p "$secrets")"
   expect_status 200 "$url" -H "Authorization: Bearer $(sed -n "$((n_keys / 2))p" "$secrets")"
   expect_status 200 "$url" -H "Authorization: Bearer $(sed -n "${n_keys}p" "$secrets")"
   expect_status 401 "$url" -H "Authorization: Bearer sk_live_NOTaKEYnotAkeyNOTaKEYnotAkeyNOTaKEY00"
   expect_status 401 "$url"
+}
 
-  warm_up "$url"
+# measure_keygate NAME LABEL PORT ADMIN_PORT PID: `measure`, then a check that keygate counted
+# as allowed (its admin /metrics) every request wrk reports, and refused none.
+measure_keygate() {
+  local name=$1 label=$2 port=$3 admin=$4 pid=$5
+  local counts allowed0 other0 allowed1 other1 allowed other
   counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
   read -r allowed0 other0 <<<"$counts"
-  measure "$name" "$label" "$url" "$pid"
+  measure "$name" "$label" "http://127.0.0.1:$port$path" "$pid"
   sleep 0.3 # the last responses are counted just after they are sent
   counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
   read -r allowed1 other1 <<<"$counts"
@@ -408,23 +457,47 @@ bench_keygate() {
     [ "$other" -ne 0 ]; then
     die "$label counted $allowed allowed and $other refused requests; wrk reported $requests"
   fi
-  if grep -q '"keygate::access"' "$access"; then
-    lines=$(grep -c '"keygate::access"' "$access")
-    echo "   access log: $lines lines ($(du -h "$access" | cut -f1))"
-    [ "$lines" -ge "$allowed1" ] || die "$label logged $lines requests of $allowed1 allowed"
-  fi
-  stop "$pid"
 }
 
-bench_keygate keygate "keygate (access log off)" "$work/keygate.yaml" "$p_kg" "$p_kg_admin"
+# The comparison that matters, bare Pingora against keygate, runs in alternating rounds with
+# both processes up (each idle while the other is loaded), so that a drift in the machine's
+# speed during the run reaches both alike; the report takes each one's median round.
+echo "-- bare Pingora proxy (127.0.0.1:$p_bare) and keygate (127.0.0.1:$p_kg, admin" \
+  "$p_kg_admin), $rounds alternating rounds"
+"$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" >"$work/bare.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+wait_ready "bare proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid" "$work/bare.log"
+start_keygate keygate "$work/keygate.yaml" "$p_kg" "$p_kg_admin" "$work/keygate.log" \
+  "$work/keygate-access.log"
+kg_pid=$keygate_pid
+warm_up "http://127.0.0.1:$p_bare$path"
+warm_up "http://127.0.0.1:$p_kg$path"
+for round in $(seq "$rounds"); do
+  measure bare "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
+  measure_keygate keygate "keygate (access log off)" "$p_kg" "$p_kg_admin" "$kg_pid"
+done
+stop "$bare_pid"
+stop "$kg_pid"
+
 if [ "$access_log_run" = 1 ]; then
-  bench_keygate keygate_log "keygate (access log on, to a file)" \
-    "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin"
+  label="keygate (access log on, to a file)"
+  echo "-- $label (127.0.0.1:$p_kg2, admin $p_kg2_admin)"
+  access=$work/keygate_log-access.log
+  start_keygate "$label" "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin" \
+    "$work/keygate_log.log" "$access"
+  warm_up "http://127.0.0.1:$p_kg2$path"
+  measure_keygate keygate_log "$label" "$p_kg2" "$p_kg2_admin" "$keygate_pid"
+  allowed_total=$(outcomes "$p_kg2_admin" | cut -d' ' -f1)
+  lines=$(grep -c '"keygate::access"' "$access" || true)
+  echo "   access log: $lines lines ($(du -h "$access" | cut -f1))"
+  [ "$lines" -ge "$allowed_total" ] || die "$label logged $lines requests of $allowed_total allowed"
+  stop "$keygate_pid"
 fi
 
-stop "$nginx_pid"
+stop "$upstream_pid"
 echo
-echo "== results ($cpus CPUs; wrk -t1 -c$connections -d$duration; $n_keys keys)"
+echo "== results ($cpus CPUs; wrk -t1 -c$connections -d$duration per run; bare Pingora and keygate:"  "median of $rounds rounds; $n_keys keys)"
 python3 scripts/bench/report.py "$results"
 echo
 echo "bench-load: done in $((SECONDS - started)) s"

@@ -3,30 +3,39 @@
 
     report.py RESULTS_TSV
 
-Each line of RESULTS_TSV, tab-separated: NAME LABEL REQUESTS_PER_SEC P50_MS P99_MS REQUESTS
-SERVER_CPU_US UPSTREAM_CPU_US WRK_CPU_US OTHER_CPU_PCT (CPU per request; the last in percent of
-one CPU). NAMEs compared: nginx, bare, keygate, keygate_log (any may be missing).
+Each line of RESULTS_TSV is one run (a target may have several), tab-separated: NAME LABEL
+REQUESTS_PER_SEC P50_MS P99_MS REQUESTS SERVER_CPU_US UPSTREAM_CPU_US WRK_CPU_US OTHER_CPU_PCT
+(CPU per request; the last in percent of one CPU). NAMEs compared: nginx, nginx_proxy, bare, keygate, keygate_log (any may be missing).
 """
 
+import statistics
 import sys
 
 OTHER_LOAD_WARNING_PCT = 10
 
 
 def main() -> None:
-    rows = {}
+    runs = {}
     with open(sys.argv[1]) as f:
         for line in f:
             name, label, *numbers = line.rstrip("\n").split("\t")
             rps, p50, p99, requests, cpu, cpu_up, cpu_wrk, other = map(float, numbers)
-            rows[name] = dict(label=label, rps=rps, p50=p50, p99=p99, requests=int(requests),
-                              cpu=cpu, cpu_up=cpu_up, cpu_wrk=cpu_wrk, other=other)
+            runs.setdefault(name, []).append(dict(
+                label=label, rps=rps, p50=p50, p99=p99, requests=requests, cpu=cpu,
+                cpu_up=cpu_up, cpu_wrk=cpu_wrk, other=other))
+    # A target measured in several rounds is summarised by the median of each figure.
+    rows = {}
+    for name, rs in runs.items():
+        row = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "label"}
+        row.update(label=rs[0]["label"], rounds=len(rs), requests=int(row["requests"]),
+                   other=max(r["other"] for r in rs))
+        rows[name] = row
 
     print(f"{'target':<36} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'requests':>9}"
-          f" {'server CPU us/req':>18} {'other load':>10}")
+          f" {'server CPU us/req':>18} {'other load':>10} {'runs':>5}")
     for r in rows.values():
         print(f"{r['label']:<36} {r['rps']:>7.0f} {r['p50']:>7.3f} {r['p99']:>7.3f}"
-              f" {r['requests']:>9} {r['cpu']:>18.1f} {r['other']:>9.0f}%")
+              f" {r['requests']:>9} {r['cpu']:>18.1f} {r['other']:>9.0f}% {r['rounds']:>5}")
 
     def ratio(a: str, b: str, what: str, cpu: bool = True) -> None:
         if a not in rows or b not in rows:
@@ -42,8 +51,8 @@ def main() -> None:
 
     print()
     ratio("keygate", "bare", "keygate / bare Pingora:")
-    ratio("keygate", "nginx", "keygate / nginx direct:", cpu=False)
-    ratio("bare", "nginx", "bare Pingora / nginx direct:", cpu=False)
+    ratio("bare", "nginx_proxy", "bare Pingora / nginx proxy:")
+    ratio("keygate", "nginx_proxy", "keygate / nginx proxy:")
     ratio("keygate_log", "keygate", "keygate access log on / off:")
     ratio("keygate_log", "bare", "keygate (access log on) / bare:")
 
