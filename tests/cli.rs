@@ -235,8 +235,8 @@ fn a_key_from_keys_new_works_once_pasted() {
 fn server_defaults_suit_a_sidecar() {
     // Measured in the README's Performance section: on cores shared with the application,
     // work stealing costs more CPU per request than it saves.
-    let config = keygate::config::Config::from_yaml(GOOD, std::path::Path::new("keygate.yaml"))
-        .unwrap();
+    let config =
+        keygate::config::Config::from_yaml(GOOD, std::path::Path::new("keygate.yaml")).unwrap();
     assert_eq!(config.server.threads, 2);
     assert!(!config.server.work_stealing);
     assert_eq!(config.server.listener_tasks_per_fd, 1);
