@@ -8,6 +8,7 @@
 
 mod clock;
 mod headers;
+mod subject_key;
 mod window;
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
@@ -16,6 +17,7 @@ pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex};
+use subject_key::SubjectKey;
 use window::Window;
 
 /// Burst: 20 buckets of 50 ms. Sustained: 60 buckets of 1 s. See `window` for what N buys.
@@ -85,7 +87,11 @@ pub enum Subject<'a> {
     InternalKey(&'a str),
 }
 
+/// `repr(C)`, with each window's bookkeeping ahead of its buckets: a decision reads the map slot's
+/// first lines (key, lock, burst window) and the sustained window's newest buckets, and with
+/// many active workspaces each line read is a likely cache miss.
 #[derive(Default)]
+#[repr(C)]
 struct State {
     burst: BurstWindow,
     sustained: SustainedWindow,
@@ -128,7 +134,7 @@ impl State {
     }
 }
 
-type Subjects = DashMap<Box<str>, Mutex<State>, foldhash::fast::RandomState>;
+type Subjects = DashMap<SubjectKey, Mutex<State>, foldhash::fast::RandomState>;
 
 pub struct Limiter {
     clock: Arc<dyn Clock>,
@@ -153,10 +159,10 @@ impl Limiter {
             Subject::InternalKey(id) => (&self.internal_keys, id),
         };
         // The common case holds only a shard read lock; a new subject takes the write lock once.
-        if let Some(state) = map.get(id) {
+        if let Some(state) = map.get(id.as_bytes()) {
             return lock(&state).decide(now, policy);
         }
-        let state = map.entry(Box::from(id)).or_default();
+        let state = map.entry(SubjectKey::new(id)).or_default();
         lock(&state).decide(now, policy)
     }
 

@@ -13,13 +13,16 @@ pub type Millis = u64;
 
 /// `B` buckets of `G` milliseconds: a window of `W = (B - 1) × G`. Both are constants, so the
 /// bucket arithmetic compiles to multiplications.
+/// `repr(C)` with the bookkeeping first: a decision reads `newest` and `total` and one bucket, and
+/// keeping the two fields together (ahead of the buckets) saves a cache line per window.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Window<const B: usize, const G: Millis> {
-    counts: [u32; B],
-    /// Sum of `counts`, kept so that a decision reads one number instead of `B`.
-    total: u32,
     /// Index (time / `G`) of the newest bucket; `counts[newest % B]` is its slot.
     newest: u64,
+    /// Sum of `counts`, kept so that a decision reads one number instead of `B`.
+    total: u32,
+    counts: [u32; B],
 }
 
 impl<const B: usize, const G: Millis> Default for Window<B, G> {
