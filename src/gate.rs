@@ -101,7 +101,11 @@ impl RateLimits {
                         .sustained_per_minute
                         .unwrap_or(base.sustained_per_minute),
                 };
-                Some((Subject::Workspace(&w.id), policy, w.kind.as_str()))
+                Some((
+                    Subject::WorkspaceKey(&w.limiter_key),
+                    policy,
+                    w.kind.as_str(),
+                ))
             }
         }
     }

@@ -17,7 +17,7 @@ pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex};
-use subject_key::SubjectKey;
+pub use subject_key::SubjectKey;
 use window::Window;
 
 /// Burst: 20 buckets of 50 ms. Sustained: 60 buckets of 1 s. See `window` for what N buys.
@@ -84,6 +84,9 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
     Workspace(&'a str),
+    /// A workspace by the key its snapshot entry holds: the request path's way, which reads the
+    /// id from the workspace's own memory rather than through a pointer to the id string.
+    WorkspaceKey(&'a SubjectKey),
     InternalKey(&'a str),
 }
 
@@ -153,16 +156,21 @@ impl Limiter {
 
     /// Decides one request and, when admitted, counts it.
     pub fn check(&self, subject: Subject<'_>, policy: Policy) -> Verdict {
-        let now = self.clock.now_ms();
         let (map, id) = match subject {
-            Subject::Workspace(id) => (&self.workspaces, id),
-            Subject::InternalKey(id) => (&self.internal_keys, id),
+            Subject::Workspace(id) => (&self.workspaces, id.as_bytes()),
+            Subject::WorkspaceKey(key) => (&self.workspaces, key.as_bytes()),
+            Subject::InternalKey(id) => (&self.internal_keys, id.as_bytes()),
         };
+        self.decide_in(map, id, policy)
+    }
+
+    fn decide_in(&self, map: &Subjects, id: &[u8], policy: Policy) -> Verdict {
+        let now = self.clock.now_ms();
         // The common case holds only a shard read lock; a new subject takes the write lock once.
-        if let Some(state) = map.get(id.as_bytes()) {
+        if let Some(state) = map.get(id) {
             return lock(&state).decide(now, policy);
         }
-        let state = map.entry(SubjectKey::new(id)).or_default();
+        let state = map.entry(SubjectKey::from_bytes(id)).or_default();
         lock(&state).decide(now, policy)
     }
 

@@ -1,6 +1,7 @@
 //! The limiter's map key: a subject's id, held inline when it is short (as ids almost always
 //! are), so that a lookup compares it in the map's own memory instead of following a pointer to
 //! a separate allocation: with a million keys, that pointer was one more cache miss per request.
+//! Each snapshot workspace carries its key, made once at load, for the same reason.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -9,14 +10,17 @@ use std::hash::{Hash, Hasher};
 const INLINE: usize = 30;
 
 #[derive(Clone)]
-pub(super) enum SubjectKey {
+pub enum SubjectKey {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<[u8]>),
 }
 
 impl SubjectKey {
-    pub(super) fn new(id: &str) -> SubjectKey {
-        let id = id.as_bytes();
+    pub fn new(id: &str) -> SubjectKey {
+        Self::from_bytes(id.as_bytes())
+    }
+
+    pub(super) fn from_bytes(id: &[u8]) -> SubjectKey {
         if id.len() <= INLINE {
             let mut bytes = [0; INLINE];
             bytes[..id.len()].copy_from_slice(id);
@@ -29,11 +33,18 @@ impl SubjectKey {
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(super) fn as_bytes(&self) -> &[u8] {
         match self {
             SubjectKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
             SubjectKey::Heap(b) => b,
         }
+    }
+}
+
+/// Ids of workspaces and keys, never secrets: shown as they are.
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 

@@ -12,6 +12,7 @@
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
+use crate::limits::SubjectKey;
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
 use crate::secret::KeyHash;
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub struct Workspace {
     pub limits: LimitsDoc,
     /// `id` as a header value, built once.
     pub id_header: HeaderValue,
+    /// `id` as the rate limiter's key, built once (inline: see `limits::SubjectKey`).
+    pub limiter_key: SubjectKey,
 }
 
 pub enum Owner {
@@ -493,6 +496,7 @@ pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, St
     }
     Ok(Workspace {
         id_header: header(&doc.id),
+        limiter_key: SubjectKey::new(&doc.id),
         id: doc.id.into_boxed_str(),
         kind: doc.kind,
         limits: doc.limits.unwrap_or_default(),
