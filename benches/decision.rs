@@ -1,47 +1,159 @@
 //! The whole decision for one request — normalise the path, match the route, parse the header,
-//! hash, look up, check scopes, resolve the workspace, count against limits — on a snapshot of
-//! 10,000 keys.
+//! hash, look up, check scopes, resolve the workspace, count against limits — on snapshots of
+//! 10,000 and 1,000,000 keys, and the heap allocations one decision makes.
 //!
-//! Run: `cargo bench --bench decision`
+//! First, outside criterion, it builds both snapshots from JSON bytes (as a control plane serves
+//! them), printing for each the time of the parse and the process's peak RSS (`VmHWM`) so far,
+//! input included: `1000000-key snapshot: parsed in X.XX s, peak RSS Y MB (input Z MB)` (MB =
+//! 10^6 bytes; the 1M snapshot is built first, on a cold heap). Then, with a wrapping allocator
+//! that counts every allocation, it runs each case over all its sampled requests and prints
+//! `allocations per decision: N` (limiter state already made for the workspaces; the first
+//! request of a new workspace is counted apart). Then criterion times the cases for each size:
+//! a known key with scopes checked, the same with limits counted, and an unknown key (401).
+//!
+//! Requests are spread over the whole key set: 4,096 keys sampled at an even stride (unknown
+//! keys too: 4,096 distinct ones), each with its header made in advance, visited in turn. Their
+//! keys, index slots, workspaces and headers are more than a core's L2 cache holds, so lookups
+//! go out to L3 or memory as real traffic's do, instead of finding one hot key in L1.
+//!
+//! Run: `cargo bench --bench decision` (about 1 minute), then `scripts/bench-medians.py`.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
 use http::{HeaderMap, HeaderValue};
-use keygate::config::{Config, DEFAULT_LIVE, DEFAULT_SANDBOX, LimitsConfig};
-use keygate::gate::{Gate, RateLimits, Verdict};
+use keygate::auth::AuthFailure;
+use keygate::config::{Config, DEFAULT_SANDBOX, LimitsConfig};
+use keygate::gate::{Gate, RateLimits, Rejection, Verdict};
 use keygate::limits::{Limiter, MonotonicClock, Policy};
 use keygate::secret::KeyHash;
-use keygate::snapshot::{self, Format};
-use std::fmt::Write;
+use keygate::snapshot::{self, Format, Snapshot};
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-const KEYS: usize = 10_000;
+/// Counts heap allocations (new blocks and resizes), to tell whether a decision allocates.
+/// Allocates with mimalloc, as the keygate binary does, so that keys, workspaces and limiter
+/// state lie in memory as they do in production.
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to mimalloc unchanged; only adds a counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { MiMalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The snapshot sizes measured; the larger is built first, on a cold heap, for its peak RSS.
+const SIZES: [usize; 2] = [1_000_000, 10_000];
+/// Ten keys per workspace, as this bench has always had: 1,000 workspaces for 10,000 keys,
+/// 100,000 for a million.
+const KEYS_PER_WORKSPACE: usize = 10;
+/// Distinct requests per case, spread evenly over the key set.
+const SAMPLED: usize = 4_096;
+const NOW: i64 = 1_800_000_000;
+const PATH: &str = "/v1/products/42";
 
 fn secret(i: usize) -> String {
     format!("sk_live_BENCH{i:027}")
 }
 
-fn snapshot_yaml() -> String {
-    let mut y = String::from("version: 1\nworkspaces:\n");
-    for w in 0..KEYS / 10 {
-        writeln!(y, "  - {{ id: ws_{w}, type: live }}").unwrap();
+/// Well-formed secrets that no key of the snapshot has.
+fn unknown_secret(i: usize) -> String {
+    format!("sk_live_UNKNOWN{i:025}")
+}
+
+/// Compact JSON, workspaces first, as a control plane serves it. Every key may call
+/// `GET /v1/products/42` (`products:read`) through one of its two patterns.
+fn snapshot_json(keys: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys * 160);
+    out.extend_from_slice(br#"{"version":1,"workspaces":["#);
+    for w in 0..keys / KEYS_PER_WORKSPACE {
+        if w > 0 {
+            out.push(b',');
+        }
+        write!(out, r#"{{"id":"ws_{w}","type":"live"}}"#).unwrap();
     }
-    y.push_str("keys:\n");
-    for i in 0..KEYS {
-        let hash = KeyHash::of(&secret(i)).to_hex();
-        writeln!(y, "  - {{ id: key_{i}, hash: {hash}, workspace: ws_{}, scopes: [\"products:*\", \"*:read\"] }}", i / 10).unwrap();
+    out.extend_from_slice(br#"],"keys":["#);
+    for i in 0..keys {
+        if i > 0 {
+            out.push(b',');
+        }
+        write!(
+            out,
+            r#"{{"id":"key_{i}","hash":"{}","workspace":"ws_{}","scopes":["products:*","*:read"]}}"#,
+            KeyHash::of(&secret(i)).to_hex(),
+            i / KEYS_PER_WORKSPACE
+        )
+        .unwrap();
     }
-    y
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The process's peak resident set so far, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn build(keys: usize) -> Snapshot {
+    let input = snapshot_json(keys);
+    let start = Instant::now();
+    let snap = snapshot::parse(&input, Format::Json, "bench").unwrap();
+    let took = start.elapsed();
+    assert_eq!(snap.key_count(), keys, "{:?}", snap.skipped());
+    println!(
+        "{keys}-key snapshot: parsed in {:.2} s, peak RSS {:.0} MB (input {:.0} MB)",
+        took.as_secs_f64(),
+        peak_rss() as f64 / 1e6,
+        input.len() as f64 / 1e6
+    );
+    snap
+}
+
+fn bearer(secret: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {secret}")).unwrap(),
+    );
+    h
+}
+
+/// [`SAMPLED`] keys at an even stride through all `keys`, each with its header made in advance.
+fn sampled_headers(keys: usize, secret: fn(usize) -> String) -> Vec<HeaderMap> {
+    (0..SAMPLED)
+        .map(|s| bearer(&secret(s * keys / SAMPLED)))
+        .collect()
 }
 
 fn gate(limits: bool) -> Gate {
-    let conf = Config::from_yaml(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keygate.yaml"))
-            .unwrap(),
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keygate.yaml")),
-    )
-    .unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keygate.yaml");
+    let conf = Config::from_yaml(&std::fs::read_to_string(file).unwrap(), Path::new(file)).unwrap();
     // Limits high enough that the benchmark loop measures admissions, not refusals.
     let high = Policy {
         burst_per_second: u32::MAX,
@@ -55,58 +167,117 @@ fn gate(limits: bool) -> Gate {
             internal: None,
         },
     });
-    let _ = DEFAULT_LIVE;
     Gate::new(conf.routes, conf.unmatched, limits)
 }
 
-fn decide(c: &mut Criterion) {
-    let snap = snapshot::parse(snapshot_yaml().as_bytes(), Format::Yaml, "bench").unwrap();
-    assert_eq!(snap.key_count(), KEYS);
-    let headers: Vec<HeaderMap> = (0..KEYS)
-        .step_by(97)
-        .map(|i| {
-            let mut h = HeaderMap::new();
-            h.insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {}", secret(i))).unwrap(),
-            );
-            h
-        })
-        .collect();
-    let mut group = c.benchmark_group(format!("decision, {KEYS} keys"));
-    for (name, limits) in [("auth + scopes", false), ("auth + scopes + limits", true)] {
-        let gate = gate(limits);
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                i = (i + 1) % headers.len();
-                let d = gate.decide(
-                    Some(&snap),
-                    "GET",
-                    black_box("/v1/products/42"),
-                    &headers[i],
-                    1_800_000_000,
-                );
-                black_box(matches!(d.verdict, Verdict::Forward { .. }))
-            })
-        });
-    }
-    let gate = gate(false);
-    group.bench_function("unknown key (401)", |b| {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            HeaderValue::from_static("Bearer sk_live_UNKNOWN000000000000000000000000001"),
-        );
-        b.iter(|| {
-            black_box(
-                gate.decide(Some(&snap), "GET", "/v1/products/42", &h, 1_800_000_000)
-                    .rate,
-            )
-        })
-    });
-    group.finish();
+/// One case: a gate and the requests it is timed on, with what each must decide.
+struct Case {
+    name: &'static str,
+    gate: Gate,
+    headers: Vec<HeaderMap>,
+    allowed: bool,
+    limits: bool,
 }
 
-criterion_group!(benches, decide);
-criterion_main!(benches);
+impl Case {
+    /// Decides every request once, checking the outcome; returns the allocations made.
+    fn run_all(&self, snap: &Snapshot) -> usize {
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for h in &self.headers {
+            let d = self.gate.decide(Some(snap), "GET", black_box(PATH), h, NOW);
+            let ok = if self.allowed {
+                matches!(d.verdict, Verdict::Forward { .. })
+            } else {
+                matches!(
+                    d.verdict,
+                    Verdict::Reject(Rejection::InvalidCredentials(AuthFailure::Unknown))
+                )
+            };
+            assert!(ok, "{}: {:?}", self.name, d.verdict);
+            black_box(d);
+        }
+        ALLOCATIONS.load(Ordering::SeqCst) - before
+    }
+}
+
+fn cases(keys: usize) -> Vec<Case> {
+    vec![
+        Case {
+            name: "auth + scopes",
+            gate: gate(false),
+            headers: sampled_headers(keys, secret),
+            allowed: true,
+            limits: false,
+        },
+        Case {
+            name: "auth + scopes + limits",
+            gate: gate(true),
+            headers: sampled_headers(keys, secret),
+            allowed: true,
+            limits: true,
+        },
+        Case {
+            name: "unknown key (401)",
+            gate: gate(false),
+            headers: sampled_headers(keys, unknown_secret),
+            allowed: false,
+            limits: false,
+        },
+    ]
+}
+
+/// Prints the allocations per decision of each case (on the second pass, the first having made
+/// the limiter's state for each workspace, which it reports on its own line).
+fn count_allocations(keys: usize, snap: &Snapshot, cases: &[Case]) {
+    for case in cases {
+        let first = case.run_all(snap);
+        if case.limits {
+            let workspaces = (0..SAMPLED)
+                .map(|s| s * keys / SAMPLED / KEYS_PER_WORKSPACE)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            println!(
+                "{keys} keys, {}: first requests of {workspaces} workspaces new to the limiter: \
+                 {first} allocations in {SAMPLED} decisions",
+                case.name
+            );
+        }
+        let n = case.run_all(snap);
+        let per = n as f64 / SAMPLED as f64;
+        println!(
+            "{keys} keys, {}: allocations per decision: {per} ({n} in {SAMPLED} decisions)",
+            case.name
+        );
+    }
+}
+
+fn main() {
+    let snaps: Vec<(usize, Snapshot)> = SIZES.iter().map(|&k| (k, build(k))).collect();
+    let mut runs = vec![];
+    for (keys, snap) in snaps.iter().rev() {
+        let cases = cases(*keys);
+        count_allocations(*keys, snap, &cases);
+        runs.push((*keys, snap, cases));
+    }
+
+    // Criterion's defaults (3 s warm-up, 5 s of measurement) for both sizes: a decision is well
+    // under a microsecond on either, so the 1M group needs no smaller sample to stay short.
+    let mut c = Criterion::default().configure_from_args();
+    for (keys, snap, cases) in &runs {
+        let mut group = c.benchmark_group(format!("decision, {keys} keys"));
+        for case in cases {
+            let mut i = 0;
+            group.bench_function(case.name, |b| {
+                b.iter(|| {
+                    i = (i + 1) % case.headers.len();
+                    let d =
+                        case.gate
+                            .decide(Some(snap), "GET", black_box(PATH), &case.headers[i], NOW);
+                    black_box(matches!(d.verdict, Verdict::Forward { .. }))
+                })
+            });
+        }
+        group.finish();
+    }
+    c.final_summary();
+}
