@@ -47,7 +47,9 @@ pub fn prepare(
     }
     if let Some(id) = identity {
         req.insert_header("x-workspace-id", id.workspace.id_header.clone())?;
-        req.insert_header("x-workspace-type", id.workspace.kind.as_str())?;
+        // A static value: no copy.
+        let kind = http::HeaderValue::from_static(id.workspace.kind.as_str());
+        req.insert_header("x-workspace-type", kind)?;
         req.insert_header("x-api-key-id", id.key.id_header())?;
         req.insert_header("x-api-key-scopes", id.key.scopes_header())?;
     }

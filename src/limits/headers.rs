@@ -28,7 +28,7 @@ impl ValueBuf {
         }
     }
 
-    fn text(mut self, s: &str) -> Self {
+    fn text(&mut self, s: &str) -> &mut Self {
         // The longest value (two quotas of ten-digit numbers) is about 60 bytes.
         let end = (self.len + s.len()).min(self.bytes.len());
         self.bytes[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
@@ -36,7 +36,7 @@ impl ValueBuf {
         self
     }
 
-    fn number(mut self, n: u64) -> Self {
+    fn number(&mut self, n: u64) -> &mut Self {
         let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
         let end = self.len + digits;
         if end > self.bytes.len() {
@@ -51,7 +51,7 @@ impl ValueBuf {
         self
     }
 
-    fn value(self) -> HeaderValue {
+    fn value(&self) -> HeaderValue {
         // Only digits, letters, quotes, `;`, `=`, `,` and spaces: always a valid header value.
         HeaderValue::from_bytes(&self.bytes[..self.len])
             .unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -65,7 +65,8 @@ fn number(n: impl Into<u64>) -> HeaderValue {
 pub fn rate_headers(usage: &Usage) -> [(&'static str, HeaderValue); 5] {
     let (_, binding): (LimitName, &Standing) = usage.binding();
     let (b, s) = (&usage.burst, &usage.sustained);
-    let policy = ValueBuf::new()
+    let mut policy = ValueBuf::new();
+    policy
         .text("\"burst\";q=")
         .number(b.limit.into())
         .text(";w=")
@@ -74,7 +75,8 @@ pub fn rate_headers(usage: &Usage) -> [(&'static str, HeaderValue); 5] {
         .number(s.limit.into())
         .text(";w=")
         .number(MINUTE_MS / 1000);
-    let standing = ValueBuf::new()
+    let mut standing = ValueBuf::new();
+    standing
         .text("\"burst\";r=")
         .number(b.remaining.into())
         .text(";t=")
