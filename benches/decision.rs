@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue};
 use keygate::auth::AuthFailure;
 use keygate::config::{Config, DEFAULT_SANDBOX, LimitsConfig};
 use keygate::gate::{Gate, RateLimits, Rejection, Verdict};
-use keygate::limits::{Limiter, MonotonicClock, Policy};
+use keygate::limits::{Limiter, MonotonicClock, Policy, RateHeaders};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{self, Format, Snapshot};
 use mimalloc::MiMalloc;
@@ -165,6 +165,7 @@ fn gate(limits: bool) -> Gate {
             live: high,
             sandbox: DEFAULT_SANDBOX,
             internal: None,
+            headers: RateHeaders::BOTH,
         },
     });
     Gate::new(conf.routes, conf.unmatched, limits)

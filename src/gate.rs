@@ -5,7 +5,7 @@
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
-use crate::limits::{self, LimitName, Limiter, Policy, Subject, Usage};
+use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, Usage};
 use crate::path::{self, PathError};
 use crate::routes::{Route, RouteTable};
 use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
@@ -143,6 +143,12 @@ impl Gate {
     /// Every route, in configuration order.
     pub fn routes(&self) -> &[Route<RouteAuth>] {
         self.routes.routes()
+    }
+    /// Which rate-limit headers responses carry (`limits.headers`).
+    pub fn rate_headers(&self) -> RateHeaders {
+        self.limits
+            .as_ref()
+            .map_or(RateHeaders::BOTH, |l| l.config.headers)
     }
 
     /// Decides one request. `raw_path` is the URI path without the query.

@@ -4,7 +4,7 @@
 //! allocates nothing; only a 403 names scopes and is built per request.
 
 use crate::gate::Rejection;
-use crate::limits::{self, LimitName, Usage};
+use crate::limits::{self, LimitName, RateHeaders, Usage};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -133,6 +133,7 @@ pub async fn send(
     session: &mut Session,
     answer: Answer,
     rate: Option<&Usage>,
+    rate_headers: RateHeaders,
 ) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(answer.status, Some(10))?;
     header.insert_header("Content-Type", "application/json")?;
@@ -145,7 +146,7 @@ pub async fn send(
         header.insert_header("Retry-After", secs)?;
     }
     if let Some(usage) = rate {
-        for (name, value) in limits::rate_headers(usage) {
+        for (name, value) in limits::rate_headers(usage, rate_headers) {
             header.insert_header(name, value)?;
         }
     }

@@ -87,6 +87,10 @@ fn check_names_the_file_and_field_of_each_error() {
             "unknown field `upstream_timeout`",
         ),
         (
+            format!("{GOOD}limits:\n  headers: all\n"),
+            "limits.headers: \"all\" is not one of both, ietf, x-ratelimit, none",
+        ),
+        (
             GOOD.replace(
                 "address: 127.0.0.1:9000",
                 "address: 127.0.0.1:9000\n  read_timeout: soon",

@@ -246,3 +246,39 @@ fn limits_can_be_turned_off() {
         assert_eq!(r.header("x-ratelimit-limit"), None);
     }
 }
+
+#[test]
+fn limits_headers_chooses_the_rate_limit_headers_and_429_keeps_retry_after() {
+    let up = Echo::start();
+    let keys = keys("", "");
+    let names = ["x-ratelimit-limit", "ratelimit-policy", "ratelimit"];
+    for (headers, present) in [
+        ("ietf", [false, true, true]),
+        ("x-ratelimit", [true, false, false]),
+        ("none", [false, false, false]),
+    ] {
+        let limits = format!("limits:\n  enabled: true\n  headers: {headers}\n");
+        let kg = Keygate::start(Setup {
+            limits: &limits,
+            ..Setup::new(&up, &keys)
+        });
+        let r = kg.get_with_key("/v1/products", SANDBOX);
+        assert_eq!(r.status, 200);
+        for (name, want) in names.iter().zip(present) {
+            assert_eq!(r.header(name).is_some(), want, "{headers}: {name}");
+        }
+        // Over the limit: Retry-After whatever the choice, the rest as chosen.
+        let refused = (0..10)
+            .map(|_| kg.get_with_key("/v1/products", SANDBOX))
+            .find(|r| r.status == 429)
+            .expect("a 429 within 10 requests at 5/s");
+        assert!(refused.header("retry-after").is_some(), "{headers}");
+        for (name, want) in names.iter().zip(present) {
+            assert_eq!(
+                refused.header(name).is_some(),
+                want,
+                "429, {headers}: {name}"
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ mod source;
 use source::SnapshotFile;
 pub use source::{ControlPlaneConfig, Secret, SnapshotSource, SourceConfig};
 
-use crate::limits::Policy;
+use crate::limits::{Policy, RateHeaders};
 use crate::routes::{RouteSpec, RouteTable};
 use crate::scopes::RequiredScope;
 use pingora::server::configuration::ServerConf;
@@ -117,6 +117,8 @@ struct LimitsFile {
     sandbox: Option<PolicyFile>,
     /// Limits per internal key. Absent: internal keys are not throttled.
     internal: Option<PolicyFile>,
+    /// Which rate-limit headers responses carry: both (default), ietf, x-ratelimit or none.
+    headers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +299,7 @@ pub struct LimitsConfig {
     pub live: Policy,
     pub sandbox: Policy,
     pub internal: Option<Policy>,
+    pub headers: RateHeaders,
 }
 
 pub const DEFAULT_LIVE: Policy = Policy {
@@ -551,7 +554,17 @@ fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)
         live,
         sandbox,
         internal,
+        headers,
     } = l;
+    let headers = match headers.as_deref() {
+        None => RateHeaders::BOTH,
+        Some(name) => RateHeaders::parse(name).ok_or_else(|| {
+            (
+                "limits.headers".to_string(),
+                format!("{name:?} is not one of {}", RateHeaders::NAMES.join(", ")),
+            )
+        })?,
+    };
     let policy = |name: &str, file: Option<PolicyFile>, default: Policy| {
         let file = file.unwrap_or_default();
         let p = Policy {
@@ -580,6 +593,7 @@ fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)
             Some(file) => Some(policy("internal", Some(file), DEFAULT_LIVE)?),
             None => None,
         },
+        headers,
     };
     Ok(enabled.unwrap_or(true).then_some(config))
 }

@@ -62,36 +62,79 @@ fn number(n: impl Into<u64>) -> HeaderValue {
     ValueBuf::new().number(n.into()).value()
 }
 
-pub fn rate_headers(usage: &Usage) -> [(&'static str, HeaderValue); 5] {
+/// Which rate-limit headers responses carry: `limits.headers` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`: the limit closest to binding.
+    pub x_ratelimit: bool,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers): both limits.
+    pub ietf: bool,
+}
+
+impl RateHeaders {
+    pub const BOTH: RateHeaders = RateHeaders {
+        x_ratelimit: true,
+        ietf: true,
+    };
+    /// The config's spellings, in the order the README lists them.
+    pub const NAMES: [&'static str; 4] = ["both", "ietf", "x-ratelimit", "none"];
+
+    pub fn parse(name: &str) -> Option<RateHeaders> {
+        let (x_ratelimit, ietf) = match name {
+            "both" => (true, true),
+            "ietf" => (false, true),
+            "x-ratelimit" => (true, false),
+            "none" => (false, false),
+            _ => return None,
+        };
+        Some(RateHeaders { x_ratelimit, ietf })
+    }
+}
+
+/// The headers `which` asks for; only those are formatted.
+pub fn rate_headers(
+    usage: &Usage,
+    which: RateHeaders,
+) -> impl Iterator<Item = (&'static str, HeaderValue)> {
     let (_, binding): (LimitName, &Standing) = usage.binding();
     let (b, s) = (&usage.burst, &usage.sustained);
-    let mut policy = ValueBuf::new();
-    policy
-        .text("\"burst\";q=")
-        .number(b.limit.into())
-        .text(";w=")
-        .number(SECOND_MS / 1000)
-        .text(", \"sustained\";q=")
-        .number(s.limit.into())
-        .text(";w=")
-        .number(MINUTE_MS / 1000);
-    let mut standing = ValueBuf::new();
-    standing
-        .text("\"burst\";r=")
-        .number(b.remaining.into())
-        .text(";t=")
-        .number(secs(b.reset_ms))
-        .text(", \"sustained\";r=")
-        .number(s.remaining.into())
-        .text(";t=")
-        .number(secs(s.reset_ms));
-    [
-        ("X-RateLimit-Limit", number(binding.limit)),
-        ("X-RateLimit-Remaining", number(binding.remaining)),
-        ("X-RateLimit-Reset", number(secs(binding.reset_ms))),
-        ("RateLimit-Policy", policy.value()),
-        ("RateLimit", standing.value()),
-    ]
+    let x_ratelimit = which.x_ratelimit.then(|| {
+        [
+            ("X-RateLimit-Limit", number(binding.limit)),
+            ("X-RateLimit-Remaining", number(binding.remaining)),
+            ("X-RateLimit-Reset", number(secs(binding.reset_ms))),
+        ]
+    });
+    let ietf = which.ietf.then(|| {
+        let mut policy = ValueBuf::new();
+        policy
+            .text("\"burst\";q=")
+            .number(b.limit.into())
+            .text(";w=")
+            .number(SECOND_MS / 1000)
+            .text(", \"sustained\";q=")
+            .number(s.limit.into())
+            .text(";w=")
+            .number(MINUTE_MS / 1000);
+        let mut standing = ValueBuf::new();
+        standing
+            .text("\"burst\";r=")
+            .number(b.remaining.into())
+            .text(";t=")
+            .number(secs(b.reset_ms))
+            .text(", \"sustained\";r=")
+            .number(s.remaining.into())
+            .text(";t=")
+            .number(secs(s.reset_ms));
+        [
+            ("RateLimit-Policy", policy.value()),
+            ("RateLimit", standing.value()),
+        ]
+    });
+    x_ratelimit
+        .into_iter()
+        .flatten()
+        .chain(ietf.into_iter().flatten())
 }
 
 #[cfg(test)]
@@ -115,7 +158,7 @@ mod tests {
         };
         assert_eq!(number(0u32), "0");
         assert_eq!(number(u64::MAX), "18446744073709551615");
-        let headers = rate_headers(&usage);
+        let headers: Vec<_> = rate_headers(&usage, RateHeaders::BOTH).collect();
         let got: Vec<(&str, &str)> = headers
             .iter()
             .map(|(name, value)| (*name, value.to_str().unwrap()))
@@ -131,5 +174,33 @@ mod tests {
             ("RateLimit", "\"burst\";r=29;t=1, \"sustained\";r=7;t=60"),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_config_chooses_which_headers() {
+        let usage = Usage {
+            burst: standing(30, 29, 1_000),
+            sustained: standing(3_000, 2_999, 60_000),
+        };
+        let names = |which: &str| -> Vec<&str> {
+            rate_headers(&usage, RateHeaders::parse(which).unwrap())
+                .map(|(name, _)| name)
+                .collect()
+        };
+        assert_eq!(names("both").len(), 5);
+        assert_eq!(names("ietf"), ["RateLimit-Policy", "RateLimit"]);
+        assert_eq!(
+            names("x-ratelimit"),
+            [
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset"
+            ]
+        );
+        assert!(names("none").is_empty());
+        assert_eq!(RateHeaders::parse("all"), None);
+        for name in RateHeaders::NAMES {
+            assert!(RateHeaders::parse(name).is_some(), "{name}");
+        }
     }
 }

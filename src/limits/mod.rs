@@ -12,7 +12,7 @@ mod subject_key;
 mod window;
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
-pub use headers::rate_headers;
+pub use headers::{RateHeaders, rate_headers};
 pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
