@@ -22,9 +22,9 @@
 # the machine during a run is measured and warned about.
 #
 # Needs a Rust toolchain and the build dependencies (scripts/install-deps.sh); installs wrk and
-# nginx-light when missing. Takes about 100 s on 2 cores with a warm release build.
+# nginx-light when missing. Takes about 2 minutes on 2 cores with a warm release build.
 #
-# Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (3), BENCH_WARMUP (2s),
+# Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (5), BENCH_WARMUP (2s),
 # BENCH_CONNECTIONS (32), BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1),
 # BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
 # Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
@@ -45,7 +45,7 @@ connections=${BENCH_CONNECTIONS:-32}
 n_keys=${BENCH_KEYS:-10000}
 n_workspaces=${BENCH_WORKSPACES:-1000}
 access_log_run=${BENCH_ACCESS_LOG:-1}
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 threads=${BENCH_THREADS:-2}
 work_stealing=${BENCH_WORK_STEALING:-false}
 listener_tasks=${BENCH_LISTENER_TASKS:-1}
