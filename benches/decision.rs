@@ -18,6 +18,8 @@
 //!
 //! Run: `cargo bench --bench decision` (about 1 minute), then `scripts/bench-medians.py`.
 
+mod support;
+
 use criterion::Criterion;
 use http::{HeaderMap, HeaderValue};
 use keygate::auth::AuthFailure;
@@ -34,6 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+use support::peak_rss;
 
 /// Counts heap allocations (new blocks and resizes), to tell whether a decision allocates.
 /// Allocates with mimalloc, as the keygate binary does, so that keys, workspaces and limiter
@@ -108,16 +111,6 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}");
     out
-}
-
-/// The process's peak resident set so far, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn build(keys: usize) -> Snapshot {

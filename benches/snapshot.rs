@@ -8,12 +8,15 @@
 //!
 //! Run: `cargo bench --bench snapshot`
 
+mod support;
+
 use criterion::Criterion;
 use keygate::secret::KeyHash;
 use keygate::snapshot::{self, Format, Snapshot};
 use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
+use support::peak_rss;
 
 const KEYS: usize = 1_000_000;
 const WORKSPACES: usize = 1_000;
@@ -121,16 +124,6 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}");
     out
-}
-
-/// The process's peak resident set so far, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn mb(bytes: u64) -> f64 {
