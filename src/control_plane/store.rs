@@ -302,6 +302,22 @@ impl Store {
         Ok(version)
     }
 
+    /// A write that changed something: bumps the version with `changes` and returns `value` as
+    /// what was written. (`bump` touches only the version and the change log, so rows read
+    /// before it are the rows as written.)
+    fn changed<T>(
+        &self,
+        tx: &Transaction,
+        changes: &[(Kind, &str)],
+        value: T,
+    ) -> Result<Written<T>, ApiError> {
+        Ok(Written {
+            version: self.bump(tx, changes)?,
+            changed: true,
+            value,
+        })
+    }
+
     /// Wakes long-polls once a write is committed. Writers may finish out of order: the
     /// published version only ever rises.
     fn publish(&self, version: u64) {
@@ -440,13 +456,8 @@ impl Store {
                     t
                 ],
             )?;
-            let version = self.bump(tx, &[(Kind::Workspace, &new.id)])?;
             let row = get_workspace(tx, &new.id)?.ok_or_else(|| no_workspace(&new.id))?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: row,
-            })
+            self.changed(tx, &[(Kind::Workspace, &new.id)], row)
         })?;
         Ok(self.committed(w))
     }
@@ -494,13 +505,8 @@ impl Store {
                     now()
                 ],
             )?;
-            let version = self.bump(tx, &[(Kind::Workspace, id)])?;
             let row = get_workspace(tx, id)?.ok_or_else(|| no_workspace(id))?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: row,
-            })
+            self.changed(tx, &[(Kind::Workspace, id)], row)
         })?;
         Ok(self.committed(w))
     }
@@ -520,12 +526,7 @@ impl Store {
                 )));
             }
             tx.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
-            let version = self.bump(tx, &[(Kind::Workspace, id)])?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: (),
-            })
+            self.changed(tx, &[(Kind::Workspace, id)], ())
         })?;
         Ok(self.committed(w))
     }
@@ -562,12 +563,8 @@ impl Store {
                 new.scopes.as_deref(),
                 new.expires_at,
             )?;
-            let version = self.bump(tx, &[(Kind::Key, &created.row.id)])?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: created,
-            })
+            let id = created.row.id.clone();
+            self.changed(tx, &[(Kind::Key, &id)], created)
         })?;
         Ok(self.committed(w))
     }
@@ -588,13 +585,8 @@ impl Store {
                 "UPDATE api_keys SET status = 'revoked', revoked_at = ?2 WHERE id = ?1",
                 rusqlite::params![id, now()],
             )?;
-            let version = self.bump(tx, &[(Kind::Key, id)])?;
             let row = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: row,
-            })
+            self.changed(tx, &[(Kind::Key, id)], row)
         })?;
         Ok(self.committed(w))
     }
@@ -605,12 +597,7 @@ impl Store {
         let w = self.write(|tx| {
             get_key(tx, id)?.ok_or_else(|| no_key(id))?;
             tx.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
-            let version = self.bump(tx, &[(Kind::Key, id)])?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: (),
-            })
+            self.changed(tx, &[(Kind::Key, id)], ())
         })?;
         Ok(self.committed(w))
     }
@@ -648,13 +635,10 @@ impl Store {
                 "UPDATE api_keys SET expires_at = ?2, rotated_to = ?3 WHERE id = ?1",
                 rusqlite::params![id, until, new.row.id],
             )?;
-            let version = self.bump(tx, &[(Kind::Key, id), (Kind::Key, &new.row.id)])?;
             let old = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
-            Ok(Written {
-                version,
-                changed: true,
-                value: Rotated { old, new },
-            })
+            let new_id = new.row.id.clone();
+            let changes = [(Kind::Key, id), (Kind::Key, new_id.as_str())];
+            self.changed(tx, &changes, Rotated { old, new })
         })?;
         Ok(self.committed(w))
     }
