@@ -144,6 +144,7 @@ impl Gate {
     pub fn routes(&self) -> &[Route<RouteAuth>] {
         self.routes.routes()
     }
+
     /// Which rate-limit headers responses carry (`limits.headers`).
     pub fn rate_headers(&self) -> RateHeaders {
         self.limits

@@ -4,7 +4,7 @@
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::forward;
 use crate::gate::{Gate, Identity, Verdict};
-use crate::limits::{self, RateHeaders, Usage};
+use crate::limits::{self, Usage};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
 use crate::respond::{self, Answer};
@@ -29,7 +29,6 @@ pub struct Keygate {
     metrics: Arc<Metrics>,
     usage: Option<Arc<UsageTracker>>,
     access_log: Option<AccessLogConfig>,
-    rate_headers: RateHeaders,
 }
 
 /// Per-request state carried from the decision to the upstream request and the log.
@@ -58,7 +57,6 @@ impl Keygate {
         observers: Observers,
     ) -> Self {
         Keygate {
-            rate_headers: gate.rate_headers(),
             store,
             gate,
             upstream,
@@ -159,7 +157,7 @@ impl ProxyHttp for Keygate {
                 Ok(false)
             }
             Err(answer) => {
-                respond::send(session, answer, ctx.rate.as_ref(), self.rate_headers).await?;
+                respond::send(session, answer, ctx.rate.as_ref(), self.gate.rate_headers()).await?;
                 Ok(true)
             }
         }
@@ -196,7 +194,7 @@ impl ProxyHttp for Keygate {
         ctx.record.upstream_status = Some(status);
         self.metrics.upstream_status(status);
         if let Some(usage) = &ctx.rate {
-            for (name, value) in limits::rate_headers(usage, self.rate_headers) {
+            for (name, value) in limits::rate_headers(usage, self.gate.rate_headers()) {
                 upstream_response.insert_header(name, value)?;
             }
         }
@@ -222,7 +220,7 @@ impl ProxyHttp for Keygate {
         if code != 0 && session.response_written().is_none() {
             let answer = respond::for_proxy_failure(code);
             if let Err(write_error) =
-                respond::send(session, answer, ctx.rate.as_ref(), self.rate_headers).await
+                respond::send(session, answer, ctx.rate.as_ref(), self.gate.rate_headers()).await
             {
                 tracing::debug!("could not send the error response: {write_error}");
             }
