@@ -24,6 +24,7 @@ pub mod routes;
 pub mod scopes;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
 pub mod sync;
 pub mod usage;

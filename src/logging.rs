@@ -14,6 +14,7 @@
 use crate::config::AccessLogConfig;
 use crate::observe::ACCESS_TARGET;
 use std::io::{BufWriter, IsTerminal};
+use std::sync::Mutex;
 use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
@@ -33,9 +34,19 @@ pub enum AccessSink {
     Queued(NonBlocking),
 }
 
-/// Keeps the access-log writer thread running; dropping it writes out what is queued.
+/// Keeps the access-log writer thread running; [`LogGuard::flush`] (or dropping it) writes out
+/// what is queued and stops the thread.
 pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
+    writer: Mutex<Option<WorkerGuard>>,
+}
+
+impl LogGuard {
+    /// Writes out every queued line and stops the writer thread; lines logged afterwards are
+    /// lost. For the end of the process, when nothing is served any more.
+    pub fn flush(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(writer);
+    }
 }
 
 /// Installs the subscriber for the whole process (and routes the `log` crate, which Pingora
@@ -56,7 +67,9 @@ pub fn init(level: &str, access_log: Option<&AccessLogConfig>, direct: bool) -> 
         (AccessSink::Queued(writer), Some(guard))
     };
     subscriber(level, rust_log.as_deref(), access_log, sink).init();
-    LogGuard { _writer: guard }
+    LogGuard {
+        writer: Mutex::new(guard),
+    }
 }
 
 /// The subscriber `init` installs: `level` is the config's, `rust_log` the environment's.

@@ -3,7 +3,11 @@
 use clap::Parser;
 use keygate::cli::{self, Cli, Command, KeysCommand};
 use keygate::config::Config;
+use keygate::logging::LogGuard;
+use keygate::shutdown::Signals;
+use keygate::sync::usage_report::UsageReporter;
 use pingora::server::configuration::Opt;
+use std::sync::Arc;
 
 /// See Cargo.toml: Pingora allocates on every request, and mimalloc does so in far fewer
 /// instructions than glibc's malloc.
@@ -34,9 +38,12 @@ fn report(result: anyhow::Result<()>) -> i32 {
 
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    // Held until the server has stopped: dropping it writes out the queued access-log lines.
-    let _log_guard =
-        keygate::logging::init(&config.log_level, config.access_log.as_ref(), args.daemon);
+    // Held until the server has stopped: flushing it writes out the queued access-log lines.
+    let log_guard = Arc::new(keygate::logging::init(
+        &config.log_level,
+        config.access_log.as_ref(),
+        args.daemon,
+    ));
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,
@@ -44,13 +51,27 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     };
     let built = keygate::server::build(config, opt)?;
     tracing::info!(config = %args.config.display(), "keygate starting");
-    // `run` returns once a shutdown has finished (SIGTERM, SIGQUIT); SIGINT exits at once.
-    built.server.run(pingora::server::RunArgs::default());
-    if let Some(reporter) = built.usage_reporter {
+    let last_steps = {
+        let reporter = built.usage_reporter.clone();
+        let log_guard = log_guard.clone();
+        move || finish(reporter.as_deref(), &log_guard)
+    };
+    // `run` returns once a graceful stop has finished (SIGTERM, SIGQUIT); on SIGINT the signal
+    // watch runs the last steps itself and exits.
+    built.server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals::new(Box::new(last_steps.clone()))),
+    });
+    last_steps();
+    Ok(())
+}
+
+/// What every stop ends with, once nothing is served any more.
+fn finish(usage_reporter: Option<&UsageReporter>, log_guard: &LogGuard) {
+    if let Some(reporter) = usage_reporter {
         reporter.final_report();
     }
     tracing::info!("keygate stopped");
-    Ok(())
+    log_guard.flush();
 }
 
 /// `keygate control-plane`: the reference control plane, or with `--print-public-key` the key

@@ -405,7 +405,7 @@ fn the_control_plane_token_is_never_logged() {
 }
 
 #[test]
-fn key_usage_reaches_the_control_plane_on_an_interval_and_at_shutdown() {
+fn key_usage_reaches_the_control_plane_on_an_interval_and_at_every_kind_of_stop() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path());
     cp.create_workspace("ws", "live");
@@ -458,4 +458,12 @@ fn key_usage_reaches_the_control_plane_on_an_interval_and_at_shutdown() {
     kg.settle(2);
     assert!(kg.terminate(), "keygate did not stop on SIGTERM");
     assert_eq!(usage_of(&cp)["requests"], 5, "{}", usage_of(&cp));
+
+    // SIGINT skips the grace period, not the last report.
+    let mut kg = start("slow");
+    wait_ready(&kg);
+    assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
+    kg.settle(1);
+    assert!(kg.interrupt(), "keygate did not stop on SIGINT");
+    assert_eq!(usage_of(&cp)["requests"], 6, "{}", usage_of(&cp));
 }
