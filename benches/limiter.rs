@@ -1,10 +1,11 @@
-//! The limiter decision: ns per decision with 1 and 100,000 active workspaces, and the bytes of
-//! state each active workspace costs (counted by a wrapping allocator, not estimated).
+//! The limiter decision: ns per decision with 1 and 100,000 active workspaces, by id (through the
+//! limiter's map) and through each workspace's state cache (the request path's way), and the
+//! bytes of state each active workspace costs (counted by a wrapping allocator, not estimated).
 //!
 //! Run: `cargo bench --bench limiter`
 
 use criterion::{BatchSize, Criterion, criterion_group};
-use keygate::limits::{FakeClock, Limiter, Policy, Subject, Verdict};
+use keygate::limits::{FakeClock, Limiter, Policy, StateCache, Subject, SubjectKey, Verdict};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -91,6 +92,25 @@ fn decisions(c: &mut Criterion) {
             })
         });
     }
+    // The request path's way: each workspace remembers where its state is.
+    let (clock, limiter, ids) = populated(100_000);
+    let workspaces: Vec<(SubjectKey, StateCache)> = ids
+        .iter()
+        .map(|id| (SubjectKey::new(id), StateCache::default()))
+        .collect();
+    let (mut i, mut t) = (0usize, 1_000u64);
+    group.bench_function("100000 active workspaces, through their caches", |b| {
+        b.iter(|| {
+            i = (i + 7919) % workspaces.len();
+            t += 1;
+            clock.set(t / 100 * 100 + t % 100);
+            let (key, cache) = &workspaces[i];
+            black_box(matches!(
+                limiter.check(Subject::CachedWorkspace(key, cache), LIVE),
+                Verdict::Admitted(_)
+            ))
+        })
+    });
     // A new workspace: the slow path that takes the shard's write lock once.
     group.bench_function("first request of a new workspace", |b| {
         b.iter_batched(

@@ -102,7 +102,7 @@ impl RateLimits {
                         .unwrap_or(base.sustained_per_minute),
                 };
                 Some((
-                    Subject::WorkspaceKey(&w.limiter_key),
+                    Subject::CachedWorkspace(&w.limiter_key, &w.limiter_state),
                     policy,
                     w.kind.as_str(),
                 ))

@@ -5,17 +5,25 @@
 //! on every decision, so a changed override is in force at the swap. Each subject has its own
 //! mutex behind a sharded map: decisions for different workspaces do not wait on each other, and
 //! no lock is shared by all requests. Idle subjects are evicted by [`Limiter::evict_idle`].
+//!
+//! A snapshot workspace also remembers where its state is (a [`StateCache`]), so its requests
+//! go straight to the state instead of hashing the id and probing the map: with a hundred
+//! thousand active workspaces, those were cache misses on every request.
 
+mod cache;
 mod clock;
 mod headers;
 mod subject_key;
 mod window;
+
+pub use cache::StateCache;
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use headers::{RateHeaders, rate_headers};
 pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 pub use subject_key::SubjectKey;
 use window::Window;
@@ -84,9 +92,8 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
     Workspace(&'a str),
-    /// A workspace by the key its snapshot entry holds: the request path's way, which reads the
-    /// id from the workspace's own memory rather than through a pointer to the id string.
-    WorkspaceKey(&'a SubjectKey),
+    /// A snapshot workspace, by the key and the cache it carries: the request path's way.
+    CachedWorkspace(&'a SubjectKey, &'a StateCache),
     InternalKey(&'a str),
 }
 
@@ -98,6 +105,9 @@ pub enum Subject<'a> {
 struct State {
     burst: BurstWindow,
     sustained: SustainedWindow,
+    /// Set, under the lock, when the map drops this state: a cache that still holds it must
+    /// look the subject up again rather than count into a state nobody else sees.
+    evicted: bool,
 }
 
 impl State {
@@ -137,9 +147,20 @@ impl State {
     }
 }
 
-type Subjects = DashMap<SubjectKey, Mutex<State>, foldhash::fast::RandomState>;
+/// One subject's state, owned by the limiter's map and shared with the caches that remember it.
+struct Slot {
+    /// The limiter it belongs to: a cache is trusted only by that limiter.
+    limiter: u64,
+    state: Mutex<State>,
+}
+
+type Subjects = DashMap<SubjectKey, Arc<Slot>, foldhash::fast::RandomState>;
+
+/// Gives each limiter its own id, for [`Slot::limiter`].
+static LIMITERS: AtomicU64 = AtomicU64::new(0);
 
 pub struct Limiter {
+    id: u64,
     clock: Arc<dyn Clock>,
     workspaces: Subjects,
     internal_keys: Subjects,
@@ -148,6 +169,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(clock: Arc<dyn Clock>) -> Limiter {
         Limiter {
+            id: LIMITERS.fetch_add(1, Ordering::Relaxed),
             clock,
             workspaces: DashMap::default(),
             internal_keys: DashMap::default(),
@@ -156,22 +178,56 @@ impl Limiter {
 
     /// Decides one request and, when admitted, counts it.
     pub fn check(&self, subject: Subject<'_>, policy: Policy) -> Verdict {
-        let (map, id) = match subject {
-            Subject::Workspace(id) => (&self.workspaces, id.as_bytes()),
-            Subject::WorkspaceKey(key) => (&self.workspaces, key.as_bytes()),
-            Subject::InternalKey(id) => (&self.internal_keys, id.as_bytes()),
-        };
-        self.decide_in(map, id, policy)
+        let now = self.clock.now_ms();
+        match subject {
+            Subject::Workspace(id) => {
+                self.decide_in(&self.workspaces, id.as_bytes(), None, now, policy)
+            }
+            Subject::CachedWorkspace(key, cache) => {
+                if let Some(slot) = cache.get().as_ref() {
+                    if slot.limiter == self.id {
+                        let mut state = lock(&slot.state);
+                        if !state.evicted {
+                            return state.decide(now, policy);
+                        }
+                    }
+                }
+                self.decide_in(&self.workspaces, key.as_bytes(), Some(cache), now, policy)
+            }
+            Subject::InternalKey(id) => {
+                self.decide_in(&self.internal_keys, id.as_bytes(), None, now, policy)
+            }
+        }
     }
 
-    fn decide_in(&self, map: &Subjects, id: &[u8], policy: Policy) -> Verdict {
-        let now = self.clock.now_ms();
+    /// Decides through the map, remembering the state in `cache`. The state is locked while the
+    /// map's shard is, so eviction (which takes the shard's write lock) cannot drop it between
+    /// the lookup and the count.
+    fn decide_in(
+        &self,
+        map: &Subjects,
+        id: &[u8],
+        cache: Option<&StateCache>,
+        now: Millis,
+        policy: Policy,
+    ) -> Verdict {
         // The common case holds only a shard read lock; a new subject takes the write lock once.
-        if let Some(state) = map.get(id) {
-            return lock(&state).decide(now, policy);
+        if let Some(slot) = map.get(id) {
+            if let Some(cache) = cache {
+                cache.set(&slot);
+            }
+            return lock(&slot.state).decide(now, policy);
         }
-        let state = map.entry(SubjectKey::from_bytes(id)).or_default();
-        lock(&state).decide(now, policy)
+        let slot = map.entry(SubjectKey::from_bytes(id)).or_insert_with(|| {
+            Arc::new(Slot {
+                limiter: self.id,
+                state: Mutex::default(),
+            })
+        });
+        if let Some(cache) = cache {
+            cache.set(&slot);
+        }
+        lock(&slot.state).decide(now, policy)
     }
 
     /// Drops the state of subjects with nothing left in either window; returns how many.
@@ -179,11 +235,10 @@ impl Limiter {
         let now = self.clock.now_ms();
         let before = self.active();
         for map in [&self.workspaces, &self.internal_keys] {
-            map.retain(|_, state| {
-                !state
-                    .get_mut()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .is_idle(now)
+            map.retain(|_, slot| {
+                let mut state = lock(&slot.state);
+                state.evicted = state.is_idle(now);
+                !state.evicted
             });
         }
         before - self.active()

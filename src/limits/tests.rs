@@ -351,3 +351,55 @@ fn internal_keys_and_workspaces_are_counted_apart() {
         Verdict::Admitted(_)
     ));
 }
+
+/// What a request through a workspace's cache reports as used from the burst limit.
+fn used_through(l: &Limiter, key: &SubjectKey, cache: &StateCache) -> u32 {
+    match l.check(Subject::CachedWorkspace(key, cache), SANDBOX) {
+        Verdict::Admitted(u) => SANDBOX.burst_per_second - u.burst.remaining,
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn a_cached_state_is_the_one_in_the_map() {
+    let (_clock, l) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    assert_eq!(used_through(&l, &key, &cache), 1);
+    assert!(format!("{cache:?}").contains("set"));
+    assert!(matches!(
+        l.check(Subject::Workspace("ws"), SANDBOX),
+        Verdict::Admitted(_)
+    ));
+    assert_eq!(used_through(&l, &key, &cache), 3);
+    // A second cache (the same workspace in a newer snapshot) finds the same state.
+    assert_eq!(used_through(&l, &key, &StateCache::default()), 4);
+    assert_eq!(l.active(), 1);
+}
+
+#[test]
+fn an_evicted_state_is_never_counted_through_a_cache() {
+    let (clock, l) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    assert_eq!(used_through(&l, &key, &cache), 1);
+    clock.advance(2 * MINUTE_MS);
+    assert_eq!(l.evict_idle(), 1);
+    // The cache still holds the evicted state: the request must go to the map and make a new
+    // one there, or the two would count apart and a workspace could double its limits.
+    assert_eq!(used_through(&l, &key, &cache), 1);
+    assert_eq!(l.active(), 1);
+    assert!(matches!(
+        l.check(Subject::Workspace("ws"), SANDBOX),
+        Verdict::Admitted(_)
+    ));
+    assert_eq!(used_through(&l, &key, &cache), 3);
+}
+
+#[test]
+fn a_cache_is_trusted_only_by_the_limiter_that_filled_it() {
+    let (_clock, first) = limiter_at(0);
+    let (_clock, second) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    assert_eq!(used_through(&first, &key, &cache), 1);
+    assert_eq!(used_through(&second, &key, &cache), 1);
+    assert_eq!(used_through(&first, &key, &cache), 2);
+}

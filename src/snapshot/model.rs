@@ -12,7 +12,7 @@
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
-use crate::limits::SubjectKey;
+use crate::limits::{StateCache, SubjectKey};
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
 use crate::secret::KeyHash;
 use bytes::Bytes;
@@ -27,10 +27,16 @@ use time::format_description::well_known::Rfc3339;
 /// How many skipped-entry reasons a snapshot keeps for reports; all are counted.
 pub(crate) const KEPT_SKIP_REASONS: usize = 100;
 
+/// `repr(C)` with what every request reads first (its Arc's counts come just before): with a
+/// hundred thousand workspaces, each is a likely cache miss, and this keeps the decision's reads
+/// on one cache line instead of spread over the struct's three.
+#[repr(C)]
 pub struct Workspace {
-    pub id: Box<str>,
-    pub kind: WorkspaceKind,
+    /// Where the limiter keeps this workspace's state, once a request has been counted.
+    pub limiter_state: StateCache,
     pub limits: LimitsDoc,
+    pub kind: WorkspaceKind,
+    pub id: Box<str>,
     /// `id` as a header value, built once.
     pub id_header: HeaderValue,
     /// `id` as the rate limiter's key, built once (inline: see `limits::SubjectKey`).
@@ -497,6 +503,7 @@ pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, St
     Ok(Workspace {
         id_header: header(&doc.id),
         limiter_key: SubjectKey::new(&doc.id),
+        limiter_state: StateCache::default(),
         id: doc.id.into_boxed_str(),
         kind: doc.kind,
         limits: doc.limits.unwrap_or_default(),
