@@ -28,8 +28,9 @@
 # BENCH_CONNECTIONS (32), BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1),
 # BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
 # Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
-# BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128). To compare
-# two builds, BENCH_KEYGATE and BENCH_BARE name other binaries than this tree's release build.
+# BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128); keygate's
+# BENCH_RATE_HEADERS (both: its `limits.headers`). To compare two builds, BENCH_KEYGATE and
+# BENCH_BARE name other binaries than this tree's release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -50,6 +51,7 @@ threads=${BENCH_THREADS:-2}
 work_stealing=${BENCH_WORK_STEALING:-false}
 listener_tasks=${BENCH_LISTENER_TASKS:-1}
 upstream_pool=${BENCH_UPSTREAM_POOL:-128}
+rate_headers=${BENCH_RATE_HEADERS:-both}
 
 die() {
   echo "bench-load: FAIL: $*" >&2
@@ -209,6 +211,7 @@ unmatched: deny
 limits:
   enabled: true
   live: { burst_per_second: 1000000, sustained_per_minute: 100000000 }
+  headers: $rate_headers
 admin:
   address: 127.0.0.1:$3
 access_log:
