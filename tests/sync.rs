@@ -467,3 +467,41 @@ fn key_usage_reaches_the_control_plane_on_an_interval_and_at_every_kind_of_stop(
     assert!(kg.interrupt(), "keygate did not stop on SIGINT");
     assert_eq!(usage_of(&cp)["requests"], 6, "{}", usage_of(&cp));
 }
+
+/// "Nothing changed" answers (304) to delta requests keep the snapshot and confirm it fresh, in
+/// both modes: a long-poll that ends without a change, and a plain poll.
+#[test]
+fn not_modified_answers_keep_the_snapshot_and_its_freshness() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    cp.create_workspace("ws_acme", "live");
+    let (_, secret) = cp.create_key("ws_acme", "live", &["products:read"]);
+    let up = Echo::start();
+    for (mode, extra, kind) in [
+        ("long-poll", "    wait: 300ms\n", "delta"),
+        (
+            "poll",
+            "    watch: false\n    poll_interval: 200ms\n",
+            "full",
+        ),
+    ] {
+        let kg = start_keygate(&up, &cp, extra, None);
+        wait_ready(&kg);
+        let version = kg.metric("keygate_snapshot_version");
+        let series = r#"keygate_sync_responses_total{kind="delta",status="304"}"#;
+        // Eight answers: 1.6 s or more after the load, so an unconfirmed snapshot would be older
+        // than the bound below.
+        let answered = within(Duration::from_secs(10), || {
+            kg.metric(series).unwrap_or(0.0) >= 8.0
+        });
+        assert!(answered.is_some(), "{mode}: {}", kg.metrics());
+        let age = kg.metric("keygate_snapshot_age_seconds").unwrap();
+        assert!(age < 1.0, "{mode}: snapshot age {age}");
+        assert_eq!(kg.metric("keygate_snapshot_version"), version, "{mode}");
+        assert_eq!(
+            kg.get_with_key("/v1/products", &secret).status,
+            200,
+            "{mode}"
+        );
+    }
+}
