@@ -1,12 +1,15 @@
-//! The snapshot's two key indexes — by hash (the request path) and by id (deltas) — as hash sets
+//! The snapshot's two key indexes — by hash (the request path) and by id (deltas) — as tables
 //! split into shards that snapshots share.
 //!
-//! Each shard is an `Arc`'d `HashSet` of `Arc<KeyEntry>`, so a new snapshot made by a delta
-//! copies the shard table (one refcount per shard) and only the shards it changes (a few dozen
-//! entries each): a one-key change costs microseconds however many keys there are, where
-//! copying one flat table would touch every entry. A lookup picks its shard from bits the table
-//! inside does not use and probes that one table: no lock, no allocation.
+//! Each shard is behind an `Arc`, so a new snapshot made by a delta copies the shard table (one
+//! refcount per shard) and only the shards it changes (a few dozen entries each): a one-key
+//! change costs microseconds however many keys there are, where copying one flat table would
+//! touch every entry. A lookup picks its shard from bits the table inside does not use and
+//! probes that one table: no lock, no allocation. The by-hash shards are flat tables of their
+//! own (`key_shards`), to keep a request's chain of memory reads short; the by-id ones, which
+//! only deltas read, are `HashSet`s.
 
+use super::key_shards;
 use super::model::KeyEntry;
 use crate::secret::KeyHash;
 use std::borrow::Borrow;
@@ -98,98 +101,74 @@ impl<T: Hash + Eq + Clone, S: BuildHasher + Default + Clone> Sharded<T, S> {
         self.len -= usize::from(old.is_some());
         old
     }
-
-    fn iter(&self) -> impl Iterator<Item = &T> {
-        self.shards.iter().flat_map(|s| s.iter())
-    }
 }
 
-/// A key by its hash; `Hash` and `Eq` agree with [`KeyHash`]'s, so the set is probed with one.
-#[derive(Clone)]
-struct ByHash(Arc<KeyEntry>);
-
-impl Hash for ByHash {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash.hash(state)
-    }
-}
-impl PartialEq for ByHash {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.hash == other.0.hash
-    }
-}
-impl Eq for ByHash {}
-impl Borrow<KeyHash> for ByHash {
-    fn borrow(&self) -> &KeyHash {
-        &self.0.hash
-    }
-}
-
-/// The key hashes are SHA-256 outputs, uniformly distributed and not chosen by clients (a client
-/// controls only the preimage), so their first eight bytes are already a good table hash.
-#[derive(Default, Clone, Copy)]
-pub struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `KeyHash::hash` feeds this hasher, through `write_u64`.
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl Hash for KeyHash {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
-    }
-}
-
-/// The shard of a hash: bytes 8 and 9, which the table (bytes 0 to 7) does not look at.
+/// The shard of a hash: bytes 8 and 9, which the shard's table (bytes 0 to 7) does not look at.
 fn hash_selector(hash: &KeyHash) -> u16 {
     u16::from_le_bytes([hash.0[8], hash.0[9]])
 }
 
-/// Keys by hash: what a request looks up.
+/// Keys by hash: what a request looks up, in 2^bits shards (see `key_shards`).
 #[derive(Clone)]
-pub(crate) struct KeyIndex(Sharded<ByHash, BuildHasherDefault<PrefixHasher>>);
+pub(crate) struct KeyIndex {
+    shards: Box<[key_shards::Shard]>,
+    bits: u32,
+    len: usize,
+}
 
 impl KeyIndex {
+    fn shard_of(&self, hash: &KeyHash) -> usize {
+        slot(self.bits, hash_selector(hash))
+    }
     pub(crate) fn get(&self, hash: &KeyHash) -> Option<&Arc<KeyEntry>> {
-        self.0.get(hash_selector(hash), hash).map(|e| &e.0)
+        key_shards::get(&self.shards[self.shard_of(hash)], hash)
     }
     pub(crate) fn contains(&self, hash: &KeyHash) -> bool {
         self.get(hash).is_some()
     }
     pub(crate) fn len(&self) -> usize {
-        self.0.len
+        self.len
     }
     pub(crate) fn bits(&self) -> u32 {
-        self.0.bits
+        self.bits
+    }
+    /// Makes shard `at` anew: its entries that `keep` keeps, and `add`. Other snapshots sharing
+    /// the old shard keep it.
+    fn rebuild(&mut self, at: usize, keep: impl Fn(&KeyEntry) -> bool, add: Option<Arc<KeyEntry>>) {
+        let entries: Vec<Arc<KeyEntry>> = key_shards::entries(&self.shards[at])
+            .filter(|e| keep(e))
+            .cloned()
+            .chain(add)
+            .collect();
+        self.shards[at] = key_shards::rebuilt(entries.into_iter());
     }
     /// False (and nothing changes) when the hash is taken.
     pub(crate) fn insert(&mut self, entry: Arc<KeyEntry>) -> bool {
-        self.0.insert(hash_selector(&entry.hash), ByHash(entry))
+        if self.contains(&entry.hash) {
+            return false;
+        }
+        let at = self.shard_of(&entry.hash);
+        self.rebuild(at, |_| true, Some(entry));
+        self.len += 1;
+        true
     }
     /// Puts `entry` in place of the one with its hash.
     pub(crate) fn replace(&mut self, entry: Arc<KeyEntry>) -> Option<Arc<KeyEntry>> {
-        self.0
-            .replace(hash_selector(&entry.hash), ByHash(entry))
-            .map(|e| e.0)
+        let old = self.get(&entry.hash).cloned();
+        let (at, hash) = (self.shard_of(&entry.hash), entry.hash);
+        self.rebuild(at, |e| e.hash != hash, Some(entry));
+        self.len += usize::from(old.is_none());
+        old
     }
     pub(crate) fn remove(&mut self, hash: &KeyHash) -> Option<Arc<KeyEntry>> {
-        self.0.take(hash_selector(hash), hash).map(|e| e.0)
+        let old = self.get(hash).cloned()?;
+        let at = self.shard_of(hash);
+        self.rebuild(at, |e| e.hash != *hash, None);
+        self.len -= 1;
+        Some(old)
     }
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
-        self.0.iter().map(|e| &e.0)
+        self.shards.iter().flat_map(|s| key_shards::entries(s))
     }
 }
 
@@ -301,7 +280,10 @@ pub(crate) fn build(
 ) -> (KeyIndex, IdIndex) {
     let bits = bits_for(entries.len());
     let (sizes_by_hash, sizes_by_id) = shard_sizes(&entries, bits);
-    let mut keys: Vec<HashSet<ByHash, _>> = empty_shards(&sizes_by_hash);
+    let mut keys: Vec<key_shards::Shard> = sizes_by_hash
+        .iter()
+        .map(|&n| key_shards::empty(n))
+        .collect();
     let mut ids: Vec<HashSet<ById, _>> = empty_shards(&sizes_by_id);
     let mut len = 0;
     for e in entries {
@@ -310,20 +292,22 @@ pub(crate) fn build(
             rejected(e, "duplicate id");
             continue;
         }
-        let by_hash = &mut keys[slot(bits, hash_selector(&e.hash))];
-        if by_hash.contains(&e.hash) {
+        let by_hash = Arc::get_mut(&mut keys[slot(bits, hash_selector(&e.hash))])
+            .expect("a shard being built is not shared");
+        if let Err(e) = key_shards::insert_new(by_hash, e) {
             // Two ids for one secret would make the caller's identity ambiguous.
             by_id.remove(e.id());
             rejected(e, "duplicate hash");
             continue;
         }
-        by_hash.insert(ByHash(e));
         len += 1;
     }
-    (
-        KeyIndex(into_sharded(keys, bits, len)),
-        IdIndex(into_sharded(ids, bits, len)),
-    )
+    let keys = KeyIndex {
+        shards: keys.into_boxed_slice(),
+        bits,
+        len,
+    };
+    (keys, IdIndex(into_sharded(ids, bits, len)))
 }
 
 /// How many entries fall in each shard, by hash and by id.

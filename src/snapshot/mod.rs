@@ -3,6 +3,7 @@
 
 pub mod delta;
 mod index;
+mod key_shards;
 pub mod load;
 pub mod model;
 mod raw;
