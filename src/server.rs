@@ -80,7 +80,10 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         let limiter = Arc::new(Limiter::new(Arc::new(MonotonicClock::new())));
         server.add_service(background_service(
             "idle limit eviction",
-            Eviction(limiter.clone()),
+            Eviction {
+                limiter: limiter.clone(),
+                store: store.clone(),
+            },
         ));
         RateLimits { limiter, config }
     });
@@ -180,8 +183,12 @@ fn serve_from_cache(cache: &CacheWriter, store: &SnapshotStore, metrics: &Metric
     }
 }
 
-/// Drops limiter state of workspaces idle for a whole window, so memory follows the active ones.
-struct Eviction(Arc<Limiter>);
+/// Drops limiter state of workspaces idle for a whole window, so memory follows the active ones:
+/// from the limiter, then from the caches of the snapshot's workspaces.
+struct Eviction {
+    limiter: Arc<Limiter>,
+    store: SnapshotStore,
+}
 
 #[async_trait]
 impl BackgroundService for Eviction {
@@ -191,8 +198,19 @@ impl BackgroundService for Eviction {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
-                    let evicted = self.0.evict_idle();
-                    tracing::debug!(evicted, active = self.0.active(), "limiter state evicted");
+                    let evicted = self.limiter.evict_idle();
+                    let forgotten = self.store.load_full().map_or(0, |snapshot| {
+                        snapshot
+                            .workspaces()
+                            .filter(|w| w.limiter_state.forget_if_evicted())
+                            .count()
+                    });
+                    tracing::debug!(
+                        evicted,
+                        forgotten,
+                        active = self.limiter.active(),
+                        "limiter state evicted"
+                    );
                 }
             }
         }

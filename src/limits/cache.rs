@@ -5,8 +5,9 @@
 //! on use: the state was evicted (then it is marked, under its lock), or it belongs to another
 //! limiter (each has an id). Either way the request falls back to the map and refreshes the cache.
 //!
-//! Memory: a cache keeps an evicted state alive until its workspace's next request or until the
-//! workspace leaves the snapshot, so at most one state (about 450 bytes) per snapshot workspace.
+//! Memory: a cache would keep an evicted state alive until its workspace's next request, so the
+//! eviction pass also has each workspace of the snapshot in force forget an evicted state
+//! ([`StateCache::forget_if_evicted`]); memory follows active workspaces, as without caches.
 
 use super::Slot;
 use arc_swap::ArcSwapOption;
@@ -22,6 +23,19 @@ impl StateCache {
 
     pub(super) fn set(&self, slot: &Arc<Slot>) {
         self.0.store(Some(slot.clone()));
+    }
+
+    /// Lets go of a state the limiter has evicted, so that its memory is freed; true if it did.
+    /// A request that refreshed the cache meanwhile keeps its state.
+    pub fn forget_if_evicted(&self) -> bool {
+        let held = self.0.load();
+        let evicted = held
+            .as_ref()
+            .is_some_and(|slot| super::lock(&slot.state).evicted);
+        if evicted {
+            self.0.compare_and_swap(&held, None);
+        }
+        evicted
     }
 }
 

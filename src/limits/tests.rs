@@ -395,6 +395,21 @@ fn an_evicted_state_is_never_counted_through_a_cache() {
 }
 
 #[test]
+fn a_cache_lets_go_of_an_evicted_state_and_keeps_a_live_one() {
+    let (clock, l) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    assert_eq!(used_through(&l, &key, &cache), 1);
+    assert!(!cache.forget_if_evicted(), "a live state was dropped");
+    assert!(format!("{cache:?}").contains("set"));
+    clock.advance(2 * MINUTE_MS);
+    assert_eq!(l.evict_idle(), 1);
+    assert!(cache.forget_if_evicted());
+    assert!(format!("{cache:?}").contains("empty"));
+    assert!(!cache.forget_if_evicted());
+    assert_eq!(used_through(&l, &key, &cache), 1);
+}
+
+#[test]
 fn a_cache_is_trusted_only_by_the_limiter_that_filled_it() {
     let (_clock, first) = limiter_at(0);
     let (_clock, second) = limiter_at(0);

@@ -268,6 +268,9 @@ impl Snapshot {
     pub fn workspace(&self, id: &str) -> Option<&Arc<Workspace>> {
         self.workspaces.get(id)
     }
+    pub fn workspaces(&self) -> impl Iterator<Item = &Arc<Workspace>> {
+        self.workspaces.values()
+    }
 }
 
 /// Identical scope lists share one [`ScopeSet`]. Lists are keyed by their exact text
