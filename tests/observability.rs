@@ -321,20 +321,25 @@ fn the_access_log_can_be_sampled_or_turned_off() {
     assert!((120..=280).contains(&n), "{n} of 400 logged at ratio 0.5");
 }
 
-#[test]
-fn the_access_log_keeps_every_line_in_order_through_a_fast_shutdown() {
-    let up = Echo::start();
-    let keys = keys();
-    let mut kg = Keygate::start(Setup::new(&up, &keys));
+/// `n` allowed requests on one kept-alive connection, to `/v1/products/0` and on.
+fn send_on_one_connection(kg: &Keygate, n: usize) {
     let mut conn = Connection::open(kg.addr).unwrap();
     let auth = format!("Bearer {LIVE}");
-    for i in 0..2_000 {
+    for i in 0..n {
         let path = format!("/v1/products/{i}");
         let r = conn
             .send(&Request::get(&path).header("authorization", &auth))
             .unwrap();
         assert_eq!(r.status, 200);
     }
+}
+
+#[test]
+fn the_access_log_keeps_every_line_in_order_through_a_fast_shutdown() {
+    let up = Echo::start();
+    let keys = keys();
+    let mut kg = Keygate::start(Setup::new(&up, &keys));
+    send_on_one_connection(&kg, 2_000);
     kg.settle(2_000);
     // At once: the lines still queued for the writer thread must not be lost.
     assert!(kg.interrupt(), "keygate did not stop on SIGINT");
@@ -351,15 +356,7 @@ fn routine_upstream_pool_races_are_not_logged_as_errors() {
     let up = Echo::start();
     let keys = keys();
     let kg = Keygate::start(Setup::new(&up, &keys));
-    let mut conn = Connection::open(kg.addr).unwrap();
-    let auth = format!("Bearer {LIVE}");
-    for i in 0..3_000 {
-        let path = format!("/v1/products/{i}");
-        let r = conn
-            .send(&Request::get(&path).header("authorization", &auth))
-            .unwrap();
-        assert_eq!(r.status, 200);
-    }
+    send_on_one_connection(&kg, 3_000);
     let log = kg.log();
     assert!(!log.contains(" ERROR "), "{log}");
 }

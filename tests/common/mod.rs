@@ -318,20 +318,18 @@ impl Keygate {
 
     /// SIGTERM, as systemd stops a service; waits up to 10 s for the process to exit.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        within(Duration::from_secs(10), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        })
-        .is_some()
+        self.stop_with("-TERM")
     }
 
-    /// SIGINT: Pingora's fast shutdown, which closes connections without a grace period; waits
-    /// up to 10 s for the process to exit.
+    /// SIGINT: stop at once, without a grace period (see `src/shutdown.rs`); waits up to 10 s
+    /// for the process to exit.
     pub fn interrupt(&mut self) -> bool {
+        self.stop_with("-INT")
+    }
+
+    fn stop_with(&mut self, signal: &str) -> bool {
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status();
         within(Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
