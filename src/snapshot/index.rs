@@ -58,10 +58,7 @@ impl<T, S> Clone for Sharded<T, S> {
 
 impl<T: Hash + Eq + Clone, S: BuildHasher + Default + Clone> Sharded<T, S> {
     fn slot(&self, selector: u16) -> usize {
-        match self.bits {
-            0 => 0,
-            bits => usize::from(selector >> (16 - bits)),
-        }
+        slot(self.bits, selector)
     }
 
     fn get<Q>(&self, selector: u16, q: &Q) -> Option<&T>
@@ -321,6 +318,7 @@ fn shard_sizes(entries: &[Arc<KeyEntry>], bits: u32) -> (Vec<usize>, Vec<usize>)
     (by_hash, by_id)
 }
 
+/// Which of 2^`bits` shards a selector picks: its top `bits` bits.
 fn slot(bits: u32, selector: u16) -> usize {
     match bits {
         0 => 0,
