@@ -66,6 +66,18 @@ pub struct Decision<'g, 'r> {
     pub key: Option<Arc<KeyEntry>>,
 }
 
+impl Decision<'_, '_> {
+    /// A refusal before any route was matched.
+    pub fn rejected(rejection: Rejection) -> Self {
+        Decision {
+            route: None,
+            verdict: Verdict::Reject(rejection),
+            rate: None,
+            key: None,
+        }
+    }
+}
+
 /// The limiter and the limits it enforces.
 pub struct RateLimits {
     pub limiter: std::sync::Arc<Limiter>,
@@ -152,6 +164,29 @@ impl Gate {
             .map_or(RateHeaders::BOTH, |l| l.config.headers)
     }
 
+    /// Whether a request that keygate would let through without a route's scope check (no
+    /// route, or a public one) matches a protected route once letter case is ignored. An upstream
+    /// that routes without regard to case would serve it as that route, so it is refused instead.
+    fn shadows_protected_route(
+        &self,
+        route: Option<&Route<RouteAuth>>,
+        method: &str,
+        path: &str,
+    ) -> bool {
+        if route.is_some_and(|r| !matches!(r.auth(), RouteAuth::Public)) {
+            return false;
+        }
+        if route.is_none() && self.unmatched == Unmatched::Deny {
+            return false;
+        }
+        self.routes
+            .find_case_folded(method, path)
+            .is_some_and(|shadow| {
+                !matches!(shadow.auth(), RouteAuth::Public)
+                    && route.is_none_or(|r| r.index() != shadow.index())
+            })
+    }
+
     /// Decides one request. `raw_path` is the URI path without the query.
     pub fn decide<'g, 'r>(
         &'g self,
@@ -172,6 +207,9 @@ impl Gate {
             Err(e) => return reject(None, Rejection::BadPath(e)),
         };
         let route = self.routes.find(method, &path);
+        if self.shadows_protected_route(route, method, &path) {
+            return reject(None, Rejection::NoRoute);
+        }
         let requirement = match (route, self.unmatched) {
             (Some(r), _) => r.auth(),
             (None, Unmatched::Authenticate) => &self.any_key,

@@ -12,13 +12,18 @@
 //! reader falls that far behind, requests wait for it, as they did when they wrote themselves.
 
 use crate::config::AccessLogConfig;
+use crate::connections::HEAD_REFUSED;
 use crate::observe::ACCESS_TARGET;
+use std::borrow::Cow;
 use std::io::{BufWriter, IsTerminal};
 use std::sync::Mutex;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_log::NormalizeEvent;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::prelude::*;
@@ -99,6 +104,7 @@ pub fn subscriber(
     let not_access =
         filter_fn(|meta| meta.target() != ACCESS_TARGET).with_max_level_hint(LevelFilter::TRACE);
     let app = tracing_subscriber::fmt::layer()
+        .fmt_fields(Redacting)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(
@@ -152,15 +158,74 @@ impl<S> tracing_subscriber::layer::Filter<S> for RoutinePingoraErrors {
         }
         let mut message = Message(String::new());
         event.record(&mut message);
-        !ROUTINE_PINGORA_ERRORS
-            .iter()
-            .any(|&(target, text)| meta.target() == target && message.0 == text)
+        // Each head keygate refuses is counted in a metric; an ERROR line per slow client would
+        // let a flood of them write the journal full.
+        !message.0.contains(HEAD_REFUSED)
+            && !ROUTINE_PINGORA_ERRORS
+                .iter()
+                .any(|&(target, text)| meta.target() == target && message.0 == text)
     }
 
     /// Places no bound on the level (see `subscriber` on why a hint matters).
     fn max_level_hint(&self) -> Option<LevelFilter> {
         Some(LevelFilter::TRACE)
     }
+}
+
+/// Formats an application-log line's fields as usual, then removes credentials from them.
+///
+/// Pingora puts the raw bytes of a request head it could not parse into its error (`buf: …`)
+/// and logs that error at ERROR on some listeners (the admin endpoints' `ServeHttp` app), so a
+/// malformed request carrying `Authorization: Bearer sk_…` would reach the journal. Every
+/// application-log line — keygate's own too — goes through here; the access log has its own,
+/// fixed fields and never holds a credential.
+struct Redacting;
+
+impl<'w> FormatFields<'w> for Redacting {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut text = String::new();
+        DefaultFields::new().format_fields(Writer::new(&mut text), fields)?;
+        writer.write_str(&redact(&text))
+    }
+}
+
+/// `text` without raw request bytes after Pingora's `buf: `, `Bearer` credentials, or anything
+/// shaped like a keygate secret.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    const BUF: &str = "buf: ";
+    let mut out = Cow::Borrowed(text);
+    if let Some(at) = out.find(BUF) {
+        out = Cow::Owned(format!("{}{BUF}<redacted>", &out[..at]));
+    }
+    for marker in ["Bearer ", "bearer ", "BEARER ", "sk_live_", "sk_test_"] {
+        if out.contains(marker) {
+            out = Cow::Owned(redact_after(&out, marker));
+        }
+    }
+    out
+}
+
+/// Replaces the token that follows each `marker` with `<redacted>`.
+fn redact_after(text: &str, marker: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(marker) {
+        let after = at + marker.len();
+        out.push_str(&rest[..after]);
+        let token_len = rest[after..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\\' | ',' | ';'))
+            .unwrap_or(rest.len() - after);
+        if token_len > 0 && !rest[after..].starts_with("<redacted>") {
+            out.push_str("<redacted>");
+        }
+        rest = &rest[after + token_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An event's `message` field, as text.
@@ -216,6 +281,40 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn credentials_and_raw_requests_are_redacted() {
+        let pingora = r#"HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: GET /metrics HTTP/1.1\r\nAuthorization: Bearer sk_live_abc\r\n"#;
+        assert_eq!(
+            redact(pingora),
+            "HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: <redacted>"
+        );
+        assert_eq!(
+            redact("header Authorization: Bearer eyJ.x.y, next"),
+            "header Authorization: Bearer <redacted>, next"
+        );
+        assert_eq!(
+            redact("key sk_test_0123 and sk_live_9 end"),
+            "key sk_test_<redacted> and sk_live_<redacted> end"
+        );
+        assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_application_log_goes_through_the_redaction() {
+        use std::sync::{Arc, Mutex};
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(Redacting)
+            .with_writer(move || Capture(sink.clone()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::error!(target: "pingora_core::apps::http_app", "fails: buf: Bearer sk_live_SECRET");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("buf: <redacted>"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
     }
 
     #[test]

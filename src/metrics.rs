@@ -101,11 +101,22 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub limiter_active: IntGauge,
     pub usage_tracked_keys: IntGauge,
+    pub connections: ConnectionMetrics,
     per_workspace: Option<PerWorkspace>,
     /// Unix milliseconds when the source last confirmed the snapshot in force; 0: never.
     confirmed_at_ms: AtomicU64,
     /// Where the snapshot in force came from: an index into [`SOURCES`].
     source: AtomicU8,
+}
+
+/// What the client-connection bounds (`src/connections.rs`) count.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+    pub head_timeouts: IntCounter,
+    pub head_too_large: IntCounter,
+    pub idle_closed_under_pressure: IntCounter,
 }
 
 /// The sources a snapshot can come from, as labels.
@@ -281,6 +292,41 @@ impl Metrics {
                 "keygate_usage_tracked_keys",
                 "Keys whose usage (requests, last use) is being tracked.",
             ),
+            connections: {
+                let heads = counter_vec(
+                    &r,
+                    "keygate_request_heads_refused_total",
+                    "Client connections closed while sending a request head, by reason \
+                     (timeout: listen.request_head_timeout passed; too_large: over \
+                     listen.max_request_head_bytes).",
+                    &["reason"],
+                );
+                let closed = IntCounter::new(
+                    "keygate_idle_connections_closed_total",
+                    "Idle keep-alive client connections closed early because open connections \
+                     were above 90% of listen.max_connections.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(closed.clone())).expect("unique metric");
+                let refused = IntCounter::new(
+                    "keygate_client_connections_refused_total",
+                    "Client connections closed on arrival because listen.max_connections were open.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(refused.clone()))
+                    .expect("unique metric");
+                ConnectionMetrics {
+                    open: gauge(
+                        &r,
+                        "keygate_client_connections",
+                        "Client connections open on the proxy listeners.",
+                    ),
+                    refused,
+                    head_timeouts: heads.with_label_values(&["timeout"]),
+                    head_too_large: heads.with_label_values(&["too_large"]),
+                    idle_closed_under_pressure: closed,
+                }
+            },
             per_workspace,
             confirmed_at_ms: AtomicU64::new(0),
             source: AtomicU8::new(0),

@@ -20,6 +20,16 @@ pub enum PathError {
     EncodedSeparator,
     #[error("path contains a forbidden character")]
     BadCharacter,
+    #[error("path contains an encoded control character")]
+    EncodedControl,
+    #[error("path contains a double-encoded \".\", \"/\", \"\\\" or NUL")]
+    DoubleEncoded,
+    #[error("path contains percent-escapes that do not decode to UTF-8")]
+    NotUtf8,
+    #[error("path contains a \".\" or \"..\" segment with parameters")]
+    DotSegmentParams,
+    #[error("request target must be a path starting with \"/\" or an http(s) URL")]
+    NotOriginForm,
 }
 
 /// Normalises the path part of a request URI (the query must already be
@@ -29,15 +39,84 @@ pub enum PathError {
 /// upper-case hex, bytes that may not appear raw in a path percent-encoded,
 /// no repeated slashes and no `.`/`..` segments. A trailing slash is kept.
 /// Input that is already canonical is returned borrowed.
+///
+/// Spellings that mean one path to keygate but may mean another to an upstream that decodes
+/// once more or understands path parameters are refused (see [`refuse_ambiguous`]).
 pub fn normalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw_path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if is_canonical(raw_path)? {
-        Ok(Cow::Borrowed(raw_path))
+    let canonical = if is_canonical(raw_path)? {
+        Cow::Borrowed(raw_path)
     } else {
-        rebuild(raw_path).map(Cow::Owned)
+        Cow::Owned(rebuild(raw_path)?)
+    };
+    refuse_ambiguous(&canonical)?;
+    Ok(canonical)
+}
+
+/// Refuses a canonical path that an upstream could read as a different path than keygate
+/// matched:
+/// - a `.`/`..` segment with parameters (`/public/..;/admin`): servlet containers drop the
+///   `;…` part and then resolve the dot segment;
+/// - a double-encoded `.`, `/`, `\` or NUL (`%252e`): an upstream that decodes twice sees a
+///   dot segment or a separator keygate never saw;
+/// - escapes that do not decode to UTF-8, such as the overlong `%C0%AE` for `.`, which lenient
+///   decoders turn into ASCII.
+///
+/// Other `;` and `%25` uses are ordinary path characters and pass.
+fn refuse_ambiguous(canonical: &str) -> Result<(), PathError> {
+    let bytes = canonical.as_bytes();
+    let mut high_escapes = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b';' => {
+                let segment_start = bytes[..i]
+                    .iter()
+                    .rposition(|&c| c == b'/')
+                    .map_or(0, |s| s + 1);
+                if matches!(&bytes[segment_start..i], b"." | b"..") {
+                    return Err(PathError::DotSegmentParams);
+                }
+            }
+            // Canonical escapes are well formed: `%` and two upper-case hex digits.
+            b'%' => match &bytes[i + 1..i + 3] {
+                b"25" => {
+                    let next = bytes.get(i + 3..i + 5).map(|n| n.to_ascii_uppercase());
+                    if matches!(next.as_deref(), Some(b"2E" | b"2F" | b"5C" | b"00")) {
+                        return Err(PathError::DoubleEncoded);
+                    }
+                }
+                [hi, _] if *hi >= b'8' => high_escapes = true,
+                _ => {}
+            },
+            _ => {}
+        }
     }
+    if high_escapes && !decodes_to_utf8(bytes) {
+        return Err(PathError::NotUtf8);
+    }
+    Ok(())
+}
+
+/// Whether the bytes a canonical path's escapes stand for form valid UTF-8.
+fn decodes_to_utf8(canonical: &[u8]) -> bool {
+    let mut decoded = Vec::with_capacity(canonical.len());
+    let mut i = 0;
+    while i < canonical.len() {
+        match (canonical[i], canonical.get(i + 1..i + 3)) {
+            (b'%', Some([hi, lo])) => {
+                let value = hex_value(*hi).zip(hex_value(*lo)).map(|(h, l)| h << 4 | l);
+                decoded.push(value.unwrap_or(0xFF));
+                i += 3;
+            }
+            (b, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// What to do with a byte that appears unescaped (other than `/` and `%`).
@@ -81,6 +160,9 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<u8, PathError> {
     match (hi, lo) {
         (Some(hi), Some(lo)) => match hi << 4 | lo {
             b'/' | b'\\' | 0 => Err(PathError::EncodedSeparator),
+            // Pingora percent-encodes raw control bytes in the request line before keygate sees
+            // it, so `%01` is how a raw 0x01 arrives: refused like the raw byte would be.
+            0x01..=0x1F | 0x7F => Err(PathError::EncodedControl),
             value => Ok(value),
         },
         _ => Err(PathError::BadEscape),
@@ -309,6 +391,63 @@ mod tests {
     }
 
     #[test]
+    fn rejects_encoded_control_characters() {
+        for p in ["/a%01", "/a%1F", "/a%1f/b", "/%7F", "/a%0A", "/a%0d%0a"] {
+            assert_eq!(norm(p), Err(PathError::EncodedControl), "{p:?}");
+        }
+        assert_borrowed("/a%20b");
+    }
+
+    #[test]
+    fn rejects_dot_segments_with_parameters() {
+        for p in [
+            "/public/..;/v1/products",
+            "/public/..;x=1/v1",
+            "/a/.;/b",
+            "/public/%2e%2e;/v1",
+            "/public/%2E%2E;jsessionid=1/admin",
+            "/..;",
+        ] {
+            assert_eq!(norm(p), Err(PathError::DotSegmentParams), "{p:?}");
+        }
+        // Parameters elsewhere are ordinary path characters.
+        assert_borrowed("/v1/products;v=2");
+        assert_borrowed("/v1/a..;b");
+        assert_borrowed("/v1/...;");
+    }
+
+    #[test]
+    fn rejects_double_encoded_separators_and_dots() {
+        for p in [
+            "/public/%252e%252e/v1",
+            "/a%252F",
+            "/a%252f",
+            "/a%255c",
+            "/a%2500",
+            "/a%25%32%65",
+        ] {
+            assert_eq!(norm(p), Err(PathError::DoubleEncoded), "{p:?}");
+        }
+        assert_borrowed("/discount/100%25");
+        assert_borrowed("/a%2541");
+    }
+
+    #[test]
+    fn rejects_escapes_that_are_not_utf8() {
+        for p in [
+            "/public/%c0%ae%c0%ae/v1",
+            "/%C0%AF",
+            "/%E0%80%AE",
+            "/a%FF",
+            "/caf%C3",
+        ] {
+            assert_eq!(norm(p), Err(PathError::NotUtf8), "{p:?}");
+        }
+        assert_borrowed("/caf%C3%A9");
+        assert_owned("/café", "/caf%C3%A9");
+    }
+
+    #[test]
     fn first_error_wins() {
         assert_eq!(norm("/a%zz/%2F"), Err(PathError::BadEscape));
         assert_eq!(norm("/%2F/%zz"), Err(PathError::EncodedSeparator));
@@ -373,7 +512,7 @@ mod tests {
         while let Some(path) = stack.pop() {
             checked += 1;
             let fast = normalize(&path);
-            let slow = rebuild(&path);
+            let slow = rebuild(&path).and_then(|p| refuse_ambiguous(&p).map(|()| p));
             match (&fast, &slow) {
                 (Ok(Cow::Borrowed(out)), Ok(rebuilt)) => {
                     assert_eq!(out, rebuilt, "{path:?}: borrowed but rebuild differs");

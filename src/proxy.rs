@@ -2,21 +2,22 @@
 //! records what happened.
 
 use crate::config::{AccessLogConfig, UpstreamConfig};
+use crate::connections;
 use crate::forward;
-use crate::gate::{Gate, Identity, Verdict};
+use crate::gate::{Decision, Gate, Identity, Rejection, Verdict};
 use crate::limits::{self, Usage};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
 use crate::respond::{self, Answer};
 use crate::snapshot::Owner;
 use crate::sync::SnapshotStore;
+use crate::target;
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,25 +70,26 @@ impl Keygate {
     }
 
     /// The synchronous half of `request_filter`: the snapshot guard lives only in here, never
-    /// across an `.await`. Returns the canonical URI to forward (when it differs) or the answer.
-    fn decide(
-        &self,
-        req: &RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<http::Uri>, Answer> {
+    /// across an `.await`. Returns how the request must be rewritten before it is forwarded
+    /// (when the bytes Pingora would send are not the canonical target), or the answer.
+    fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Option<Rewrite>, Answer> {
         let snapshot = self.store.load();
         // Fail closed on a snapshot too old to trust (when a maximum is configured).
         let snapshot = match self.max_staleness {
             Some(_) if self.metrics.is_stale(self.max_staleness) => None,
             _ => snapshot.as_deref(),
         };
-        let decision = self.gate.decide(
-            snapshot,
-            req.method.as_str(),
-            req.uri.path(),
-            &req.headers,
-            unix_now(),
-        );
+        let target = target::of(req);
+        let decision = match &target {
+            Ok(t) => self.gate.decide(
+                snapshot,
+                req.method.as_str(),
+                t.path,
+                &req.headers,
+                unix_now(),
+            ),
+            Err(e) => Decision::rejected(Rejection::BadPath(*e)),
+        };
         ctx.rate = decision.rate;
         let record = &mut ctx.record;
         record.route = decision.route.map(|r| r.index());
@@ -109,23 +111,52 @@ impl Keygate {
                     record.workspace = Some(Arc::clone(&id.workspace));
                 }
                 ctx.identity = identity;
-                match path {
-                    Cow::Borrowed(_) => Ok(None),
-                    Cow::Owned(p) => canonical_uri(&p, req.uri.query()).map(Some),
+                // A forwarded request always has a target that passed `target::of`.
+                let Ok(target) = target else {
+                    return Err(respond::for_proxy_failure(400));
+                };
+                if target.forwards_as(req, &path) {
+                    return Ok(None);
                 }
+                Rewrite::to(&path, target.query, target.authority).map(Some)
             }
         }
     }
 }
 
-/// The forwarded request carries the path keygate matched, so the upstream cannot read a
-/// different route out of another spelling.
-fn canonical_uri(path: &str, query: Option<&str>) -> Result<http::Uri, Answer> {
-    let uri = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    uri.parse().map_err(|_| respond::for_proxy_failure(400))
+/// What the forwarded request needs so that the upstream receives the path keygate matched, in
+/// origin-form.
+struct Rewrite {
+    uri: http::Uri,
+    /// For an absolute-form target: its authority, which RFC 9112 §3.2.2 makes the request's
+    /// host whatever `Host` said.
+    host: Option<http::HeaderValue>,
+}
+
+impl Rewrite {
+    fn to(path: &str, query: Option<&str>, authority: Option<&str>) -> Result<Rewrite, Answer> {
+        let bad = |_| respond::for_proxy_failure(400);
+        let uri = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        Ok(Rewrite {
+            uri: uri.parse().map_err(bad)?,
+            host: authority
+                .map(|a| {
+                    http::HeaderValue::from_str(a).map_err(|_| respond::for_proxy_failure(400))
+                })
+                .transpose()?,
+        })
+    }
+
+    fn apply(self, req: &mut RequestHeader) -> Result<()> {
+        req.set_uri(self.uri);
+        if let Some(host) = self.host {
+            req.insert_header(http::header::HOST, host)?;
+        }
+        Ok(())
+    }
 }
 
 fn unix_now() -> i64 {
@@ -143,8 +174,21 @@ impl ProxyHttp for Keygate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // Pingora keeps idle client connections open forever unless told otherwise.
-        session.set_keepalive(Some(self.client_keepalive_secs));
+        // Pingora keeps an idle client connection open forever unless given a timeout. Where it
+        // has already decided to close (HTTP/1.0 without keep-alive; Content-Length beside
+        // Transfer-Encoding, RFC 9112 §6.1), the decision stands: the rest of such a request's
+        // bytes must never be read as a new request.
+        let pressure = match connections::of(session) {
+            Some(connection) => {
+                connection.head_done();
+                connection.under_pressure()
+            }
+            None => false,
+        };
+        if session.get_keepalive().is_some() {
+            // Short of connections, none is kept idle: this one closes after its response.
+            session.set_keepalive((!pressure).then_some(self.client_keepalive_secs));
+        }
         let started = Instant::now();
         let decided = self.decide(session.req_header(), ctx);
         self.metrics
@@ -152,8 +196,8 @@ impl ProxyHttp for Keygate {
             .observe(started.elapsed().as_secs_f64());
         match decided {
             Ok(None) => Ok(false),
-            Ok(Some(uri)) => {
-                session.req_header_mut().set_uri(uri);
+            Ok(Some(rewrite)) => {
+                rewrite.apply(session.req_header_mut())?;
                 Ok(false)
             }
             Err(answer) => {
@@ -177,11 +221,7 @@ impl ProxyHttp for Keygate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::prepare(
-            upstream_request,
-            ctx.identity.as_ref(),
-            self.upstream.forward_authorization,
-        )
+        forward::prepare(upstream_request, ctx.identity.as_ref(), &self.upstream)
     }
 
     async fn response_filter(
@@ -218,6 +258,8 @@ impl ProxyHttp for Keygate {
         }
         // Once the upstream's response has started, the client can only be cut off.
         if code != 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure (below): the answer must say so.
+            session.set_keepalive(None);
             let answer = respond::for_proxy_failure(code);
             if let Err(write_error) =
                 respond::send(session, answer, ctx.rate.as_ref(), self.gate.rate_headers()).await
@@ -237,6 +279,7 @@ impl ProxyHttp for Keygate {
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        connections::request_done(session);
         let req = session.req_header();
         Finish {
             metrics: &self.metrics,

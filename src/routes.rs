@@ -153,6 +153,18 @@ pub enum RouteError {
         method: String,
     },
     #[error(
+        "routes[{index}] ({name:?}): path {path:?}: differs from routes[{other}] ({other_name:?}) \
+         only in letter case, with overlapping methods; keygate refuses requests that match a route \
+         only when case is ignored, so give the two routes patterns that differ otherwise"
+    )]
+    CaseAmbiguous {
+        index: usize,
+        name: String,
+        path: String,
+        other: usize,
+        other_name: String,
+    },
+    #[error(
         "routes[{index}] ({name:?}): path {path:?}: ambiguous with routes[{other}] ({other_name:?}), \
          which has the same pattern and overlapping methods"
     )]
@@ -277,6 +289,11 @@ fn segments(pattern: &str) -> impl Iterator<Item = Segment<'_>> {
 pub struct RouteTable<A> {
     routes: Vec<Route<A>>,
     root: Node,
+    /// The same routes with their patterns in lower case, for [`RouteTable::find_case_folded`].
+    folded: Node,
+    /// Whether some pattern has an upper-case letter: only then can a lower-case path match a
+    /// different route once folded.
+    upper_case_patterns: bool,
 }
 
 impl<A> RouteTable<A> {
@@ -284,6 +301,7 @@ impl<A> RouteTable<A> {
         let mut routes: Vec<Route<A>> = Vec::with_capacity(specs.len());
         let mut names: HashMap<String, usize> = HashMap::with_capacity(specs.len());
         let mut root = Node::default();
+        let mut folded = Node::default();
         for (index, spec) in specs.into_iter().enumerate() {
             let RouteSpec {
                 name,
@@ -307,9 +325,60 @@ impl<A> RouteTable<A> {
                 methods,
                 auth,
             });
-            insert(&mut root, &routes, index)?;
+            insert(&mut root, &routes, index, &routes[index].pattern)?;
+            insert(
+                &mut folded,
+                &routes,
+                index,
+                &fold_case(&routes[index].pattern),
+            )
+            .map_err(|e| match e {
+                RouteError::Ambiguous {
+                    index,
+                    name,
+                    path,
+                    other,
+                    other_name,
+                } => RouteError::CaseAmbiguous {
+                    index,
+                    name,
+                    path,
+                    other,
+                    other_name,
+                },
+                e => e,
+            })?;
         }
-        Ok(RouteTable { routes, root })
+        let upper_case_patterns = routes.iter().any(|r| fold_case(&r.pattern) != r.pattern);
+        Ok(RouteTable {
+            routes,
+            root,
+            folded,
+            upper_case_patterns,
+        })
+    }
+
+    /// The route `method` and `path` would match if letter case did not matter, for spotting a
+    /// request that an upstream with case-insensitive routing would serve as a route keygate did
+    /// not check (`/V1/PRODUCTS` for `/v1/products`, `delete` for `DELETE`). `None` when the
+    /// folded spelling is the request's own, so the answer could not differ from [`Self::find`].
+    pub fn find_case_folded(&self, method: &str, path: &str) -> Option<&Route<A>> {
+        let path_folds = path.bytes().any(|b| b.is_ascii_uppercase()) || self.upper_case_patterns;
+        let method_folds = method.bytes().any(|b| b.is_ascii_lowercase());
+        if !path_folds && !method_folds {
+            return None;
+        }
+        let path = fold_case(path);
+        let body = path.strip_prefix('/')?;
+        let body = body.strip_suffix('/').unwrap_or(body);
+        let remaining = (!body.is_empty()).then_some(body);
+        let bit = METHODS
+            .iter()
+            .position(|known| known.eq_ignore_ascii_case(method))
+            .map(|bit| 1 << bit);
+        self.folded
+            .find(&self.routes, bit, remaining)
+            .map(|index| &self.routes[index])
     }
 
     /// `path` must already be normalised (see [`crate::path::normalize`]). A
@@ -425,11 +494,36 @@ fn parse_methods(
 }
 
 /// Adds `routes[index]` (already validated) to the trie.
-fn insert<A>(root: &mut Node, routes: &[Route<A>], index: usize) -> Result<(), RouteError> {
+/// ASCII letters in lower case, except the hex digits of percent-escapes (which canonical paths
+/// spell in upper case).
+fn fold_case(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut hex_left = 0;
+    for c in path.chars() {
+        if c == '%' {
+            hex_left = 2;
+            out.push(c);
+        } else if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c);
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Adds `routes[index]` to the trie under `pattern` (its own, or its case-folded spelling).
+fn insert<A>(
+    root: &mut Node,
+    routes: &[Route<A>],
+    index: usize,
+    pattern: &str,
+) -> Result<(), RouteError> {
     let route = &routes[index];
     let mut node = root;
     let mut ends_in_rest = false;
-    for segment in segments(&route.pattern) {
+    for segment in segments(pattern) {
         node = match segment {
             Segment::Literal(literal) => node.literals.entry(literal.into()).or_default(),
             Segment::Star => node.star.get_or_insert_with(Box::default),
@@ -494,6 +588,51 @@ mod tests {
 
     fn build_err(specs: Vec<RouteSpec<()>>) -> RouteError {
         RouteTable::build(specs).expect_err("must be refused")
+    }
+
+    #[test]
+    fn case_folded_lookup_finds_the_route_an_insensitive_upstream_would() {
+        let t = table(vec![
+            spec("products", Some(&["GET", "DELETE"]), "/v1/products/**"),
+            spec("admin", None, "/v1/Admin"),
+        ]);
+        let name = |r: Option<&Route<()>>| r.map(|r| r.name().to_owned());
+        assert_eq!(name(t.find("GET", "/V1/PRODUCTS/1")), None);
+        assert_eq!(
+            name(t.find_case_folded("GET", "/V1/PRODUCTS/1")),
+            Some("products".into())
+        );
+        assert_eq!(
+            name(t.find_case_folded("delete", "/v1/products/1")),
+            Some("products".into())
+        );
+        // A route written with capitals is found from a lower-case path too.
+        assert_eq!(
+            name(t.find_case_folded("GET", "/v1/admin")),
+            Some("admin".into())
+        );
+        // Escapes keep their (upper-case) hex digits.
+        assert_eq!(
+            name(t.find_case_folded("GET", "/V1/Products/%C3%A9")),
+            Some("products".into())
+        );
+    }
+
+    #[test]
+    fn routes_that_differ_only_in_case_are_refused() {
+        let err = RouteTable::build(vec![spec("a", None, "/v1/x"), spec("b", None, "/v1/X")])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RouteError::CaseAmbiguous {
+                    index: 1,
+                    other: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, SourceConfig};
+use crate::connections::Bounded;
 use crate::gate::{Gate, RateLimits};
 use crate::limits::{Limiter, MonotonicClock};
 use crate::metrics::Metrics;
@@ -35,6 +36,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         checksum,
         listen,
         keepalive_timeout,
+        connection_limits,
         upstream,
         server: server_conf,
         snapshot,
@@ -120,22 +122,24 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     }
 
     let gate = Gate::new(routes, unmatched, limits);
+    let connection_metrics = metrics.connections.clone();
     let observers = Observers {
         metrics,
         usage,
         access_log,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Keygate::new(
-            store,
-            gate,
-            upstream,
-            keepalive_timeout,
-            max_staleness,
-            observers,
-        ),
-        "keygate",
+    let keygate = Keygate::new(
+        store,
+        gate,
+        upstream,
+        keepalive_timeout,
+        max_staleness,
+        observers,
+    );
+    let proxy = pingora::proxy::http_proxy(&server.configuration, keygate);
+    let mut proxy = Service::new(
+        "keygate".to_string(),
+        Bounded::new(proxy, connection_limits, connection_metrics),
     );
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());

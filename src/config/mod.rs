@@ -9,6 +9,7 @@ mod source;
 use source::SnapshotFile;
 pub use source::{ControlPlaneConfig, Secret, SnapshotSource, SourceConfig};
 
+use crate::connections::ConnectionLimits;
 use crate::limits::{Policy, RateHeaders};
 use crate::routes::{RouteSpec, RouteTable};
 use crate::scopes::RequiredScope;
@@ -136,6 +137,17 @@ struct ListenFile {
     /// How long an idle client connection is kept open. Default 60s.
     #[serde(default, deserialize_with = "duration")]
     keepalive_timeout: Option<Duration>,
+    /// Client connections open at once, over all proxy listeners' threads; more are closed on
+    /// arrival. Default 4096.
+    max_connections: Option<usize>,
+    /// How long a request head may take from its first byte to its last. Default 10s.
+    #[serde(default, deserialize_with = "duration")]
+    request_head_timeout: Option<Duration>,
+    /// The largest request head (request line and headers) accepted. Default 65536.
+    max_request_head_bytes: Option<usize>,
+    /// Above 90% of max_connections, how long a connection may stay idle. Default 1s.
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout_under_pressure: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +171,8 @@ struct UpstreamFile {
     /// Forward the client's `Authorization` header. Default false.
     #[serde(default)]
     forward_authorization: bool,
+    /// Remove `X-HTTP-Method-Override` and its variants from forwarded requests. Default true.
+    strip_method_override: Option<bool>,
 }
 
 /// The Pingora server settings keygate exposes, with keygate's defaults.
@@ -224,6 +238,45 @@ struct LogFile {
 // ---------------------------------------------------------------------------------------------
 // The validated configuration.
 
+/// `listen`'s bounds on client connections, checked.
+fn connection_limits(listen: &ListenFile) -> Result<ConnectionLimits, (String, String)> {
+    let limits = ConnectionLimits {
+        max_connections: listen.max_connections.unwrap_or(4096),
+        head_timeout: listen
+            .request_head_timeout
+            .unwrap_or(Duration::from_secs(10)),
+        max_head_bytes: listen.max_request_head_bytes.unwrap_or(64 * 1024),
+        pressure_idle_timeout: listen
+            .idle_timeout_under_pressure
+            .unwrap_or(Duration::from_secs(1)),
+    };
+    if limits.max_connections == 0 {
+        return Err((
+            "listen.max_connections".into(),
+            "must be at least 1; omit it for the default of 4096".into(),
+        ));
+    }
+    // Pingora refuses heads over 1 MiB itself; a larger bound would never apply.
+    if !(1024..=1024 * 1024).contains(&limits.max_head_bytes) {
+        return Err((
+            "listen.max_request_head_bytes".into(),
+            "must be between 1024 and 1048576; omit it for the default of 65536".into(),
+        ));
+    }
+    for (field, d) in [
+        ("listen.request_head_timeout", limits.head_timeout),
+        (
+            "listen.idle_timeout_under_pressure",
+            limits.pressure_idle_timeout,
+        ),
+    ] {
+        if d.is_zero() {
+            return Err((field.into(), "must be more than 0s".into()));
+        }
+    }
+    Ok(limits)
+}
+
 /// What a request that matches no route gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -265,6 +318,9 @@ pub struct UpstreamConfig {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub forward_authorization: bool,
+    /// keygate decides on the request's method: an upstream that honours an override header
+    /// would run another method than the one whose scopes were checked.
+    pub strip_method_override: bool,
 }
 
 /// What happens to per-key usage.
@@ -318,6 +374,7 @@ pub struct Config {
     pub checksum: String,
     pub listen: Vec<SocketAddr>,
     pub keepalive_timeout: Duration,
+    pub connection_limits: ConnectionLimits,
     pub upstream: UpstreamConfig,
     pub server: ServerConf,
     pub snapshot: SnapshotSource,
@@ -390,6 +447,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         })?;
         addrs.push(addr);
     }
+    let connection_limits = connection_limits(&listen).map_err(|(f, m)| invalid(f, m))?;
 
     let upstream_addr = upstream
         .address
@@ -412,6 +470,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         write_timeout: upstream.write_timeout.unwrap_or(Duration::from_secs(30)),
         idle_timeout: upstream.idle_timeout.unwrap_or(Duration::from_secs(4)),
         forward_authorization: upstream.forward_authorization,
+        strip_method_override: upstream.strip_method_override.unwrap_or(true),
     };
     for (field, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),
@@ -525,6 +584,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         checksum: String::new(),
         listen: addrs,
         keepalive_timeout: listen.keepalive_timeout.unwrap_or(Duration::from_secs(60)),
+        connection_limits,
         upstream,
         server,
         snapshot,

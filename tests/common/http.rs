@@ -441,6 +441,8 @@ struct Shared {
     // Clones of open connections, so Drop can cut connections a proxy keeps pooled; otherwise
     // a dropped upstream would go on answering over them.
     live: Mutex<HashMap<u64, TcpStream>>,
+    /// Every byte received, per connection in the order connections were accepted.
+    received: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Shared {
@@ -478,6 +480,7 @@ impl Echo {
             requests: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
+            received: Mutex::new(Vec::new()),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -499,6 +502,16 @@ impl Echo {
     /// Requests received in full so far (counted before any delay and before answering).
     pub fn requests_seen(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The bytes each connection has carried so far, exactly as received (connections in the
+    /// order they were accepted), for checks on the wire rather than on a parsed view.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.shared
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// TCP connections accepted so far, e.g. to check that a proxy reuses upstream
@@ -544,12 +557,17 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if let Ok(clone) = stream.try_clone() {
             shared.live().insert(id, clone);
         }
+        let slot = {
+            let mut received = shared.received.lock().unwrap_or_else(|e| e.into_inner());
+            received.push(Vec::new());
+            received.len() - 1
+        };
         workers.retain(|h| !h.is_finished());
         let worker_shared = Arc::clone(&shared);
         let spawned = thread::Builder::new()
             .name(format!("echo-conn-{id}"))
             .spawn(move || {
-                serve_connection(stream, &worker_shared);
+                serve_connection(stream, &worker_shared, slot);
                 worker_shared.live().remove(&id);
             });
         match spawned {
@@ -569,13 +587,37 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn serve_connection(stream: TcpStream, shared: &Shared) {
+/// Reads from a connection, keeping a copy of every byte in the connection's `received` slot.
+struct Recording<'s> {
+    stream: TcpStream,
+    shared: &'s Shared,
+    slot: usize,
+}
+
+impl Read for Recording<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        let mut received = self
+            .shared
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        received[self.slot].extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared, slot: usize) {
     // No read timeout: a proxy may keep a pooled connection idle for as long as it likes, and
     // Drop unblocks the read anyway. Writes are bounded so a client that never reads cannot
     // wedge the thread.
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Recording {
+        stream,
+        shared,
+        slot,
+    });
     while !shared.stopped() {
         let req = match read_echo_request(&mut reader) {
             Ok(Some(req)) => req,
@@ -588,7 +630,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         }
         let close = wants_close(&req);
         let out = echo_response(&req, close);
-        let stream = reader.get_mut();
+        let stream = &mut reader.get_mut().stream;
         if stream
             .write_all(&out)
             .and_then(|()| stream.flush())
@@ -615,7 +657,7 @@ fn pause(shared: &Shared) {
 }
 
 /// `None` when the client closed the connection between requests.
-fn read_echo_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<EchoRequest>> {
+fn read_echo_request(r: &mut BufReader<Recording<'_>>) -> io::Result<Option<EchoRequest>> {
     let line = loop {
         match read_line(r)? {
             None => return Ok(None),
@@ -633,7 +675,7 @@ fn read_echo_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<EchoRequ
         .ok_or_else(|| invalid(format!("bad request line: {line:?}")))?;
     let headers = read_headers(r)?;
     if has_token(&headers, "expect", "100-continue") {
-        let stream = r.get_mut();
+        let stream = &mut r.get_mut().stream;
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         stream.flush()?;
     }
