@@ -97,6 +97,34 @@ fn check_names_the_file_and_field_of_each_error() {
             ),
             "upstream.read_timeout: invalid duration \"soon\"",
         ),
+        (
+            GOOD.replace(
+                "addresses: [\"127.0.0.1:8080\"]",
+                "addresses: [\"127.0.0.1:8080\"]\n  max_connections: 0",
+            ),
+            "listen.max_connections: must be at least 1",
+        ),
+        (
+            GOOD.replace(
+                "addresses: [\"127.0.0.1:8080\"]",
+                "addresses: [\"127.0.0.1:8080\"]\n  max_request_head_bytes: 2000000",
+            ),
+            "listen.max_request_head_bytes: must be between 1024 and 1048576",
+        ),
+        (
+            GOOD.replace(
+                "addresses: [\"127.0.0.1:8080\"]",
+                "addresses: [\"127.0.0.1:8080\"]\n  request_head_timeout: 0s",
+            ),
+            "listen.request_head_timeout: must be more than 0s",
+        ),
+        (
+            GOOD.replace(
+                "path: /**\n    scopes: [a:read]\n",
+                "path: /v1/x\n    scopes: [a:read]\n  - name: b\n    path: /V1/X\n    scopes: [a:read]\n",
+            ),
+            "differs from routes[0] (\"all\") only in letter case",
+        ),
     ];
     for (config, expected) in &cases {
         let (code, text) = check(dir.path(), config, KEYS);

@@ -146,6 +146,8 @@ pub struct Setup<'a> {
     pub env: Vec<(&'a str, String)>,
     /// A fixed listen port instead of a free one (for restarts on the same address).
     pub port: Option<u16>,
+    /// More `listen:` fields, each line indented by two spaces.
+    pub listen_extra: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -161,6 +163,7 @@ impl<'a> Setup<'a> {
             snapshot: None,
             env: Vec::new(),
             port: None,
+            listen_extra: "",
         }
     }
 }
@@ -185,11 +188,12 @@ impl Keygate {
         let keys_path = dir.path().join("keys.yaml");
         std::fs::write(&keys_path, setup.keys.yaml()).unwrap();
         let config = format!(
-            "listen:\n  addresses: [\"{addr}\"]\n\
+            "listen:\n  addresses: [\"{addr}\"]\n{}\
              upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
              server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
              {}\
              admin:\n  address: \"{admin}\"\n{}{}{}",
+            setup.listen_extra,
             setup.upstream,
             setup.upstream_extra,
             setup
@@ -335,6 +339,17 @@ impl Keygate {
             matches!(self.child.try_wait(), Ok(Some(_)))
         })
         .is_some()
+    }
+
+    /// The keygate process's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn is_running(&mut self) -> bool {
