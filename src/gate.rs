@@ -306,3 +306,88 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::RouteSpec;
+    use crate::scopes::RequiredScope;
+
+    fn gate(unmatched: Unmatched) -> Gate {
+        gate_with(unmatched, "/docs/**")
+    }
+
+    fn gate_with(unmatched: Unmatched, public: &str) -> Gate {
+        let write = RouteAuth::Scopes(Box::new([RequiredScope::parse("products:write").unwrap()]));
+        let routes = RouteTable::build(vec![
+            RouteSpec {
+                name: "products-write".into(),
+                methods: Some(vec!["DELETE".into()]),
+                path: "/v1/products/**".into(),
+                auth: write,
+            },
+            RouteSpec {
+                name: "docs".into(),
+                methods: None,
+                path: public.into(),
+                auth: RouteAuth::Public,
+            },
+        ])
+        .unwrap();
+        Gate::new(routes, unmatched, None)
+    }
+
+    fn rejection(g: &Gate, method: &str, path: &str) -> Option<Rejection> {
+        match g.decide(None, method, path, &HeaderMap::new(), 0).verdict {
+            Verdict::Reject(r) => Some(r),
+            Verdict::Forward { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_request_that_matches_a_protected_route_only_without_case_is_refused() {
+        let g = gate(Unmatched::Authenticate);
+        // Unmatched, but DELETE /v1/products/1 to a case-insensitive upstream.
+        assert_eq!(
+            rejection(&g, "DELETE", "/V1/PRODUCTS/1"),
+            Some(Rejection::NoRoute)
+        );
+        assert_eq!(
+            rejection(&g, "delete", "/v1/products/1"),
+            Some(Rejection::NoRoute)
+        );
+        // Other unmatched requests still need a key (no snapshot here: fail closed).
+        assert_eq!(
+            rejection(&g, "GET", "/V1/OTHER"),
+            Some(Rejection::NoSnapshot)
+        );
+        // A public route folded is no protected one: the request is simply unmatched.
+        assert_eq!(rejection(&g, "GET", "/DOCS/a"), Some(Rejection::NoSnapshot));
+        // The exact routes are decided as usual.
+        assert_eq!(rejection(&g, "GET", "/docs/A"), None);
+        assert_eq!(
+            rejection(&g, "DELETE", "/v1/products/1"),
+            Some(Rejection::NoSnapshot)
+        );
+    }
+
+    #[test]
+    fn a_public_catch_all_does_not_open_a_protected_route_spelt_in_capitals() {
+        let g = gate_with(Unmatched::Deny, "/**");
+        assert_eq!(
+            rejection(&g, "DELETE", "/V1/PRODUCTS/1"),
+            Some(Rejection::NoRoute)
+        );
+        assert_eq!(rejection(&g, "GET", "/V1/PRODUCTS/1"), None);
+        assert_eq!(rejection(&g, "DELETE", "/about"), None);
+    }
+
+    #[test]
+    fn under_unmatched_deny_the_answer_is_the_usual_404() {
+        let g = gate(Unmatched::Deny);
+        assert_eq!(
+            rejection(&g, "DELETE", "/V1/PRODUCTS/1"),
+            Some(Rejection::NoRoute)
+        );
+    }
+}
