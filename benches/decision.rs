@@ -29,42 +29,24 @@ use keygate::limits::{Limiter, MonotonicClock, Policy, RateHeaders};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{self, Format, Snapshot};
 use mimalloc::MiMalloc;
-use std::alloc::{GlobalAlloc, Layout};
+use stats_alloc::StatsAlloc;
 use std::hint::black_box;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use support::peak_rss;
 
 /// Counts heap allocations (new blocks and resizes), to tell whether a decision allocates.
 /// Allocates with mimalloc, as the keygate binary does, so that keys, workspaces and limiter
 /// state lie in memory as they do in production.
-struct Counting;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to mimalloc unchanged; only adds a counter.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { MiMalloc.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { MiMalloc.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: StatsAlloc<MiMalloc> = StatsAlloc::new(MiMalloc);
+
+fn allocations() -> usize {
+    let stats = ALLOC.stats();
+    stats.allocations + stats.reallocations
+}
 
 /// The snapshot sizes measured; the larger is built first, on a cold heap, for its peak RSS.
 const SIZES: [usize; 2] = [1_000_000, 10_000];
@@ -176,7 +158,7 @@ struct Case {
 impl Case {
     /// Decides every request once, checking the outcome; returns the allocations made.
     fn run_all(&self, snap: &Snapshot) -> usize {
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         for h in &self.headers {
             let d = self.gate.decide(Some(snap), "GET", black_box(PATH), h, NOW);
             let ok = if self.allowed {
@@ -190,7 +172,7 @@ impl Case {
             assert!(ok, "{}: {:?}", self.name, d.verdict);
             black_box(d);
         }
-        ALLOCATIONS.load(Ordering::SeqCst) - before
+        allocations() - before
     }
 }
 

@@ -6,36 +6,20 @@
 
 use criterion::{BatchSize, Criterion, criterion_group};
 use keygate::limits::{FakeClock, Limiter, Policy, StateCache, Subject, SubjectKey, Verdict};
-use std::alloc::{GlobalAlloc, Layout, System};
+use stats_alloc::StatsAlloc;
+use std::alloc::System;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
-/// Counts live heap bytes so the per-workspace state can be measured exactly.
-struct Counting;
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only adds bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Counts live heap bytes so the per-workspace state can be measured exactly (`stats_alloc`:
+/// keygate's crates forbid `unsafe`, which a counting allocator of our own would need).
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: StatsAlloc<System> = StatsAlloc::new(System);
+
+fn live_bytes() -> isize {
+    let stats = ALLOC.stats();
+    stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated
+}
 
 const LIVE: Policy = Policy {
     burst_per_second: 30,
@@ -57,12 +41,12 @@ fn bytes_per_workspace() {
     let n = 100_000;
     let ids: Vec<String> = (0..n).map(|i| format!("ws_{i:06}")).collect();
     let clock = Arc::new(FakeClock::at(1_000));
-    let before = LIVE_BYTES.load(Ordering::SeqCst);
+    let before = live_bytes();
     let limiter = Limiter::new(clock);
     for id in &ids {
         limiter.check(Subject::Workspace(id), LIVE);
     }
-    let after = LIVE_BYTES.load(Ordering::SeqCst);
+    let after = live_bytes();
     println!(
         "limiter state: {} bytes per active workspace ({} workspaces, {} bytes of heap)",
         (after - before) / n as isize,

@@ -33,31 +33,6 @@ pub enum Command {
     /// Make and hash API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Run the reference control plane: workspaces and API keys in SQLite, served to keygate
-    /// over the sync protocol. Tokens come from KEYGATE_CP_ADMIN_TOKEN and
-    /// KEYGATE_CP_SYNC_TOKEN; KEYGATE_CP_SIGNING_KEY (optional) signs what keygate pulls.
-    ControlPlane(ControlPlaneArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ControlPlaneArgs {
-    /// The SQLite database file; created when missing.
-    #[arg(long, required_unless_present = "print_public_key")]
-    pub db: Option<PathBuf>,
-    /// The address to serve on, e.g. 127.0.0.1:7070.
-    #[arg(long, required_unless_present = "print_public_key")]
-    pub listen: Option<std::net::SocketAddr>,
-    /// Versions of change history kept: `?since=V` deltas work for V this close to the current
-    /// version; older ones get 410 and keygate fetches the full snapshot.
-    #[arg(long, default_value_t = crate::control_plane::DEFAULT_HISTORY)]
-    pub history: u64,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    /// Print the base64 Ed25519 public key of KEYGATE_CP_SIGNING_KEY, for keygate's config,
-    /// and exit.
-    #[arg(long, conflicts_with_all = ["db", "listen"])]
-    pub print_public_key: bool,
 }
 
 #[derive(Debug, Args)]

@@ -21,7 +21,6 @@ fn main() {
         Command::Keys(KeysCommand::New(args)) => report(cli::new_key(args)),
         Command::Keys(KeysCommand::Hash) => report(cli::hash_key()),
         Command::Run(args) => report(run(args)),
-        Command::ControlPlane(args) => report(control_plane(args)),
     };
     std::process::exit(code);
 }
@@ -72,20 +71,4 @@ fn finish(usage_reporter: Option<&UsageReporter>, log_guard: &LogGuard) {
     }
     tracing::info!("keygate stopped");
     log_guard.flush();
-}
-
-/// `keygate control-plane`: the reference control plane, or with `--print-public-key` the key
-/// keygate verifies its signatures with.
-fn control_plane(args: cli::ControlPlaneArgs) -> anyhow::Result<()> {
-    use keygate::control_plane;
-    if args.print_public_key {
-        println!("{}", control_plane::public_key_from_env()?);
-        return Ok(());
-    }
-    let (Some(db), Some(listen)) = (args.db, args.listen) else {
-        anyhow::bail!("--db and --listen are required");
-    };
-    let _log_guard = keygate::logging::init("info", None, true);
-    let settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
-    control_plane::run(settings)
 }

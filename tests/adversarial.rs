@@ -137,7 +137,7 @@ fn probes(reader: &str, noscope: &str) -> Vec<Probe> {
         // read as the next request; after a granted one, the next request is pipelined (above).
         p("Expect: 100-continue refused for no key, body is a request", format!("POST /v1/products/new HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()), expect(&[401], CLOSED)),
         p("Expect: 100-continue refused for a scope, body is a request, then another", format!("POST /v1/products/new HTTP/1.1\r\nHost: a\r\n{r}Expect: 100-continue\r\nContent-Length: {}\r\n\r\n{smuggled}GET /v1/products/1 HTTP/1.1\r\nHost: a\r\n\r\n", smuggled.len()), expect(&[403], CLOSED)),
-        p("Expect: 100-continue granted, then a request without a key", format!("POST /public/upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhelloGET /v1/products/1 HTTP/1.1\r\nHost: a\r\n\r\n"), expect(&[200], EITHER)),
+        p("Expect: 100-continue granted, then a request without a key", "POST /public/upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhelloGET /v1/products/1 HTTP/1.1\r\nHost: a\r\n\r\n".into(), expect(&[200], EITHER)),
         // --- Upgrades on protected routes ---
         p("h2c upgrade without a key", "GET /v1/products/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n".into(), expect(&[401], EITHER)),
         p("h2c upgrade with a read key on a write route", format!("DELETE /v1/products/1 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n{r}\r\n"), expect(&[403], EITHER)),

@@ -2,6 +2,7 @@
 //! last-known-good cache, and how stale a snapshot may get.
 
 use super::duration;
+use keygate_protocol::signature::Verifier;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -74,7 +75,7 @@ pub struct ControlPlaneConfig {
     pub wait: Duration,
     pub poll_interval: Duration,
     pub timeout: Duration,
-    pub public_key: Option<[u8; 32]>,
+    pub public_key: Option<Verifier>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -228,18 +229,13 @@ fn control_plane_config(cp: ControlPlaneFile, base: &Path) -> Result<ControlPlan
     let public_key = match public_key {
         None => None,
         Some(b64) => {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    err(
-                        "control_plane.public_key",
-                        "must be a base64 Ed25519 public key (32 bytes), as printed by `keygate control-plane --print-public-key`",
-                    )
-                })?;
-            Some(bytes)
+            let verifier = Verifier::from_base64(&b64).map_err(|e| {
+                err(
+                    "control_plane.public_key",
+                    format!("{e}, as printed by `keygate-control-plane --print-public-key`"),
+                )
+            })?;
+            Some(verifier)
         }
     };
     let wait = wait.unwrap_or(Duration::from_secs(30));

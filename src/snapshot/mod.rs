@@ -7,8 +7,9 @@ mod key_shards;
 pub mod load;
 pub mod model;
 mod raw;
-pub mod wire;
 mod write;
+
+pub use keygate_protocol::wire;
 
 pub use delta::{Delta, parse_delta};
 pub use load::{Format, SnapshotError, load_file, parse};

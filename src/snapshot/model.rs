@@ -17,6 +17,7 @@ use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
 use crate::secret::KeyHash;
 use bytes::Bytes;
 use http::HeaderValue;
+use keygate_protocol::ids;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -498,9 +499,8 @@ pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, St
         return Err((doc.id, reason));
     }
     if let Some(limits) = doc.limits {
-        if limits.burst_per_second == Some(0) || limits.sustained_per_minute == Some(0) {
-            let reason = "limits must be at least 1; remove the field to use the default";
-            return Err((doc.id, reason.into()));
+        if !limits.is_valid() {
+            return Err((doc.id, ids::LIMIT_RULE.into()));
         }
     }
     Ok(Workspace {
@@ -644,9 +644,8 @@ impl SnapshotBuilder {
 
 /// Ids travel in upstream headers and logs, so they are kept to a plain, header-safe alphabet.
 pub(crate) fn check_id(id: &str) -> Result<(), String> {
-    let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
-    if id.is_empty() || id.len() > 128 || !id.bytes().all(ok_char) {
-        return Err("id must be 1 to 128 characters of A-Z a-z 0-9 _ - . :".into());
+    if !ids::valid_id(id) {
+        return Err(format!("id must be {}", ids::ID_RULE));
     }
     Ok(())
 }

@@ -13,8 +13,7 @@ use crate::config::ControlPlaneConfig;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, Format};
 use async_trait::async_trait;
-use base64::Engine;
-use ed25519_dalek::{Signature, VerifyingKey};
+use keygate_protocol::signature::{SIGNATURE_HEADER, SignatureError, Verifier};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
@@ -22,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub const SOURCE: &str = "control_plane";
-pub const SIGNATURE_HEADER: &str = "x-keygate-signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -50,7 +48,7 @@ pub struct ControlPlaneSource {
     client: reqwest::Client,
     store: SnapshotStore,
     metrics: Arc<Metrics>,
-    verifier: Option<VerifyingKey>,
+    verifier: Option<Verifier>,
     cache: Option<Arc<CacheWriter>>,
     need_full: AtomicBool,
 }
@@ -62,12 +60,7 @@ impl ControlPlaneSource {
         metrics: Arc<Metrics>,
         cache: Option<Arc<CacheWriter>>,
     ) -> anyhow::Result<Self> {
-        let verifier = match cfg.public_key {
-            Some(bytes) => Some(VerifyingKey::from_bytes(&bytes).map_err(|_| {
-                anyhow::anyhow!("snapshot.control_plane.public_key is not a valid Ed25519 key")
-            })?),
-            None => None,
-        };
+        let verifier = cfg.public_key.clone();
         Ok(ControlPlaneSource {
             client: http_client(&cfg)?,
             cfg,
@@ -162,13 +155,12 @@ impl ControlPlaneSource {
         let Some(key) = &self.verifier else {
             return Ok(());
         };
-        let sig = signature.ok_or("no signature, and snapshot.control_plane.public_key is set")?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(sig.trim())
-            .map_err(|_| "the signature is not base64")?;
-        let sig = Signature::from_slice(&bytes).map_err(|_| "the signature is not 64 bytes")?;
-        key.verify_strict(body, &sig)
-            .map_err(|_| "the signature does not match the snapshot".to_string())
+        key.verify(body, signature).map_err(|e| match e {
+            SignatureError::Missing => {
+                "no signature, and snapshot.control_plane.public_key is set".to_string()
+            }
+            e => e.to_string(),
+        })
     }
 
     fn reject(&self, why: impl Into<String>) -> SyncError {

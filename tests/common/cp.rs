@@ -1,8 +1,7 @@
-//! The reference control plane as a test fixture: the real `keygate control-plane` binary on a
+//! The reference control plane as a test fixture: the real `keygate-control-plane` binary on a
 //! temporary SQLite database, driven through its HTTP API.
 #![allow(dead_code)]
 
-use super::BIN;
 use super::http::{self, Request, Response};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -12,6 +11,18 @@ use std::time::Duration;
 
 pub const SYNC_TOKEN: &str = "cp-sync-token-for-tests-0123456789";
 pub const ADMIN_TOKEN: &str = "cp-admin-token-for-tests-0123456789";
+
+/// The `keygate-control-plane` binary: a sibling of `keygate` in the target directory, built by
+/// the same `cargo test` (the workspace's default members include the control plane).
+pub fn binary() -> PathBuf {
+    let path = Path::new(super::BIN).with_file_name("keygate-control-plane");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests from the workspace root with `cargo test --release`, which builds it",
+        path.display()
+    );
+    path
+}
 
 pub struct ControlPlane {
     child: Option<Child>,
@@ -49,8 +60,8 @@ impl ControlPlane {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["control-plane", "--db"])
+        let mut cmd = Command::new(binary());
+        cmd.arg("--db")
             .arg(&self.db)
             .args(["--listen", &self.addr.to_string()])
             .env("KEYGATE_CP_SYNC_TOKEN", SYNC_TOKEN)

@@ -1,4 +1,4 @@
-//! Helpers for `tests/control_plane.rs`: the real `keygate control-plane` binary on a temporary
+//! Helpers for `tests/control_plane.rs`: the real `keygate-control-plane` binary on a temporary
 //! SQLite database, and a tiny HTTP/1.1 client over std `TcpStream`.
 #![allow(dead_code)]
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate-control-plane");
 pub const ADMIN_TOKEN: &str = "cp-test-admin-token-0123456789";
 pub const SYNC_TOKEN: &str = "cp-test-sync-token-0123456789";
 
@@ -128,7 +128,7 @@ pub struct Options {
     pub history: Option<u64>,
 }
 
-/// A running `keygate control-plane`; killed when dropped.
+/// A running `keygate-control-plane`; killed when dropped.
 pub struct Cp {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -171,8 +171,7 @@ impl Cp {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("control-plane")
-            .arg("--db")
+        cmd.arg("--db")
             .arg(&self.db)
             .arg("--listen")
             .arg(self.addr.to_string())

@@ -2,10 +2,13 @@
 //! are written out — in the snapshot schema of `docs/snapshot.md` for keygate, and in the
 //! key-management API's own shape for people.
 
-use crate::scopes::ScopePattern;
 use http::StatusCode;
+use keygate_protocol::ids;
+use keygate_protocol::scopes::ScopePattern;
+use keygate_protocol::wire::{KeyDoc, KeyStatus, WorkspaceDoc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -77,7 +80,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 // --- shared vocabulary ---------------------------------------------------------------------
 
 /// The snapshot's own workspace type: the API and the sync protocol speak the same words.
-pub use crate::snapshot::WorkspaceKind;
+pub use keygate_protocol::wire::WorkspaceKind;
 
 /// A key's environment: the `sk_live_` / `sk_test_` prefix of its secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,43 +108,24 @@ impl Environment {
 }
 
 /// Per-workspace overrides of keygate's configured limits; absent fields keep the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst_per_second: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sustained_per_minute: Option<u32>,
-}
+pub use keygate_protocol::wire::LimitsDoc as Limits;
 
-impl Limits {
-    pub fn is_empty(&self) -> bool {
-        self.burst_per_second.is_none() && self.sustained_per_minute.is_none()
-    }
-
-    fn validate(self) -> Result<Limits, ApiError> {
-        if self.burst_per_second == Some(0) || self.sustained_per_minute == Some(0) {
-            return Err(bad("limits must be at least 1"));
-        }
-        Ok(self)
+/// Refuses a limit of 0, with the message keygate gives for it.
+fn check_limits(limits: Limits) -> Result<Limits, ApiError> {
+    if limits.is_valid() {
+        Ok(limits)
+    } else {
+        Err(bad(ids::LIMIT_RULE))
     }
 }
 
-/// Workspace and key ids: 1-128 of `A-Z a-z 0-9 _ - . :` (the snapshot schema's alphabet).
-pub fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-}
+pub use keygate_protocol::ids::valid_id;
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if valid_id(id) {
         Ok(())
     } else {
-        Err(bad(format!(
-            "invalid {what} {id:?}: 1-128 characters of A-Z a-z 0-9 _ - . :"
-        )))
+        Err(bad(format!("invalid {what} {id:?}: {}", ids::ID_RULE)))
     }
 }
 
@@ -211,7 +195,7 @@ impl NewWorkspace {
         Ok(NewWorkspace {
             id: b.id,
             kind: b.kind,
-            limits: b.limits.unwrap_or_default().validate()?,
+            limits: check_limits(b.limits.unwrap_or_default())?,
         })
     }
 }
@@ -236,7 +220,7 @@ impl WorkspaceUpdate {
         let b: WorkspaceUpdateBody = parse_body(body)?;
         let limits = match b.limits {
             None => None,
-            Some(l) => Some(l.unwrap_or_default().validate()?),
+            Some(l) => Some(check_limits(l.unwrap_or_default())?),
         };
         Ok(WorkspaceUpdate {
             kind: b.kind,
@@ -466,81 +450,39 @@ pub struct KeyRow {
     pub requests: u64,
 }
 
-// --- the snapshot schema (docs/snapshot.md) ------------------------------------------------
+// --- the snapshot schema (keygate_protocol::wire, docs/snapshot.md) ---------------------------
 
-#[derive(Serialize)]
-pub struct SnapWorkspace<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: WorkspaceKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<Limits>,
-}
+/// A key entry as served, borrowing from its row.
+pub type SnapKey<'a> = KeyDoc<Cow<'a, str>>;
 
-impl<'a> From<&'a WorkspaceRow> for SnapWorkspace<'a> {
-    fn from(w: &'a WorkspaceRow) -> Self {
-        SnapWorkspace {
-            id: &w.id,
-            kind: w.kind,
-            limits: (!w.limits.is_empty()).then_some(w.limits),
-        }
+pub fn snap_workspace(w: &WorkspaceRow) -> WorkspaceDoc {
+    WorkspaceDoc {
+        id: w.id.clone(),
+        kind: w.kind,
+        limits: (!w.limits.is_empty()).then_some(w.limits),
     }
 }
 
-#[derive(Serialize)]
-pub struct SnapKey<'a> {
-    id: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    name: &'a str,
-    hash: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    workspace: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    internal: bool,
-    /// Absent for a legacy key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scopes: Option<&'a [String]>,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
-}
-
-impl<'a> From<&'a KeyRow> for SnapKey<'a> {
-    fn from(k: &'a KeyRow) -> Self {
-        SnapKey {
-            id: &k.id,
-            name: &k.name,
-            hash: &k.hash,
-            workspace: k.workspace.as_deref(),
-            internal: k.workspace.is_none(),
-            scopes: k.scopes.as_deref(),
-            status: if k.revoked { "revoked" } else { "active" },
-            expires_at: k.expires_at.map(format_time),
-        }
+pub fn snap_key(k: &KeyRow) -> SnapKey<'_> {
+    KeyDoc {
+        id: Cow::Borrowed(&k.id),
+        name: Cow::Borrowed(&k.name),
+        hash: Cow::Borrowed(&k.hash),
+        workspace: k.workspace.as_deref().map(Cow::Borrowed),
+        internal: k.workspace.is_none(),
+        // Absent for a legacy key.
+        scopes: k
+            .scopes
+            .as_ref()
+            .map(|s| Some(s.iter().map(|s| Cow::Borrowed(s.as_str())).collect())),
+        status: if k.revoked {
+            KeyStatus::Revoked
+        } else {
+            KeyStatus::Active
+        },
+        expires_at: k.expires_at.map(|t| Cow::Owned(format_time(t))),
+        restrictions: None,
     }
-}
-
-/// `{"version":N,"workspaces":[…],"keys":[…]}`.
-#[derive(Serialize)]
-pub struct SnapshotDoc<'a> {
-    pub version: u64,
-    pub workspaces: Vec<SnapWorkspace<'a>>,
-    pub keys: Vec<SnapKey<'a>>,
-}
-
-#[derive(Serialize)]
-pub struct DeltaSection<T> {
-    pub upsert: Vec<T>,
-    pub remove: Vec<String>,
-}
-
-/// `{"from":V,"version":N,"workspaces":{"upsert":[…],"remove":[…]},"keys":{…}}`.
-#[derive(Serialize)]
-pub struct DeltaDoc<'a> {
-    pub from: u64,
-    pub version: u64,
-    pub workspaces: DeltaSection<SnapWorkspace<'a>>,
-    pub keys: DeltaSection<SnapKey<'a>>,
 }
 
 // --- the key-management API's shapes -------------------------------------------------------

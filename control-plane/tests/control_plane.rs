@@ -1,4 +1,4 @@
-//! The reference control plane, end to end: the real `keygate control-plane` binary on a
+//! The reference control plane, end to end: the real `keygate-control-plane` binary on a
 //! temporary SQLite file, driven over real HTTP on loopback.
 
 mod cp_support;
@@ -492,7 +492,7 @@ fn the_admin_api_and_the_sync_api_take_only_their_own_token() {
 fn snapshots_and_deltas_are_signed_with_the_printed_public_key() {
     let seed = STANDARD.encode([42u8; 32]);
     let out = Command::new(BIN)
-        .args(["control-plane", "--print-public-key"])
+        .arg("--print-public-key")
         .env("KEYGATE_CP_SIGNING_KEY", &seed)
         .output()
         .unwrap();
@@ -545,7 +545,7 @@ fn snapshots_and_deltas_are_signed_with_the_printed_public_key() {
         None
     );
     let out = Command::new(BIN)
-        .args(["control-plane", "--print-public-key"])
+        .arg("--print-public-key")
         .env_remove("KEYGATE_CP_SIGNING_KEY")
         .output()
         .unwrap();
@@ -964,7 +964,7 @@ fn bad_settings_stop_the_start_with_a_reason() {
     let db = dir.path().join("cp.sqlite");
     let run = |admin: Option<&str>, sync: Option<&str>, signing: Option<&str>| {
         let mut cmd = Command::new(BIN);
-        cmd.args(["control-plane", "--db"])
+        cmd.arg("--db")
             .arg(&db)
             .args(["--listen", "127.0.0.1:1"])
             .env_remove("KEYGATE_CP_ADMIN_TOKEN")

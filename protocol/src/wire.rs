@@ -1,6 +1,7 @@
 //! The snapshot's wire schema: what a keys file holds and a control plane serves (YAML or JSON).
 //!
-//! These types only describe the format; `model` turns them into validated, indexed values.
+//! These types only describe the format; keygate's `snapshot::model` turns them into validated,
+//! indexed values.
 //! The schema is strict: an unknown field is an error, so a typo such as `scope:` can never
 //! silently turn a key into a wide-open legacy key. See `docs/snapshot.md`.
 
@@ -10,11 +11,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 ///
 /// `workspaces` and `keys` are read entry by entry (see `load`), so one malformed entry is
 /// skipped without rejecting the others; this struct is the shape written out.
+///
+/// `S` is the string type of the keys, as in [`KeyDoc`]: a control plane writes borrowed
+/// strings (`Cow<str>`) from its own rows.
 #[derive(Debug, Clone, Serialize)]
-pub struct SnapshotDoc {
+#[serde(bound(serialize = "S: Serialize + AsRef<str>"))]
+pub struct SnapshotDoc<S = String> {
     pub version: u64,
     pub workspaces: Vec<WorkspaceDoc>,
-    pub keys: Vec<KeyDoc>,
+    pub keys: Vec<KeyDoc<S>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,19 @@ pub struct LimitsDoc {
     pub burst_per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sustained_per_minute: Option<u32>,
+}
+
+impl LimitsDoc {
+    /// No override at all: the workspace runs on the configured defaults.
+    pub fn is_empty(&self) -> bool {
+        self.burst_per_second.is_none() && self.sustained_per_minute.is_none()
+    }
+
+    /// Whether every override present allows a request (see [`crate::ids::valid_limit`]).
+    pub fn is_valid(&self) -> bool {
+        crate::ids::valid_limit(self.burst_per_second)
+            && crate::ids::valid_limit(self.sustained_per_minute)
+    }
 }
 
 /// A key entry. The loader reads it with `S = &str`, borrowing from the document instead of
@@ -120,14 +138,20 @@ pub struct RestrictionsDoc {
 /// Like [`SnapshotDoc`], this is the shape written out: `parse_delta` reads the upserts entry by
 /// entry, so that one malformed entry is skipped rather than failing the whole delta.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DeltaDoc {
+#[serde(
+    deny_unknown_fields,
+    bound(
+        serialize = "S: Serialize + AsRef<str>",
+        deserialize = "S: Deserialize<'de> + Default"
+    )
+)]
+pub struct DeltaDoc<S = String> {
     pub from: u64,
     pub version: u64,
     #[serde(default)]
     pub workspaces: Changes<WorkspaceDoc>,
     #[serde(default)]
-    pub keys: Changes<KeyDoc>,
+    pub keys: Changes<KeyDoc<S>>,
 }
 
 /// The changes to one kind of entry: whole entries to add or replace, and ids to remove.

@@ -1,14 +1,15 @@
 //! The control plane's HTTP side: one Pingora `ServeHttp` app serving the sync protocol to
 //! keygate and the key-management API to people, over the SQLite [`Store`].
 
-use super::api::{
-    self, ApiError, DeltaDoc, DeltaSection, NewKey, NewWorkspace, OldExpiry, SnapKey,
-    SnapWorkspace, SnapshotDoc, UsageEntry, WorkspaceUpdate,
+use crate::api::{
+    self, ApiError, NewKey, NewWorkspace, OldExpiry, UsageEntry, WorkspaceUpdate, snap_key,
+    snap_workspace,
 };
-use super::sign::{SIGNATURE_HEADER, Signer};
-use super::store::{Db, DeltaOutcome, FullState, Store};
+use crate::store::{Db, DeltaOutcome, FullState, Store};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
+use keygate_protocol::signature::{SIGNATURE_HEADER, Signer};
+use keygate_protocol::wire::{Changes, DeltaDoc, SnapshotDoc};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
@@ -280,8 +281,8 @@ fn render<T: serde::Serialize>(
 fn render_full(state: &FullState, signer: Option<&Signer>) -> Result<Rendered, ApiError> {
     let doc = SnapshotDoc {
         version: state.version,
-        workspaces: state.workspaces.iter().map(SnapWorkspace::from).collect(),
-        keys: state.keys.iter().map(SnapKey::from).collect(),
+        workspaces: state.workspaces.iter().map(snap_workspace).collect(),
+        keys: state.keys.iter().map(snap_key).collect(),
     };
     render(state.version, &doc, signer)
 }
@@ -735,16 +736,12 @@ impl ControlPlane {
                         let doc = DeltaDoc {
                             from: d.from,
                             version: d.version,
-                            workspaces: DeltaSection {
-                                upsert: d
-                                    .workspace_upserts
-                                    .iter()
-                                    .map(SnapWorkspace::from)
-                                    .collect(),
+                            workspaces: Changes {
+                                upsert: d.workspace_upserts.iter().map(snap_workspace).collect(),
                                 remove: d.workspace_removes.clone(),
                             },
-                            keys: DeltaSection {
-                                upsert: d.key_upserts.iter().map(SnapKey::from).collect(),
+                            keys: Changes {
+                                upsert: d.key_upserts.iter().map(snap_key).collect(),
                                 remove: d.key_removes.clone(),
                             },
                         };

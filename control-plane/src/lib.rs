@@ -1,4 +1,4 @@
-//! The reference control plane (`keygate control-plane`): a small, real server that holds
+//! The reference control plane (`keygate-control-plane`): a small, real server that holds
 //! workspaces and API keys in SQLite and serves them to keygate over the sync protocol.
 //!
 //! It is the reference for the protocol and the fixture keygate's own tests sync against, and
@@ -9,20 +9,19 @@
 //! - [`store`]: SQLite (WAL) — the rows, the global version, the change log deltas come from.
 //! - [`service`]: the Pingora `ServeHttp` app — routing, tokens, long-polls, caching.
 //! - [`api`]: request bodies, validation, and the JSON written out.
-//! - [`sign`]: the optional Ed25519 signature of snapshot and delta bodies.
+//! - The optional Ed25519 signature of snapshot and delta bodies is `keygate_protocol::signature`.
 
 pub mod api;
 pub mod service;
-pub mod sign;
 pub mod store;
 
 use async_trait::async_trait;
+use keygate_protocol::signature::Signer;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use service::{ControlPlane, TokenDigest};
-use sign::Signer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,7 +111,7 @@ pub fn signer_from_env() -> anyhow::Result<Option<Signer>> {
     }
 }
 
-/// `keygate control-plane --print-public-key`: the base64 public key for keygate's config.
+/// `keygate-control-plane --print-public-key`: the base64 public key for keygate's config.
 pub fn public_key_from_env() -> anyhow::Result<String> {
     signer_from_env()?
         .map(|s| s.public_key_base64())

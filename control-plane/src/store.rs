@@ -9,11 +9,11 @@
 //! raises the version by exactly one and records which workspaces and keys it touched, so a
 //! version always names one consistent state and `since=V` can be answered from the log.
 
-use super::api::{
+use crate::api::{
     ApiError, Environment, KeyRow, Limits, NewKey, NewWorkspace, OldExpiry, UsageEntry,
     WorkspaceKind, WorkspaceRow, WorkspaceUpdate, now,
 };
-use crate::secret::{self, Env, KeyHash};
+use keygate_protocol::secret::{self, Env, KeyHash};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

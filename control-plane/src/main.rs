@@ -1,0 +1,52 @@
+//! `keygate-control-plane`: the reference control plane, or with `--print-public-key` the key
+//! keygate verifies its signatures with.
+
+use clap::Parser;
+use keygate_control_plane as control_plane;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Run the reference control plane: workspaces and API keys in SQLite, served to keygate over
+/// the sync protocol. Tokens come from KEYGATE_CP_ADMIN_TOKEN and KEYGATE_CP_SYNC_TOKEN;
+/// KEYGATE_CP_SIGNING_KEY (optional) signs what keygate pulls.
+#[derive(Debug, Parser)]
+#[command(name = "keygate-control-plane", version)]
+struct Args {
+    /// The SQLite database file; created when missing.
+    #[arg(long, required_unless_present = "print_public_key")]
+    db: Option<PathBuf>,
+    /// The address to serve on, e.g. 127.0.0.1:7070.
+    #[arg(long, required_unless_present = "print_public_key")]
+    listen: Option<SocketAddr>,
+    /// Versions of change history kept: `?since=V` deltas work for V this close to the current
+    /// version; older ones get 410 and keygate fetches the full snapshot.
+    #[arg(long, default_value_t = control_plane::DEFAULT_HISTORY)]
+    history: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print the base64 Ed25519 public key of KEYGATE_CP_SIGNING_KEY, for keygate's config,
+    /// and exit.
+    #[arg(long, conflicts_with_all = ["db", "listen"])]
+    print_public_key: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_public_key {
+        println!("{}", control_plane::public_key_from_env()?);
+        return Ok(());
+    }
+    let (Some(db), Some(listen)) = (args.db, args.listen) else {
+        anyhow::bail!("--db and --listen are required");
+    };
+    let _log_guard = keygate::logging::init("info", None, true);
+    let settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
+    control_plane::run(settings)
+}
