@@ -31,8 +31,8 @@ impl Env {
     }
 }
 
-/// SHA-256 of a secret: the only form in which keygate knows a key.
-/// `Hash` is implemented in `snapshot::model`, tuned for the key index.
+/// SHA-256 of a secret: the only form in which keygate knows a key. The key index picks shards
+/// and buckets from its bytes directly (they are already uniformly random), so it has no `Hash`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash(pub [u8; 32]);
 
@@ -41,14 +41,36 @@ impl KeyHash {
         KeyHash(Sha256::digest(secret.as_bytes()).into())
     }
 
-    /// Parses the 64 lowercase hex digits used in snapshots.
+    /// Parses the 64 lowercase hex digits used in snapshots. A table lookup per digit and one
+    /// check at the end: this runs once per key of every snapshot load.
     pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        const BAD: u8 = 0xff;
+        const NIBBLE: [u8; 256] = {
+            let mut t = [BAD; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
+        };
+        let hex = s.as_bytes();
+        if hex.len() != 64 {
             return None;
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).ok()?;
-        Some(KeyHash(out))
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            bad |= (hi | lo) & 0xf0;
+            *o = (hi << 4) | lo;
+        }
+        (bad == 0).then_some(KeyHash(out))
     }
 
     pub fn to_hex(self) -> String {
@@ -131,6 +153,20 @@ mod tests {
         assert_eq!(KeyHash::from_hex(&h.to_hex().to_uppercase()), None);
         assert_eq!(KeyHash::from_hex("abc"), None);
         assert_eq!(format!("{h:?}"), "KeyHash(..)");
+        let good = h.to_hex();
+        // Wrong lengths, and each character class next to 0-9 and a-f in ASCII.
+        for bad in [
+            good[1..].to_owned(),
+            format!("{good}0"),
+            format!("g{}", &good[1..]),
+            format!("{}/", &good[..63]),
+            format!("{}:", &good[..63]),
+            format!("{}`", &good[..63]),
+            format!("{} ", &good[..63]),
+            format!("{}\u{e9}", &good[..62]),
+        ] {
+            assert_eq!(KeyHash::from_hex(&bad), None, "{bad}");
+        }
         // Known vector: sha256("abc").
         assert_eq!(
             KeyHash::of("abc").to_hex(),

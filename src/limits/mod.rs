@@ -7,8 +7,8 @@
 //! no lock is shared by all requests. Idle subjects are evicted by [`Limiter::evict_idle`].
 //!
 //! A snapshot workspace also remembers where its state is (a [`StateCache`]), so its requests
-//! go straight to the state instead of hashing the id and probing the map: with a hundred
-//! thousand active workspaces, those were cache misses on every request.
+//! go straight to the state without hashing the id and probing the map, which with a hundred
+//! thousand active workspaces costs cache misses on every request.
 
 mod cache;
 mod clock;

@@ -1,7 +1,7 @@
 //! The limiter's map key: a subject's id, held inline when it is short (as ids almost always
-//! are), so that a lookup compares it in the map's own memory instead of following a pointer to
-//! a separate allocation: with a million keys, that pointer was one more cache miss per request.
-//! Each snapshot workspace carries its key, made once at load, for the same reason.
+//! are), so that a lookup compares it in the map's own memory rather than behind a pointer to a
+//! separate allocation, which would be one more cache miss per request. Each snapshot workspace
+//! carries its key, made once at load, for the same reason.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};

@@ -1,7 +1,17 @@
 //! The limiter's bars from the issue, each checked with an injected clock.
 
 use super::*;
+use std::mem::{offset_of, size_of};
 use std::sync::Barrier;
+
+/// What `repr(C)` is for: the burst window (read whole) first, then the sustained window's
+/// bookkeeping right after it, then the flag a cache checks.
+#[test]
+fn a_states_burst_window_comes_first_and_the_sustained_one_follows() {
+    assert_eq!(offset_of!(State, burst), 0);
+    assert_eq!(offset_of!(State, sustained), size_of::<BurstWindow>());
+    assert!(offset_of!(State, evicted) >= size_of::<BurstWindow>() + size_of::<SustainedWindow>());
+}
 
 const LIVE: Policy = Policy {
     burst_per_second: 30,

@@ -133,8 +133,19 @@ impl<const B: usize, const G: Millis> Window<B, G> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::mem::offset_of;
 
     const W: Millis = 1_000;
+
+    /// What `repr(C)` is for: a decision's reads of `newest` and `total` share the first line
+    /// with the buckets that follow them.
+    #[test]
+    fn a_windows_bookkeeping_comes_before_its_buckets() {
+        type Sustained = Window<61, 1_000>;
+        assert_eq!(offset_of!(Sustained, newest), 0);
+        assert_eq!(offset_of!(Sustained, total), 8);
+        assert_eq!(offset_of!(Sustained, counts), 12);
+    }
 
     /// Offers requests at the given times; returns the times admitted.
     fn run(times: impl IntoIterator<Item = Millis>, limit: u32) -> Vec<Millis> {

@@ -14,7 +14,7 @@ use super::model::KeyEntry;
 use crate::secret::KeyHash;
 use std::borrow::Borrow;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 /// Keys per shard aimed for: small enough that a changed shard is cheap to copy, large enough
@@ -38,63 +38,46 @@ pub(crate) fn outgrown(n: usize, bits: u32) -> bool {
     bits < MAX_SHARD_BITS && n > (KEYS_PER_SHARD << bits) * 4
 }
 
-/// A hash set split into 2^bits shards; which shard an element belongs to is the caller's
-/// 16-bit selector, taken from hash bits that the shard's own table does not use.
-struct Sharded<T, S> {
-    shards: Box<[Arc<HashSet<T, S>>]>,
+/// Keys by id in 2^bits shards; which shard an id belongs to is [`id_selector`], hash bits
+/// that the shard's own table does not use.
+#[derive(Clone)]
+struct IdShards {
+    shards: Box<[Arc<HashSet<ById, IdBuild>>]>,
     bits: u32,
     len: usize,
 }
 
-impl<T, S> Clone for Sharded<T, S> {
-    fn clone(&self) -> Self {
-        Sharded {
-            shards: self.shards.clone(),
-            bits: self.bits,
-            len: self.len,
-        }
-    }
-}
-
-impl<T: Hash + Eq + Clone, S: BuildHasher + Default + Clone> Sharded<T, S> {
+impl IdShards {
     fn slot(&self, selector: u16) -> usize {
         slot(self.bits, selector)
     }
 
-    fn get<Q>(&self, selector: u16, q: &Q) -> Option<&T>
-    where
-        T: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.shards[self.slot(selector)].get(q)
+    fn get(&self, selector: u16, id: &str) -> Option<&ById> {
+        self.shards[self.slot(selector)].get(id)
     }
 
     /// Copies the shard first if another snapshot shares it.
-    fn shard_mut(&mut self, selector: u16) -> &mut HashSet<T, S> {
+    fn shard_mut(&mut self, selector: u16) -> &mut HashSet<ById, IdBuild> {
         let slot = self.slot(selector);
         Arc::make_mut(&mut self.shards[slot])
     }
 
-    fn insert(&mut self, selector: u16, value: T) -> bool {
+    fn insert(&mut self, selector: u16, value: ById) -> bool {
         let added = self.shard_mut(selector).insert(value);
         self.len += usize::from(added);
         added
     }
 
-    fn replace(&mut self, selector: u16, value: T) -> Option<T> {
+    fn replace(&mut self, selector: u16, value: ById) -> Option<ById> {
         let old = self.shard_mut(selector).replace(value);
         self.len += usize::from(old.is_none());
         old
     }
 
-    fn take<Q>(&mut self, selector: u16, q: &Q) -> Option<T>
-    where
-        T: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    fn take(&mut self, selector: u16, id: &str) -> Option<ById> {
         // Look before copying a shared shard for nothing.
-        self.get(selector, q)?;
-        let old = self.shard_mut(selector).take(q);
+        self.get(selector, id)?;
+        let old = self.shard_mut(selector).take(id);
         self.len -= usize::from(old.is_some());
         old
     }
@@ -192,52 +175,10 @@ impl Borrow<str> for ById {
     }
 }
 
-/// A fast hash for ids (FxHash's mixing, with a final avalanche so that every bit is usable).
-/// Ids come from the operator's keys file or control plane, not from clients.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl IdHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(word(c));
-        }
-        let rest = chunks.remainder().len();
-        if rest > 0 {
-            // The last eight bytes (overlapping the words before), or the few there are: one
-            // load, not a copy to the stack and back.
-            let tail = match bytes.len() {
-                n if n >= 8 => word(&bytes[n - 8..]),
-                _ => bytes.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
-            };
-            self.add(tail ^ ((rest as u64) << 59));
-        }
-    }
-    fn write_u8(&mut self, b: u8) {
-        self.add(u64::from(b));
-    }
-    fn finish(&self) -> u64 {
-        // murmur3's fmix64
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
-pub(crate) type IdBuild = BuildHasherDefault<IdHasher>;
+/// The hasher of maps keyed by ids and scope lists: foldhash with a fixed seed, so that an id's
+/// shard is the same in every snapshot of the process. Ids come from the operator's keys file or
+/// control plane, not from clients, so a fixed seed exposes nothing to them.
+pub(crate) type IdBuild = foldhash::fast::FixedState;
 
 /// The shard of an id: hash bits 32 to 47, away from those the table uses (the low bits for
 /// the bucket, the top seven for its tag).
@@ -247,7 +188,7 @@ fn id_selector(id: &str) -> u16 {
 
 /// Keys by id: what a delta names.
 #[derive(Clone)]
-pub(crate) struct IdIndex(Sharded<ById, IdBuild>);
+pub(crate) struct IdIndex(IdShards);
 
 impl IdIndex {
     pub(crate) fn get(&self, id: &str) -> Option<&Arc<KeyEntry>> {
@@ -281,7 +222,10 @@ pub(crate) fn build(
         .iter()
         .map(|&n| key_shards::empty(n))
         .collect();
-    let mut ids: Vec<HashSet<ById, _>> = empty_shards(&sizes_by_id);
+    let mut ids: Vec<HashSet<ById, IdBuild>> = sizes_by_id
+        .iter()
+        .map(|&n| HashSet::with_capacity_and_hasher(n, IdBuild::default()))
+        .collect();
     let mut len = 0;
     for e in entries {
         let by_id = &mut ids[slot(bits, id_selector(e.id()))];
@@ -304,7 +248,12 @@ pub(crate) fn build(
         bits,
         len,
     };
-    (keys, IdIndex(into_sharded(ids, bits, len)))
+    let ids = IdShards {
+        shards: ids.into_iter().map(Arc::new).collect(),
+        bits,
+        len,
+    };
+    (keys, IdIndex(ids))
 }
 
 /// How many entries fall in each shard, by hash and by id.
@@ -323,21 +272,6 @@ fn slot(bits: u32, selector: u16) -> usize {
     match bits {
         0 => 0,
         b => usize::from(selector >> (16 - b)),
-    }
-}
-
-fn empty_shards<T, S: Default>(sizes: &[usize]) -> Vec<HashSet<T, S>> {
-    sizes
-        .iter()
-        .map(|&n| HashSet::with_capacity_and_hasher(n, S::default()))
-        .collect()
-}
-
-fn into_sharded<T, S>(shards: Vec<HashSet<T, S>>, bits: u32, len: usize) -> Sharded<T, S> {
-    Sharded {
-        shards: shards.into_iter().map(Arc::new).collect(),
-        bits,
-        len,
     }
 }
 

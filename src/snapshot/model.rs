@@ -393,7 +393,7 @@ pub(crate) fn make_key<S: AsRef<str>>(
     if name.chars().count() > 256 {
         return Err("name is longer than 256 characters".into());
     }
-    let hash = parse_hash(doc.hash.as_ref())
+    let hash = KeyHash::from_hex(doc.hash.as_ref())
         .ok_or("hash must be 64 lowercase hex digits (SHA-256 of the secret)")?;
     match (&doc.workspace, doc.internal) {
         (Some(_), true) => {
@@ -446,38 +446,6 @@ pub(crate) fn make_key<S: AsRef<str>>(
         name_len: name.len() as u16 | restricted,
     }));
     Ok(())
-}
-
-/// 64 lowercase hex digits into a hash (what `KeyHash::from_hex` accepts, faster: this runs
-/// once per key of every load).
-pub(crate) fn parse_hash(hex: &str) -> Option<KeyHash> {
-    const BAD: u8 = 0xff;
-    const NIBBLE: [u8; 256] = {
-        let mut t = [BAD; 256];
-        let mut i = 0;
-        while i < 10 {
-            t[b'0' as usize + i] = i as u8;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 6 {
-            t[b'a' as usize + i] = 10 + i as u8;
-            i += 1;
-        }
-        t
-    };
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    let mut bad = 0u8;
-    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
-        bad |= (hi | lo) & 0xf0;
-        *o = (hi << 4) | lo;
-    }
-    (bad == 0).then_some(KeyHash(out))
 }
 
 /// Sets the owner of a key no one else holds yet.
@@ -679,33 +647,22 @@ fn check_restrictions(r: &RestrictionsDoc) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// What `repr(C)` is for: what a decision reads of its workspace (the limiter's state, the
+    /// limits, the kind) lies in the 48 bytes that share a cache line with the Arc's counts.
+    #[test]
+    fn a_workspaces_decision_fields_share_the_first_cache_line() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(Workspace, limiter_state), 0);
+        assert!(offset_of!(Workspace, limits) >= size_of::<StateCache>());
+        assert!(offset_of!(Workspace, kind) > offset_of!(Workspace, limits));
+        assert!(offset_of!(Workspace, kind) + size_of::<WorkspaceKind>() <= 48);
+    }
+
     #[test]
     fn a_key_entry_is_one_small_allocation() {
         // 72 bytes + the Arc's two counts: a 96-byte malloc chunk. Each step up costs 16 MB per
         // million keys.
         assert_eq!(std::mem::size_of::<KeyEntry>(), 72);
-    }
-
-    #[test]
-    fn hashes_parse_like_key_hash_from_hex() {
-        let good = KeyHash::of("secret").to_hex();
-        assert_eq!(
-            parse_hash(&good).map(|h| h.0),
-            KeyHash::from_hex(&good).map(|h| h.0)
-        );
-        for bad in [
-            good.to_uppercase(),
-            good[1..].to_owned(),
-            format!("{good}0"),
-            format!("g{}", &good[1..]),
-            format!("{}/", &good[..63]),
-            format!("{}:", &good[..63]),
-            format!("{}`", &good[..63]),
-            format!("{} ", &good[..63]),
-        ] {
-            assert!(parse_hash(&bad).is_none(), "{bad}");
-            assert!(KeyHash::from_hex(&bad).is_none(), "{bad}");
-        }
     }
 
     /// The million-key path (one interned scope set per distinct list, the text arena, the
