@@ -12,7 +12,7 @@ use keygate::metrics::Metrics;
 use keygate::routes::{RouteSpec, RouteTable};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{self, Format};
-use keygate::sync::{self, SnapshotStore};
+use keygate::sync::{self, SnapshotStore, Source};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -131,8 +131,8 @@ fn main() {
     );
     drop(json);
     let metrics = Metrics::new(&[], None);
-    let store = sync::new_store();
-    sync::install(&store, &metrics, first, "file");
+    let store = SnapshotStore::new();
+    sync::install(&store, &metrics, first, Source::File);
     let gate = gate();
     let headers: Vec<HeaderMap> = (0..KEYS)
         .step_by(977)
@@ -164,7 +164,7 @@ fn main() {
             let next = cur.apply(&d).unwrap();
             apply_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             drop(cur);
-            sync::install(&store, &metrics, next, "file");
+            sync::install(&store, &metrics, next, Source::File);
             swaps += 1;
             std::thread::sleep(Duration::from_millis(100));
         }

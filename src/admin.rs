@@ -3,7 +3,7 @@
 
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::sync::SnapshotStore;
+use crate::sync::{SnapshotStore, Source};
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub store: SnapshotStore,
+    pub store: Arc<SnapshotStore>,
     /// Past this age the snapshot is not fresh enough to serve: not ready.
     pub max_staleness: Option<std::time::Duration>,
     pub config_path: String,
@@ -42,7 +42,7 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u
 
 impl Admin {
     fn ready(&self) -> bool {
-        self.store.load().is_some() && !self.metrics.is_stale(self.max_staleness)
+        self.store.load().is_some() && self.store.fresh(self.max_staleness)
     }
 
     fn refresh_gauges(&self) {
@@ -59,8 +59,8 @@ impl Admin {
         let snapshot = self.store.load_full().map(|s| {
             json!({
                 "version": s.version(),
-                "source": self.metrics.source(),
-                "age_seconds": self.metrics.snapshot_age_seconds(),
+                "source": self.store.source().map(Source::as_str),
+                "age_seconds": self.store.age().map(|age| age.as_secs_f64()),
                 "keys": s.key_count(),
                 "workspaces": s.workspace_count(),
                 "skipped_entries": s.skipped_count(),
@@ -93,7 +93,7 @@ impl ServeHttp for Admin {
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    self.metrics.render(),
+                    self.metrics.render(&self.store),
                 )
             }
             "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),

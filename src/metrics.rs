@@ -6,12 +6,12 @@
 
 use crate::auth::AuthFailure;
 use crate::limits::LimitName;
+use crate::sync::{SnapshotStore, Source};
 use dashmap::DashMap;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What became of a request, as counted and logged.
@@ -103,10 +103,6 @@ pub struct Metrics {
     pub usage_tracked_keys: IntGauge,
     pub connections: ConnectionMetrics,
     per_workspace: Option<PerWorkspace>,
-    /// Unix milliseconds when the source last confirmed the snapshot in force; 0: never.
-    confirmed_at_ms: AtomicU64,
-    /// Where the snapshot in force came from: an index into [`SOURCES`].
-    source: AtomicU8,
 }
 
 /// What the client-connection bounds (`src/connections.rs`) count.
@@ -118,9 +114,6 @@ pub struct ConnectionMetrics {
     pub head_too_large: IntCounter,
     pub idle_closed_under_pressure: IntCounter,
 }
-
-/// The sources a snapshot can come from, as labels.
-pub const SOURCES: [&str; 4] = ["none", "file", "control_plane", "disk_cache"];
 
 struct PerWorkspace {
     counter: IntCounterVec,
@@ -328,17 +321,15 @@ impl Metrics {
                 }
             },
             per_workspace,
-            confirmed_at_ms: AtomicU64::new(0),
-            source: AtomicU8::new(0),
             registry: r,
         };
         // Series that start at their first event are invisible to `increase()` in alerts:
         // create every one the sources can touch at 0.
-        for source in &SOURCES[1..] {
+        for source in Source::ALL {
             for result in ["accepted", "rejected"] {
-                m.reloads.with_label_values(&[source, result]);
+                m.reloads.with_label_values(&[source.as_str(), result]);
             }
-            m.sync_errors.with_label_values(&[source]);
+            m.sync_errors.with_label_values(&[source.as_str()]);
         }
         m
     }
@@ -387,13 +378,15 @@ impl Metrics {
         self.rate_limited[limit as usize][t].inc();
     }
 
-    pub fn reload(&self, source: &str, accepted: bool) {
+    pub fn reload(&self, source: Source, accepted: bool) {
         let result = if accepted { "accepted" } else { "rejected" };
-        self.reloads.with_label_values(&[source, result]).inc();
+        self.reloads
+            .with_label_values(&[source.as_str(), result])
+            .inc();
     }
 
-    pub fn sync_error(&self, source: &str) {
-        self.sync_errors.with_label_values(&[source]).inc();
+    pub fn sync_error(&self, source: Source) {
+        self.sync_errors.with_label_values(&[source.as_str()]).inc();
     }
 
     /// A control-plane answer; `delta` when the request asked for changes since a version.
@@ -408,47 +401,10 @@ impl Metrics {
         self.sync_responses.with_label_values(&[kind, status]).inc();
     }
 
-    /// The source has just confirmed that the snapshot in force is current.
-    pub fn confirm_snapshot(&self) {
-        self.confirmed_at_ms.store(unix_ms(), Ordering::Relaxed);
-    }
-
-    /// Records where the snapshot in force came from (one of [`SOURCES`]).
-    pub fn set_source(&self, source: &str) {
-        let i = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
-        self.source.store(i as u8, Ordering::Relaxed);
-    }
-
-    pub fn source(&self) -> &'static str {
-        SOURCES[usize::from(self.source.load(Ordering::Relaxed)).min(SOURCES.len() - 1)]
-    }
-
-    /// Backdates the confirmation, e.g. to a cache file's age when serving from it.
-    pub fn confirm_snapshot_at(&self, unix_ms: u64) {
-        self.confirmed_at_ms.store(unix_ms, Ordering::Relaxed);
-    }
-
-    /// Seconds since the last confirmation; `None` before the first.
-    pub fn snapshot_age_seconds(&self) -> Option<f64> {
-        match self.confirmed_at_ms.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(unix_ms().saturating_sub(t) as f64 / 1000.0),
-        }
-    }
-
-    /// Whether the snapshot in force is older than `max` (never, without a maximum).
-    pub fn is_stale(&self, max: Option<std::time::Duration>) -> bool {
-        match (max, self.snapshot_age_seconds()) {
-            (Some(max), Some(age)) => age > max.as_secs_f64(),
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric; the snapshot's age is read off `store`.
+    pub fn render(&self, store: &SnapshotStore) -> Vec<u8> {
         self.snapshot_age
-            .set(self.snapshot_age_seconds().unwrap_or(0.0));
+            .set(store.age().map_or(0.0, |age| age.as_secs_f64()));
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -461,7 +417,7 @@ mod tests {
     use super::*;
 
     fn text(m: &Metrics) -> String {
-        String::from_utf8(m.render()).unwrap()
+        String::from_utf8(m.render(&SnapshotStore::default())).unwrap()
     }
 
     #[test]

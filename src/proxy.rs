@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Keygate {
-    store: SnapshotStore,
+    store: Arc<SnapshotStore>,
     gate: Gate,
     upstream: UpstreamConfig,
     client_keepalive_secs: u64,
@@ -50,7 +50,7 @@ pub struct Observers {
 
 impl Keygate {
     pub fn new(
-        store: SnapshotStore,
+        store: Arc<SnapshotStore>,
         gate: Gate,
         upstream: UpstreamConfig,
         client_keepalive: Duration,
@@ -76,7 +76,7 @@ impl Keygate {
         let snapshot = self.store.load();
         // Fail closed on a snapshot too old to trust (when a maximum is configured).
         let snapshot = match self.max_staleness {
-            Some(_) if self.metrics.is_stale(self.max_staleness) => None,
+            Some(_) if !self.store.fresh(self.max_staleness) => None,
             _ => snapshot.as_deref(),
         };
         let target = target::of(req);

@@ -11,7 +11,7 @@ use crate::proxy::{Keygate, Observers};
 use crate::sync::cache::CacheWriter;
 use crate::sync::control_plane::ControlPlaneSource;
 use crate::sync::usage_report::UsageReporter;
-use crate::sync::{self, SnapshotStore, file::FileSource};
+use crate::sync::{self, SnapshotStore, Source, file::FileSource};
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
@@ -53,7 +53,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         &route_names,
         observability.per_workspace_metrics,
     ));
-    let store = sync::new_store();
+    let store = SnapshotStore::new();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     let max_staleness = snapshot.max_staleness;
@@ -171,9 +171,9 @@ fn serve_from_cache(cache: &CacheWriter, store: &SnapshotStore, metrics: &Metric
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis() as u64);
-            sync::install(store, metrics, snapshot, "disk_cache");
+            sync::install(store, metrics, snapshot, Source::DiskCache);
             // Its age is the file's: it was last confirmed when it was written.
-            metrics.confirm_snapshot_at(written_ms);
+            store.confirm_at(written_ms);
         }
         Err(crate::snapshot::SnapshotError::Read { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -181,7 +181,7 @@ fn serve_from_cache(cache: &CacheWriter, store: &SnapshotStore, metrics: &Metric
             tracing::info!(path = %cache.path().display(), "no snapshot cache yet");
         }
         Err(e) => {
-            metrics.reload("disk_cache", false);
+            metrics.reload(Source::DiskCache, false);
             tracing::warn!("ignoring the snapshot cache: {e}");
         }
     }
@@ -191,7 +191,7 @@ fn serve_from_cache(cache: &CacheWriter, store: &SnapshotStore, metrics: &Metric
 /// from the limiter, then from the caches of the snapshot's workspaces.
 struct Eviction {
     limiter: Arc<Limiter>,
-    store: SnapshotStore,
+    store: Arc<SnapshotStore>,
 }
 
 #[async_trait]

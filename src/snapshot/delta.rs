@@ -13,6 +13,7 @@
 //! in place because the new one had a typo.
 
 use super::index::{self, IdIndex, KeyIndex};
+use super::invalid::InvalidEntry;
 use super::load::{Entries, SnapshotError};
 use super::model::{
     self, EntryKind, KeyEntry, Owner, Skipped, Skips, Snapshot, TextArena, Workspace,
@@ -184,7 +185,7 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
                             Some(id) => delta.unreadable.push(Skipped {
                                 kind,
                                 id: id.to_owned(),
-                                reason: e.to_string(),
+                                reason: InvalidEntry::Unreadable(e.to_string()),
                             }),
                             None => *anonymous += 1,
                         }
@@ -289,7 +290,11 @@ impl Snapshot {
         let mut seen = HashSet::new();
         for doc in &delta.workspaces.upsert {
             if !seen.insert(doc.id.as_str()) {
-                skips.add(EntryKind::Workspace, doc.id.clone(), "duplicate id".into());
+                skips.add(
+                    EntryKind::Workspace,
+                    doc.id.clone(),
+                    InvalidEntry::DuplicateId,
+                );
                 continue;
             }
             match model::make_workspace(doc.clone()) {
@@ -352,7 +357,7 @@ impl Snapshot {
                 docs.push(doc);
             } else {
                 self.skips
-                    .add(EntryKind::Key, doc.id.clone(), "duplicate id".into());
+                    .add(EntryKind::Key, doc.id.clone(), InvalidEntry::DuplicateId);
             }
         }
         let (mut arena, mut scratch) = (TextArena::new(), Vec::new());
@@ -375,7 +380,7 @@ impl Snapshot {
         for (mut entry, (ws, restrictions)) in made.into_iter().zip(owners) {
             if let Some(ws) = ws {
                 let Some(w) = self.workspaces.get(ws) else {
-                    let reason = format!("workspace {ws:?} is not in the snapshot");
+                    let reason = InvalidEntry::UnknownWorkspace(ws.to_owned());
                     self.skips
                         .add(EntryKind::Key, entry.id().to_owned(), reason);
                     continue;
@@ -384,7 +389,8 @@ impl Snapshot {
             }
             if self.keys.contains(&entry.hash) {
                 let id = entry.id().to_owned();
-                self.skips.add(EntryKind::Key, id, "duplicate hash".into());
+                self.skips
+                    .add(EntryKind::Key, id, InvalidEntry::DuplicateHash);
                 continue;
             }
             self.add_key(entry, restrictions);
@@ -412,7 +418,7 @@ impl Snapshot {
         }
         for (id, ws) in dropped {
             self.remove_key(&id);
-            let reason = format!("workspace {ws:?} was removed");
+            let reason = InvalidEntry::RemovedWorkspace(ws.to_string());
             self.skips.add(EntryKind::Key, id, reason);
         }
     }

@@ -9,6 +9,7 @@
 //! own (`key_shards`), to keep a request's chain of memory reads short; the by-id ones, which
 //! only deltas read, are `HashSet`s.
 
+use super::invalid::InvalidEntry;
 use super::key_shards;
 use super::model::KeyEntry;
 use crate::secret::KeyHash;
@@ -214,7 +215,7 @@ impl IdIndex {
 /// means visiting its entries again, at a cache miss each.
 pub(crate) fn build(
     entries: Vec<Arc<KeyEntry>>,
-    mut rejected: impl FnMut(Arc<KeyEntry>, &'static str),
+    mut rejected: impl FnMut(Arc<KeyEntry>, InvalidEntry),
 ) -> (KeyIndex, IdIndex) {
     let bits = bits_for(entries.len());
     let (sizes_by_hash, sizes_by_id) = shard_sizes(&entries, bits);
@@ -230,7 +231,7 @@ pub(crate) fn build(
     for e in entries {
         let by_id = &mut ids[slot(bits, id_selector(e.id()))];
         if !by_id.insert(ById(e.clone())) {
-            rejected(e, "duplicate id");
+            rejected(e, InvalidEntry::DuplicateId);
             continue;
         }
         let by_hash = Arc::get_mut(&mut keys[slot(bits, hash_selector(&e.hash))])
@@ -238,7 +239,7 @@ pub(crate) fn build(
         if let Err(e) = key_shards::insert_new(by_hash, e) {
             // Two ids for one secret would make the caller's identity ambiguous.
             by_id.remove(e.id());
-            rejected(e, "duplicate hash");
+            rejected(e, InvalidEntry::DuplicateHash);
             continue;
         }
         len += 1;

@@ -4,6 +4,7 @@
 //! last good snapshot. Within a readable document, a malformed workspace or key entry is skipped
 //! and counted with its reason, so one bad key never takes the others down.
 
+use super::invalid::InvalidEntry;
 use super::model::{EntryKind, Snapshot, SnapshotBuilder};
 use super::raw::{Raw, RawSeed};
 use super::wire::{KeyDoc, WorkspaceDoc};
@@ -99,15 +100,21 @@ impl<'de> Visitor<'de> for DocSeed {
                 "workspaces" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
                     match WorkspaceDoc::deserialize(&raw) {
                         Ok(doc) => builder.add_workspace(doc),
-                        Err(e) => {
-                            builder.skip(EntryKind::Workspace, raw.label(position), e.to_string())
-                        }
+                        Err(e) => builder.skip(
+                            EntryKind::Workspace,
+                            raw.label(position),
+                            InvalidEntry::Unreadable(e.to_string()),
+                        ),
                     }
                 }))?,
                 "keys" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
                     match KeyDoc::<&str>::deserialize(&raw) {
                         Ok(doc) => builder.add_key(doc),
-                        Err(e) => builder.skip(EntryKind::Key, raw.label(position), e.to_string()),
+                        Err(e) => builder.skip(
+                            EntryKind::Key,
+                            raw.label(position),
+                            InvalidEntry::Unreadable(e.to_string()),
+                        ),
                     }
                 }))?,
                 other => return Err(de::Error::unknown_field(other, FIELDS)),

@@ -3,6 +3,7 @@
 
 pub mod delta;
 mod index;
+pub mod invalid;
 mod key_shards;
 pub mod load;
 pub mod model;
@@ -12,6 +13,7 @@ mod write;
 pub use keygate_protocol::wire;
 
 pub use delta::{Delta, parse_delta};
+pub use invalid::InvalidEntry;
 pub use load::{Format, SnapshotError, load_file, parse};
 pub use model::{EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, Workspace};
 pub use wire::{

@@ -11,6 +11,7 @@
 //! The rare restrictions wait in a table of their own.
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
+use super::invalid::InvalidEntry;
 use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
 use crate::limits::{StateCache, SubjectKey};
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
@@ -168,7 +169,7 @@ pub struct Skipped {
     pub kind: EntryKind,
     /// The entry's id, or its position when it has none.
     pub id: String,
-    pub reason: String,
+    pub reason: InvalidEntry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +196,7 @@ pub(crate) struct Skips {
 }
 
 impl Skips {
-    pub(crate) fn add(&mut self, kind: EntryKind, id: String, reason: String) {
+    pub(crate) fn add(&mut self, kind: EntryKind, id: String, reason: InvalidEntry) {
         self.count += 1;
         if self.kept.len() < KEPT_SKIP_REASONS {
             self.kept.push(Skipped { kind, id, reason });
@@ -386,41 +387,30 @@ pub(crate) fn make_key<S: AsRef<str>>(
     scratch: &mut Vec<u8>,
     arena: &mut TextArena,
     made: &mut Vec<Arc<KeyEntry>>,
-) -> Result<(), String> {
+) -> Result<(), InvalidEntry> {
     let id = doc.id.as_ref();
     check_id(id)?;
     let name = doc.name.as_ref();
     if name.chars().count() > 256 {
-        return Err("name is longer than 256 characters".into());
+        return Err(InvalidEntry::NameTooLong);
     }
-    let hash = KeyHash::from_hex(doc.hash.as_ref())
-        .ok_or("hash must be 64 lowercase hex digits (SHA-256 of the secret)")?;
+    let hash = KeyHash::from_hex(doc.hash.as_ref()).ok_or(InvalidEntry::Hash)?;
     match (&doc.workspace, doc.internal) {
-        (Some(_), true) => {
-            return Err(
-                "an internal key names no workspace; remove `workspace` or `internal`".into(),
-            );
-        }
-        (None, false) => {
-            return Err("missing `workspace` (or `internal: true` for a platform key)".into());
-        }
+        (Some(_), true) => return Err(InvalidEntry::InternalWithWorkspace),
+        (None, false) => return Err(InvalidEntry::NoOwner),
         _ => {}
     }
     let scopes = match &doc.scopes {
         None => ScopeInterner::intern::<&str>(scope_sets, None, scratch),
-        Some(None) => {
-            return Err("scopes is null; omit the field for a legacy key or give a list".into());
-        }
+        Some(None) => return Err(InvalidEntry::NullScopes),
         Some(Some(list)) => ScopeInterner::intern(scope_sets, Some(list), scratch),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let expires = match &doc.expires_at {
         None => NEVER,
         Some(t) => {
             let t = t.as_ref();
-            let parsed = OffsetDateTime::parse(t, &Rfc3339).map_err(|_| {
-                format!("expires_at {t:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")
-            })?;
+            let parsed = OffsetDateTime::parse(t, &Rfc3339)
+                .map_err(|_| InvalidEntry::ExpiresAt(t.to_owned()))?;
             // RFC 3339 years end at 9999, far below `NEVER`.
             parsed.unix_timestamp()
         }
@@ -462,13 +452,13 @@ pub(crate) fn rehome(entry: &KeyEntry, owner: Owner) -> Arc<KeyEntry> {
 }
 
 /// Validates one workspace entry.
-pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, String)> {
+pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, InvalidEntry)> {
     if let Err(reason) = check_id(&doc.id) {
         return Err((doc.id, reason));
     }
     if let Some(limits) = doc.limits {
         if !limits.is_valid() {
-            return Err((doc.id, ids::LIMIT_RULE.into()));
+            return Err((doc.id, InvalidEntry::ZeroLimit));
         }
     }
     Ok(Workspace {
@@ -517,14 +507,14 @@ impl SnapshotBuilder {
         self.version = version;
     }
 
-    pub fn skip(&mut self, kind: EntryKind, id: String, reason: String) {
+    pub fn skip(&mut self, kind: EntryKind, id: String, reason: InvalidEntry) {
         self.skips.add(kind, id, reason);
     }
 
     pub fn add_workspace(&mut self, doc: WorkspaceDoc) {
         match make_workspace(doc) {
             Ok(w) if self.workspaces.contains_key(&w.id) => {
-                self.skip(EntryKind::Workspace, w.id.into(), "duplicate id".into())
+                self.skip(EntryKind::Workspace, w.id.into(), InvalidEntry::DuplicateId)
             }
             Ok(w) => {
                 self.workspaces.insert(w.id.clone(), Arc::new(w));
@@ -578,7 +568,7 @@ impl SnapshotBuilder {
             keys.retain(|e| {
                 let keep = match gone.peek() {
                     Some((i, ws)) if *i == at => {
-                        let reason = format!("workspace {ws:?} is not in the snapshot");
+                        let reason = InvalidEntry::UnknownWorkspace(ws.to_string());
                         skips.add(EntryKind::Key, e.id().to_owned(), reason);
                         gone.next();
                         false
@@ -590,7 +580,7 @@ impl SnapshotBuilder {
             });
         }
         let (keys, ids) = index::build(keys, |e, why| {
-            skips.add(EntryKind::Key, e.id().to_owned(), why.into())
+            skips.add(EntryKind::Key, e.id().to_owned(), why)
         });
         let mut restrictions = Restrictions::default();
         for (e, r) in restricted {
@@ -611,9 +601,9 @@ impl SnapshotBuilder {
 }
 
 /// Ids travel in upstream headers and logs, so they are kept to a plain, header-safe alphabet.
-pub(crate) fn check_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_id(id: &str) -> Result<(), InvalidEntry> {
     if !ids::valid_id(id) {
-        return Err(format!("id must be {}", ids::ID_RULE));
+        return Err(InvalidEntry::Id);
     }
     Ok(())
 }
@@ -623,22 +613,23 @@ fn header(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn check_restrictions(r: &RestrictionsDoc) -> Result<(), String> {
+fn check_restrictions(r: &RestrictionsDoc) -> Result<(), InvalidEntry> {
     for ip in &r.ips {
         let (addr, len) = ip.split_once('/').unwrap_or((ip, ""));
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("restrictions.ips: {ip:?} is not an IP address or CIDR block"))?;
+            .map_err(|_| InvalidEntry::RestrictionIp(ip.clone()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if !len.is_empty() && len.parse::<u8>().map_or(true, |l| l > max) {
-            return Err(format!(
-                "restrictions.ips: {ip:?} has a prefix length outside 0..={max}"
-            ));
+            return Err(InvalidEntry::RestrictionPrefix {
+                ip: ip.clone(),
+                max,
+            });
         }
     }
     let blank = |v: &Vec<String>| v.iter().any(|s| s.trim().is_empty());
     if blank(&r.referrers) || blank(&r.endpoints) {
-        return Err("restrictions: empty referrer or endpoint".into());
+        return Err(InvalidEntry::RestrictionBlank);
     }
     Ok(())
 }

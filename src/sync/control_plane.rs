@@ -8,7 +8,7 @@
 //! jitter; a snapshot that goes backwards, fails its signature or does not parse is rejected
 //! and counted.
 
-use super::{SnapshotStore, cache::CacheWriter, install};
+use super::{SnapshotStore, Source, cache::CacheWriter, install};
 use crate::config::ControlPlaneConfig;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, Format};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub const SOURCE: &str = "control_plane";
+pub const SOURCE: Source = Source::ControlPlane;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -46,7 +46,7 @@ enum Round {
 pub struct ControlPlaneSource {
     cfg: ControlPlaneConfig,
     client: reqwest::Client,
-    store: SnapshotStore,
+    store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     verifier: Option<Verifier>,
     cache: Option<Arc<CacheWriter>>,
@@ -56,7 +56,7 @@ pub struct ControlPlaneSource {
 impl ControlPlaneSource {
     pub fn new(
         cfg: ControlPlaneConfig,
-        store: SnapshotStore,
+        store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
         cache: Option<Arc<CacheWriter>>,
     ) -> anyhow::Result<Self> {
@@ -101,7 +101,7 @@ impl ControlPlaneSource {
         match status {
             200 => {}
             304 => {
-                self.metrics.confirm_snapshot();
+                self.store.confirm();
                 return Ok(Round::Unchanged);
             }
             410 => {
@@ -138,7 +138,7 @@ impl ControlPlaneSource {
             }
             if next.version() == cur.version() {
                 self.need_full.store(false, Ordering::Relaxed);
-                self.metrics.confirm_snapshot();
+                self.store.confirm();
                 return Ok(Round::Unchanged);
             }
         }
@@ -185,7 +185,9 @@ pub fn http_client(cfg: &ControlPlaneConfig) -> anyhow::Result<reqwest::Client> 
     Ok(builder.build()?)
 }
 
-/// Exponential backoff with full jitter: 0.25 s doubling to 30 s.
+/// Exponential backoff with equal jitter: the ceiling is 0.25 s doubling with each failure up
+/// to 30 s, and each pause is drawn uniformly from its upper half (half fixed, half random):
+/// 0.125–0.25 s after the first failure, 15–30 s once at the cap.
 struct Backoff(u32);
 
 impl Backoff {
@@ -232,6 +234,105 @@ impl BackgroundService for ControlPlaneSource {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ceiling of the pause after `failures` earlier failures: 0.25 s doubling, at most 30 s.
+    fn ceiling(failures: u32) -> Duration {
+        const DOUBLING_MS: [u64; 7] = [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000];
+        DOUBLING_MS
+            .get(failures as usize)
+            .map_or(Duration::from_secs(30), |&ms| Duration::from_millis(ms))
+    }
+
+    /// `n` pauses, each drawn from a fresh backoff that has seen `failures` failures.
+    fn pauses(failures: u32, n: usize) -> Vec<Duration> {
+        (0..n).map(|_| Backoff(failures).next()).collect()
+    }
+
+    #[test]
+    fn each_pause_lies_in_the_upper_half_of_its_ceiling() {
+        for failures in 0..12 {
+            let c = ceiling(failures);
+            for p in pauses(failures, 1_000) {
+                assert!(c / 2 <= p && p <= c, "after {failures} failures: {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_pause_is_never_below_the_floor_of_125ms() {
+        for p in pauses(0, 10_000) {
+            assert!(Duration::from_millis(125) <= p, "{p:?}");
+            assert!(p <= Duration::from_millis(250), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn no_pause_exceeds_30s_however_many_failures() {
+        for failures in [7, 8, 31, 32, 1_000, u32::MAX - 1] {
+            for p in pauses(failures, 1_000) {
+                let (floor, cap) = (Duration::from_secs(15), Duration::from_secs(30));
+                assert!(floor <= p && p <= cap, "after {failures} failures: {p:?}");
+            }
+        }
+        let mut backoff = Backoff(0);
+        for _ in 0..100 {
+            assert!(backoff.next() <= Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn successive_failures_walk_up_the_ceilings() {
+        let mut backoff = Backoff(0);
+        for failures in 0..12 {
+            let (p, c) = (backoff.next(), ceiling(failures));
+            assert!(c / 2 <= p && p <= c, "pause {failures}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn pauses_grow_with_failures_until_the_cap() {
+        // Until the cap the ranges abut ([c/2, c] then [c, 2c]): every pause after one more
+        // failure is at least as long as any pause before it.
+        for failures in 0..6 {
+            let longest = pauses(failures, 1_000).into_iter().max().unwrap();
+            let shortest = pauses(failures + 1, 1_000).into_iter().min().unwrap();
+            assert!(
+                longest <= shortest,
+                "{failures}: {longest:?} > {shortest:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_jitter_spreads_pauses_over_the_whole_upper_half() {
+        // Uniform on [c/2, c]: over 4,000 draws the extremes come within 2% of the bounds, the
+        // mean is 3c/4 and a quarter of the draws fall in [c/2, 5c/8). The margins are more than
+        // six standard deviations wide.
+        const N: usize = 4_000;
+        for failures in [0, 3, 7] {
+            let c = ceiling(failures).as_secs_f64();
+            let shares: Vec<f64> = pauses(failures, N)
+                .iter()
+                .map(|p| p.as_secs_f64() / c)
+                .collect();
+            let min = shares.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = shares.iter().copied().fold(0.0, f64::max);
+            let mean = shares.iter().sum::<f64>() / N as f64;
+            let low_quarter = shares.iter().filter(|&&s| s < 0.625).count() as f64 / N as f64;
+            assert!(min < 0.52, "{failures}: min {min}");
+            assert!(max > 0.98, "{failures}: max {max}");
+            assert!((mean - 0.75).abs() < 0.015, "{failures}: mean {mean}");
+            assert!(
+                (low_quarter - 0.25).abs() < 0.05,
+                "{failures}: {low_quarter}"
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 //! into place, by editors, and through symlink swaps such as Kubernetes ConfigMaps, and costs one
 //! `stat` per tick.
 
-use super::{SnapshotStore, install};
+use super::{SnapshotStore, Source, install};
 use crate::metrics::Metrics;
 use crate::snapshot;
 use async_trait::async_trait;
@@ -36,12 +36,12 @@ fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
     })
 }
 
-const SOURCE: &str = "file";
+const SOURCE: Source = Source::File;
 
 pub struct FileSource {
     path: PathBuf,
     interval: Duration,
-    store: SnapshotStore,
+    store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
 }
 
@@ -49,7 +49,7 @@ impl FileSource {
     pub fn new(
         path: PathBuf,
         interval: Duration,
-        store: SnapshotStore,
+        store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
         FileSource {
@@ -110,7 +110,7 @@ impl BackgroundService for FileSource {
             let now = fingerprint(&self.path);
             if now == seen && !retry {
                 if in_force && now.is_some() {
-                    self.metrics.confirm_snapshot();
+                    self.store.confirm();
                 }
                 continue;
             }

@@ -3,20 +3,14 @@
 pub mod cache;
 pub mod control_plane;
 pub mod file;
+pub mod store;
 pub mod usage_report;
+
+pub use store::{SnapshotStore, Source};
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use arc_swap::ArcSwapOption;
 use std::sync::Arc;
-
-/// The one place the current snapshot lives. Readers take it without a lock; a source swaps a
-/// whole new snapshot in, so a request sees the old one or the new one, never a mix.
-pub type SnapshotStore = Arc<ArcSwapOption<Snapshot>>;
-
-pub fn new_store() -> SnapshotStore {
-    Arc::new(ArcSwapOption::empty())
-}
 
 /// How many skipped entries are logged one by one before the rest are only counted.
 const LOGGED_SKIPS: usize = 20;
@@ -26,10 +20,10 @@ pub fn install(
     store: &SnapshotStore,
     metrics: &Metrics,
     snapshot: impl Into<Arc<Snapshot>>,
-    source: &'static str,
+    source: Source,
 ) {
     let snapshot: Arc<Snapshot> = snapshot.into();
-    log_accepted(&snapshot, source);
+    log_accepted(&snapshot, source.as_str());
     metrics.reload(source, true);
     metrics.snapshot_version.set(snapshot.version() as i64);
     metrics.snapshot_keys.set(snapshot.key_count() as i64);
@@ -39,9 +33,7 @@ pub fn install(
     metrics
         .snapshot_skipped
         .set(snapshot.skipped_count() as i64);
-    metrics.confirm_snapshot();
-    metrics.set_source(source);
-    if let Some(old) = store.swap(Some(snapshot)) {
+    if let Some(old) = store.install(snapshot, source) {
         retire(old);
     }
 }

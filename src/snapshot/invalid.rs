@@ -1,0 +1,45 @@
+//! Why a snapshot entry was left out: the typed reasons the loader, the delta path and the
+//! reports share. Each message says what is wrong and, where it helps, what to write instead;
+//! none quotes a hash or a secret.
+
+use crate::scopes::ScopeError;
+use keygate_protocol::ids;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEntry {
+    /// The entry does not match the schema (an unknown field, a wrong type), as serde says it.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("id must be {}", ids::ID_RULE)]
+    Id,
+    #[error("duplicate id")]
+    DuplicateId,
+    #[error("duplicate hash")]
+    DuplicateHash,
+    #[error("name is longer than 256 characters")]
+    NameTooLong,
+    #[error("hash must be 64 lowercase hex digits (SHA-256 of the secret)")]
+    Hash,
+    #[error("an internal key names no workspace; remove `workspace` or `internal`")]
+    InternalWithWorkspace,
+    #[error("missing `workspace` (or `internal: true` for a platform key)")]
+    NoOwner,
+    #[error("workspace {0:?} is not in the snapshot")]
+    UnknownWorkspace(String),
+    #[error("workspace {0:?} was removed")]
+    RemovedWorkspace(String),
+    #[error("scopes is null; omit the field for a legacy key or give a list")]
+    NullScopes,
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error("expires_at {0:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")]
+    ExpiresAt(String),
+    #[error("restrictions.ips: {0:?} is not an IP address or CIDR block")]
+    RestrictionIp(String),
+    #[error("restrictions.ips: {ip:?} has a prefix length outside 0..={max}")]
+    RestrictionPrefix { ip: String, max: u8 },
+    #[error("restrictions: empty referrer or endpoint")]
+    RestrictionBlank,
+    #[error("{}", ids::LIMIT_RULE)]
+    ZeroLimit,
+}
