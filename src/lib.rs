@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod observe;
 pub mod path;
 pub mod proxy;
+pub mod refusal;
 pub mod respond;
 pub mod routes;
 pub mod server;

@@ -48,32 +48,21 @@ impl RequestRecord {
     }
 }
 
-/// The outcome and reason of a refusal, and the metrics it bumps.
+/// The outcome and reason of a refusal (see [`Rejection::refusal`]), and the finer metrics it
+/// bumps.
 pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
     match r {
-        Rejection::NoSnapshot => (Outcome::Unavailable, "no_snapshot"),
-        Rejection::BadPath(_) => (Outcome::BadRequest, "invalid_path"),
-        Rejection::NoRoute => (Outcome::NotFound, "no_route"),
-        Rejection::MissingCredentials => {
-            metrics.auth_failure(None);
-            (Outcome::Unauthorized, "missing")
-        }
-        Rejection::InvalidCredentials(f) => {
-            metrics.auth_failure(Some(*f));
-            (Outcome::Unauthorized, f.as_str())
-        }
-        Rejection::InsufficientScope(_) => (Outcome::Forbidden, "insufficient_scope"),
-        Rejection::WorkspaceRequired => (Outcome::BadRequest, "workspace_required"),
-        Rejection::UnknownWorkspace => (Outcome::Forbidden, "unknown_workspace"),
+        Rejection::MissingCredentials => metrics.auth_failure(None),
+        Rejection::InvalidCredentials(f) => metrics.auth_failure(Some(*f)),
         Rejection::RateLimited {
             limit,
             subject_type,
             ..
-        } => {
-            metrics.rate_limited(*limit, subject_type);
-            (Outcome::RateLimited, limit.as_str())
-        }
+        } => metrics.rate_limited(*limit, subject_type),
+        _ => {}
     }
+    let refusal = r.refusal();
+    (refusal.outcome, refusal.reason)
 }
 
 /// The end of a request: metrics, usage, and (sampled) the access-log line.

@@ -46,25 +46,27 @@ const INTERNAL: &str = r#"{"error":"Internal Server Error","code":"internal_erro
 const BAD_REQUEST: &str =
     r#"{"error":"Bad Request","code":"bad_request","message":"The request could not be read."}"#;
 
+/// The answer to a refusal; its status (and the `code` in each body) is [`Rejection::refusal`]'s.
 pub fn for_rejection(r: &Rejection) -> Answer {
+    let status = r.refusal().status;
+    let fixed = |body| Answer::fixed(status, body);
     match r {
-        Rejection::NoSnapshot => Answer::fixed(503, NO_SNAPSHOT),
+        Rejection::NoSnapshot => fixed(NO_SNAPSHOT),
         Rejection::BadPath(e) => Answer {
-            status: 400,
             body: Cow::Owned(format!(
                 r#"{{"error":"Bad Request","code":"invalid_path","message":{}}}"#,
                 serde_json::Value::from(e.to_string()),
             )),
-            ..Answer::fixed(400, "")
+            ..fixed("")
         },
-        Rejection::NoRoute => Answer::fixed(404, NO_ROUTE),
+        Rejection::NoRoute => fixed(NO_ROUTE),
         Rejection::MissingCredentials => Answer {
             www_authenticate: Some(Cow::Borrowed("Bearer")),
-            ..Answer::fixed(401, MISSING)
+            ..fixed(MISSING)
         },
         Rejection::InvalidCredentials(_) => Answer {
             www_authenticate: Some(Cow::Borrowed(r#"Bearer error="invalid_token""#)),
-            ..Answer::fixed(401, INVALID)
+            ..fixed(INVALID)
         },
         Rejection::InsufficientScope(missing) => {
             let list = missing.join(" ");
@@ -80,11 +82,11 @@ pub fn for_rejection(r: &Rejection) -> Answer {
                     r#"Bearer error="insufficient_scope", scope="{}""#,
                     quote(&list)
                 ))),
-                ..Answer::fixed(403, "")
+                ..fixed("")
             }
         }
-        Rejection::WorkspaceRequired => Answer::fixed(400, WORKSPACE_REQUIRED),
-        Rejection::UnknownWorkspace => Answer::fixed(403, UNKNOWN_WORKSPACE),
+        Rejection::WorkspaceRequired => fixed(WORKSPACE_REQUIRED),
+        Rejection::UnknownWorkspace => fixed(UNKNOWN_WORKSPACE),
         Rejection::RateLimited {
             limit,
             allowed,
@@ -97,12 +99,12 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             };
             Answer {
                 body: Cow::Owned(format!(
-                    r#"{{"error":"rate_limited","limit":"{}","retry_after":{retry_after_secs},"message":"The workspace's {} limit of {allowed} requests per {per} is used up; retry after {retry_after_secs} s."}}"#,
+                    r#"{{"error":"rate_limited","code":"rate_limited","limit":"{}","retry_after":{retry_after_secs},"message":"The workspace's {} limit of {allowed} requests per {per} is used up; retry after {retry_after_secs} s."}}"#,
                     limit.as_str(),
                     limit.as_str(),
                 )),
                 retry_after: Some(*retry_after_secs),
-                ..Answer::fixed(429, "")
+                ..fixed("")
             }
         }
     }
@@ -158,4 +160,42 @@ pub async fn send(
         Cow::Owned(s) => Bytes::from(s),
     };
     session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthFailure;
+    use crate::path::PathError;
+
+    /// One of each refusal.
+    fn every_rejection() -> Vec<Rejection> {
+        vec![
+            Rejection::NoSnapshot,
+            Rejection::BadPath(PathError::NotOriginForm),
+            Rejection::NoRoute,
+            Rejection::MissingCredentials,
+            Rejection::InvalidCredentials(AuthFailure::Revoked),
+            Rejection::InsufficientScope(vec!["products:write".into()]),
+            Rejection::WorkspaceRequired,
+            Rejection::UnknownWorkspace,
+            Rejection::RateLimited {
+                limit: LimitName::Burst,
+                allowed: 30,
+                retry_after_secs: 1,
+                subject_type: "live",
+            },
+        ]
+    }
+
+    #[test]
+    fn every_answer_has_the_status_and_code_of_its_refusal_row() {
+        for r in every_rejection() {
+            let (answer, row) = (for_rejection(&r), r.refusal());
+            assert_eq!(answer.status, row.status, "{r:?}");
+            let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+            assert_eq!(body["code"], row.code, "{r:?}");
+            assert!(body["message"].is_string(), "{r:?}");
+        }
+    }
 }
