@@ -771,7 +771,7 @@ mod tests {
         let w = next.workspace("ws_a").unwrap();
         assert_eq!(
             (w.kind, w.limits.sustained_per_minute),
-            (WorkspaceKind::Sandbox, Some(42))
+            (WorkspaceKind::Sandbox, std::num::NonZeroU32::new(42))
         );
         for secret in ["s1", "s2"] {
             let Owner::Workspace(kw) = &key(&next, secret).unwrap().owner else {

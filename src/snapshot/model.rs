@@ -13,7 +13,7 @@
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::invalid::InvalidEntry;
 use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
-use crate::limits::{StateCache, SubjectKey};
+use crate::limits::{Policy, StateCache, SubjectKey};
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
 use crate::secret::KeyHash;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use keygate_protocol::ids;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -36,13 +37,59 @@ pub(crate) const KEPT_SKIP_REASONS: usize = 100;
 pub struct Workspace {
     /// Where the limiter keeps this workspace's state, once a request has been counted.
     pub limiter_state: StateCache,
-    pub limits: LimitsDoc,
+    pub limits: LimitOverrides,
     pub kind: WorkspaceKind,
     pub id: Box<str>,
     /// `id` as a header value, built once.
     pub id_header: HeaderValue,
     /// `id` as the rate limiter's key, built once (inline: see `limits::SubjectKey`).
     pub limiter_key: SubjectKey,
+}
+
+/// A workspace's own limits where it overrides the configured ones. Each allows at least one
+/// request: a limit of 0 is refused at the snapshot boundary, never decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitOverrides {
+    pub burst_per_second: Option<NonZeroU32>,
+    pub sustained_per_minute: Option<NonZeroU32>,
+}
+
+impl LimitOverrides {
+    /// `base` (the configured limits for the workspace's kind) with these overrides applied.
+    pub fn over(self, base: Policy) -> Policy {
+        Policy {
+            burst_per_second: self
+                .burst_per_second
+                .map_or(base.burst_per_second, NonZeroU32::get),
+            sustained_per_minute: self
+                .sustained_per_minute
+                .map_or(base.sustained_per_minute, NonZeroU32::get),
+        }
+    }
+
+    /// The wire form, as a snapshot is written back out; `None` without overrides.
+    pub fn to_doc(self) -> Option<LimitsDoc> {
+        let doc = LimitsDoc {
+            burst_per_second: self.burst_per_second.map(NonZeroU32::get),
+            sustained_per_minute: self.sustained_per_minute.map(NonZeroU32::get),
+        };
+        (!doc.is_empty()).then_some(doc)
+    }
+}
+
+impl TryFrom<LimitsDoc> for LimitOverrides {
+    type Error = InvalidEntry;
+
+    fn try_from(doc: LimitsDoc) -> Result<Self, InvalidEntry> {
+        let non_zero = |limit: Option<u32>| match limit {
+            None => Ok(None),
+            Some(n) => NonZeroU32::new(n).map(Some).ok_or(InvalidEntry::ZeroLimit),
+        };
+        Ok(LimitOverrides {
+            burst_per_second: non_zero(doc.burst_per_second)?,
+            sustained_per_minute: non_zero(doc.sustained_per_minute)?,
+        })
+    }
 }
 
 pub enum Owner {
@@ -456,18 +503,17 @@ pub(crate) fn make_workspace(doc: WorkspaceDoc) -> Result<Workspace, (String, In
     if let Err(reason) = check_id(&doc.id) {
         return Err((doc.id, reason));
     }
-    if let Some(limits) = doc.limits {
-        if !limits.is_valid() {
-            return Err((doc.id, InvalidEntry::ZeroLimit));
-        }
-    }
+    let limits = match LimitOverrides::try_from(doc.limits.unwrap_or_default()) {
+        Ok(limits) => limits,
+        Err(reason) => return Err((doc.id, reason)),
+    };
     Ok(Workspace {
         id_header: header(&doc.id),
         limiter_key: SubjectKey::new(&doc.id),
         limiter_state: StateCache::default(),
         id: doc.id.into_boxed_str(),
         kind: doc.kind,
-        limits: doc.limits.unwrap_or_default(),
+        limits,
     })
 }
 
@@ -647,6 +693,28 @@ mod tests {
         assert!(offset_of!(Workspace, limits) >= size_of::<StateCache>());
         assert!(offset_of!(Workspace, kind) > offset_of!(Workspace, limits));
         assert!(offset_of!(Workspace, kind) + size_of::<WorkspaceKind>() <= 48);
+    }
+
+    #[test]
+    fn limit_overrides_refuse_zero_and_apply_over_the_configured_limits() {
+        let doc = |burst, sustained| LimitsDoc {
+            burst_per_second: burst,
+            sustained_per_minute: sustained,
+        };
+        let base = Policy {
+            burst_per_second: 30,
+            sustained_per_minute: 3_000,
+        };
+        let none = LimitOverrides::try_from(doc(None, None)).unwrap();
+        assert_eq!(none.over(base), base);
+        assert_eq!(none.to_doc(), None);
+        let some = LimitOverrides::try_from(doc(Some(7), None)).unwrap();
+        assert_eq!(some.over(base).burst_per_second, 7);
+        assert_eq!(some.over(base).sustained_per_minute, 3_000);
+        assert_eq!(some.to_doc(), Some(doc(Some(7), None)));
+        for zero in [doc(Some(0), None), doc(None, Some(0))] {
+            assert_eq!(LimitOverrides::try_from(zero), Err(InvalidEntry::ZeroLimit));
+        }
     }
 
     #[test]

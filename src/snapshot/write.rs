@@ -23,7 +23,7 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
         let doc = WorkspaceDoc {
             id: ws.id.to_string(),
             kind: ws.kind,
-            limits: (ws.limits != Default::default()).then_some(ws.limits),
+            limits: ws.limits.to_doc(),
         };
         serde_json::to_writer(&mut w, &doc)?;
     }
