@@ -171,4 +171,252 @@ mod tests {
         ]);
         assert_eq!(credential(&twice), Credential::Malformed);
     }
+    // -----------------------------------------------------------------------------------------
+    // `authenticate` and `workspace` on a snapshot parsed as a keys file is.
+
+    use crate::snapshot::Format;
+
+    /// 2030-01-01T00:00:00Z, when `key_expiring` stops working.
+    const EXPIRY: i64 = 1_893_456_000;
+
+    fn live(name: &str) -> String {
+        format!("sk_live_{name:0<32}")
+    }
+
+    fn test(name: &str) -> String {
+        format!("sk_test_{name:0<32}")
+    }
+
+    fn snapshot() -> Snapshot {
+        let hash = |secret: &str| KeyHash::of(secret).to_hex();
+        let doc = format!(
+            "version: 1
+workspaces:
+  - {{ id: ws_live, type: live }}
+  - {{ id: ws_sandbox, type: sandbox }}
+keys:
+  - {{ id: key_live, hash: {live}, workspace: ws_live }}
+  - {{ id: key_sandbox, hash: {sandbox}, workspace: ws_sandbox }}
+  - {{ id: key_revoked, hash: {revoked}, workspace: ws_live, status: revoked }}
+  - {{ id: key_expiring, hash: {expiring}, workspace: ws_live, expires_at: '2030-01-01T00:00:00Z' }}
+  - {{ id: key_revoked_expired, hash: {revoked_expired}, workspace: ws_live, status: revoked, expires_at: '2020-01-01T00:00:00Z' }}
+  - {{ id: key_test_on_live, hash: {test_on_live}, workspace: ws_live }}
+  - {{ id: key_live_on_sandbox, hash: {live_on_sandbox}, workspace: ws_sandbox }}
+  - {{ id: key_internal_live, hash: {internal_live}, internal: true }}
+  - {{ id: key_internal_test, hash: {internal_test}, internal: true }}
+  - {{ id: key_short, hash: {short}, workspace: ws_live }}
+",
+            live = hash(&live("live")),
+            sandbox = hash(&test("sandbox")),
+            revoked = hash(&live("revoked")),
+            expiring = hash(&live("expiring")),
+            revoked_expired = hash(&live("revokedexpired")),
+            test_on_live = hash(&test("testonlive")),
+            live_on_sandbox = hash(&live("liveonsandbox")),
+            internal_live = hash(&live("internal")),
+            internal_test = hash(&test("internal")),
+            short = hash("sk_live_short"),
+        );
+        let snap = crate::snapshot::parse(doc.as_bytes(), Format::Yaml, "auth tests").unwrap();
+        assert_eq!(snap.skipped_count(), 0, "{:?}", snap.skipped());
+        snap
+    }
+
+    /// `authenticate` on a well-formed token at `now`: the key's id, or why not.
+    fn key_id_at<'s>(snap: &'s Snapshot, token: &str, now: i64) -> Result<&'s str, AuthFailure> {
+        let env = secret::parse_token(token).expect("a well-formed token");
+        authenticate(snap, token, env, now).map(|k| k.id())
+    }
+
+    fn key_id<'s>(snap: &'s Snapshot, token: &str) -> Result<&'s str, AuthFailure> {
+        key_id_at(snap, token, EXPIRY - 3_600)
+    }
+
+    #[test]
+    fn an_active_key_of_the_right_environment_is_found() {
+        let snap = snapshot();
+        assert_eq!(key_id(&snap, &live("live")), Ok("key_live"));
+        assert_eq!(key_id(&snap, &test("sandbox")), Ok("key_sandbox"));
+    }
+
+    #[test]
+    fn a_token_no_key_has_is_unknown() {
+        let snap = snapshot();
+        assert_eq!(key_id(&snap, &live("nobody")), Err(AuthFailure::Unknown));
+        // The same body under the other prefix is another secret.
+        assert_eq!(key_id(&snap, &test("live")), Err(AuthFailure::Unknown));
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_as_revoked() {
+        let snap = snapshot();
+        assert_eq!(key_id(&snap, &live("revoked")), Err(AuthFailure::Revoked));
+        // Revoked and expired: the revocation is the reason given.
+        assert_eq!(
+            key_id(&snap, &live("revokedexpired")),
+            Err(AuthFailure::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_key_is_expired_from_its_expiry_instant_on() {
+        let snap = snapshot();
+        let token = live("expiring");
+        assert_eq!(key_id_at(&snap, &token, EXPIRY - 1), Ok("key_expiring"));
+        assert_eq!(key_id_at(&snap, &token, EXPIRY), Err(AuthFailure::Expired));
+        assert_eq!(
+            key_id_at(&snap, &token, EXPIRY + 86_400),
+            Err(AuthFailure::Expired)
+        );
+    }
+
+    #[test]
+    fn a_test_secret_for_a_live_workspace_is_the_wrong_environment() {
+        assert_eq!(
+            key_id(&snapshot(), &test("testonlive")),
+            Err(AuthFailure::WrongEnvironment)
+        );
+    }
+
+    #[test]
+    fn a_live_secret_for_a_sandbox_workspace_is_the_wrong_environment() {
+        assert_eq!(
+            key_id(&snapshot(), &live("liveonsandbox")),
+            Err(AuthFailure::WrongEnvironment)
+        );
+    }
+
+    #[test]
+    fn the_environment_checked_is_the_one_the_token_names() {
+        // `env` comes from the caller's parse of the token: a live key presented as `Test` is
+        // refused even though its hash matches.
+        let snap = snapshot();
+        let token = live("live");
+        assert_eq!(
+            authenticate(&snap, &token, Env::Test, 0).map(|k| k.id()),
+            Err(AuthFailure::WrongEnvironment)
+        );
+    }
+
+    #[test]
+    fn an_internal_key_is_not_bound_to_an_environment() {
+        // Internal keys have no workspace of their own, so neither prefix is checked.
+        let snap = snapshot();
+        assert_eq!(key_id(&snap, &live("internal")), Ok("key_internal_live"));
+        assert_eq!(key_id(&snap, &test("internal")), Ok("key_internal_test"));
+    }
+
+    #[test]
+    fn a_token_not_shaped_like_a_secret_is_malformed_even_when_its_hash_is_known() {
+        let snap = snapshot();
+        let h = headers(&[("authorization", "Bearer sk_live_short")]);
+        assert_eq!(credential(&h), Credential::Malformed);
+        // What `credential` protects: the lookup alone would find the key.
+        assert_eq!(
+            authenticate(&snap, "sk_live_short", Env::Live, 0).map(|k| k.id()),
+            Ok("key_short")
+        );
+    }
+
+    #[test]
+    fn failure_reasons_have_the_metric_labels_the_readme_lists() {
+        let labels = [
+            AuthFailure::Malformed,
+            AuthFailure::Unknown,
+            AuthFailure::Revoked,
+            AuthFailure::Expired,
+            AuthFailure::WrongEnvironment,
+        ]
+        .map(AuthFailure::as_str);
+        assert_eq!(
+            labels,
+            [
+                "malformed",
+                "unknown",
+                "revoked",
+                "expired",
+                "wrong_environment"
+            ]
+        );
+    }
+
+    fn key<'s>(snap: &'s Snapshot, token: &str) -> &'s KeyEntry {
+        let env = secret::parse_token(token).unwrap();
+        authenticate(snap, token, env, 0).unwrap()
+    }
+
+    fn acts_for(snap: &Snapshot, token: &str, h: &HeaderMap) -> Result<String, WorkspaceError> {
+        workspace(snap, key(snap, token), h).map(|w| w.id.to_string())
+    }
+
+    #[test]
+    fn a_customer_key_acts_for_its_own_workspace_whatever_it_names() {
+        let snap = snapshot();
+        let token = live("live");
+        for named in [
+            &[][..],
+            &[(WORKSPACE_HEADER, "ws_sandbox")],
+            &[(WORKSPACE_HEADER, "nope")],
+        ] {
+            assert_eq!(
+                acts_for(&snap, &token, &headers(named)),
+                Ok("ws_live".into()),
+                "{named:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_internal_key_acts_for_the_workspace_it_names_trimmed() {
+        let snap = snapshot();
+        let token = live("internal");
+        for (named, expected) in [("ws_sandbox", "ws_sandbox"), ("  ws_live ", "ws_live")] {
+            let h = headers(&[(WORKSPACE_HEADER, named)]);
+            assert_eq!(
+                acts_for(&snap, &token, &h),
+                Ok(expected.into()),
+                "{named:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_internal_key_must_name_exactly_one_workspace_in_text() {
+        let snap = snapshot();
+        let token = live("internal");
+        let mut not_text = HeaderMap::new();
+        not_text.insert(
+            WORKSPACE_HEADER,
+            http::HeaderValue::from_bytes(b"ws_\xff").unwrap(),
+        );
+        for h in [
+            headers(&[]),
+            headers(&[(WORKSPACE_HEADER, "")]),
+            headers(&[(WORKSPACE_HEADER, "   ")]),
+            headers(&[(WORKSPACE_HEADER, "ws_live"), (WORKSPACE_HEADER, "ws_live")]),
+            not_text,
+        ] {
+            assert_eq!(
+                acts_for(&snap, &token, &h),
+                Err(WorkspaceError::Required),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_internal_key_naming_a_workspace_not_in_the_snapshot_gets_unknown() {
+        let snap = snapshot();
+        let h = headers(&[(WORKSPACE_HEADER, "ws_gone")]);
+        assert_eq!(
+            acts_for(&snap, &live("internal"), &h),
+            Err(WorkspaceError::Unknown)
+        );
+        // Workspace ids are matched exactly.
+        let h = headers(&[(WORKSPACE_HEADER, "WS_LIVE")]);
+        assert_eq!(
+            acts_for(&snap, &live("internal"), &h),
+            Err(WorkspaceError::Unknown)
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
-use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, Usage};
+use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage};
 use crate::path::{self, PathError};
 use crate::routes::{Route, RouteTable};
 use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
@@ -40,7 +40,7 @@ pub enum Rejection {
         allowed: u32,
         retry_after_secs: u32,
         /// `live`, `sandbox` or `internal`, for metrics.
-        subject_type: &'static str,
+        subject_type: SubjectKind,
     },
 }
 
@@ -94,29 +94,23 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Who the key's requests count against, under which limits; `None`: not limited.
-    fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy, &'static str)> {
+    fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy, SubjectKind)> {
         match &key.owner {
             Owner::Internal => Some((
                 Subject::InternalKey(key.id()),
                 self.config.internal?,
-                "internal",
+                SubjectKind::Internal,
             )),
             Owner::Workspace(w) => {
                 let base = match w.kind {
                     WorkspaceKind::Live => self.config.live,
                     WorkspaceKind::Sandbox => self.config.sandbox,
                 };
-                let policy = Policy {
-                    burst_per_second: w.limits.burst_per_second.unwrap_or(base.burst_per_second),
-                    sustained_per_minute: w
-                        .limits
-                        .sustained_per_minute
-                        .unwrap_or(base.sustained_per_minute),
-                };
+                let policy = w.limits.over(base);
                 Some((
                     Subject::CachedWorkspace(&w.limiter_key, &w.limiter_state),
                     policy,
-                    w.kind.as_str(),
+                    w.kind.into(),
                 ))
             }
         }
@@ -388,6 +382,545 @@ mod tests {
         assert_eq!(
             rejection(&g, "DELETE", "/V1/PRODUCTS/1"),
             Some(Rejection::NoRoute)
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // `decide` on a real snapshot and config: each rejection, and what is forwarded.
+
+    use crate::config::{Config, DEFAULT_SANDBOX};
+    use crate::limits::{FakeClock, RateHeaders};
+    use crate::secret::KeyHash;
+    use crate::snapshot::Format;
+    use std::path::Path;
+
+    /// 2030-01-01T00:00:00Z.
+    const NOW: i64 = 1_893_456_000;
+
+    /// A well-formed secret: the prefix, then `name` padded to the 32 characters required.
+    fn live(name: &str) -> String {
+        format!("sk_live_{name:0<32}")
+    }
+
+    fn test(name: &str) -> String {
+        format!("sk_test_{name:0<32}")
+    }
+
+    fn hash(secret: &str) -> String {
+        KeyHash::of(secret).to_hex()
+    }
+
+    /// Every kind of key `decide` tells apart, parsed as a keys file is.
+    fn snapshot() -> Snapshot {
+        let doc = format!(
+            "version: 1
+workspaces:
+  - {{ id: ws_live, type: live }}
+  - {{ id: ws_sandbox, type: sandbox }}
+  - {{ id: ws_tight, type: live, limits: {{ burst_per_second: 1 }} }}
+keys:
+  - {{ id: key_reader, hash: {reader}, workspace: ws_live, scopes: [products:read] }}
+  - {{ id: key_sandbox, hash: {sandbox}, workspace: ws_sandbox, scopes: [products:read] }}
+  - {{ id: key_tight, hash: {tight}, workspace: ws_tight, scopes: [products:read] }}
+  - {{ id: key_revoked, hash: {revoked}, workspace: ws_live, scopes: [products:read], status: revoked }}
+  - {{ id: key_expired, hash: {expired}, workspace: ws_live, scopes: [products:read], expires_at: '2029-12-31T23:59:59Z' }}
+  - {{ id: key_mislabelled, hash: {mislabelled}, workspace: ws_live, scopes: [products:read] }}
+  - {{ id: key_short, hash: {short}, workspace: ws_live, scopes: [products:read] }}
+  - {{ id: key_internal, hash: {internal}, internal: true, scopes: ['*'] }}
+",
+            reader = hash(&live("reader")),
+            sandbox = hash(&test("sandbox")),
+            tight = hash(&live("tight")),
+            revoked = hash(&live("revoked")),
+            expired = hash(&live("expired")),
+            mislabelled = hash(&test("mislabelled")),
+            short = hash("sk_live_short"),
+            internal = hash(&live("internal")),
+        );
+        let snap = crate::snapshot::parse(doc.as_bytes(), Format::Yaml, "gate tests").unwrap();
+        assert_eq!(snap.skipped_count(), 0, "{:?}", snap.skipped());
+        snap
+    }
+
+    const CONFIG: &str = "
+listen: { addresses: ['127.0.0.1:8080'] }
+upstream: { address: '127.0.0.1:9000' }
+snapshot: { file: keys.yaml }
+routes:
+  - { name: health, methods: [GET], path: /health, auth: none }
+  - { name: products-read, methods: [GET], path: /v1/products/**, scopes: [products:read] }
+  - { name: products-write, methods: [DELETE], path: /v1/products/**, scopes: [products:write] }
+  - { name: reports, methods: [GET], path: /v1/reports/**, scopes: [reports:read, reports:export] }
+";
+
+    /// The routes above, under `unmatched`, with `limits` counted or none.
+    fn configured(unmatched: &str, limits: Option<RateLimits>) -> Gate {
+        let yaml = format!("{CONFIG}unmatched: {unmatched}\n");
+        let conf = Config::from_yaml(&yaml, Path::new("keygate.yaml")).unwrap();
+        Gate::new(conf.routes, conf.unmatched, limits)
+    }
+
+    /// Limits on a clock that never moves, so that every request falls in one window.
+    fn limits(live: Policy, sandbox: Policy, internal: Option<Policy>) -> Option<RateLimits> {
+        Some(RateLimits {
+            limiter: Arc::new(Limiter::new(Arc::new(FakeClock::at(1_000)))),
+            config: LimitsConfig {
+                live,
+                sandbox,
+                internal,
+                headers: RateHeaders::BOTH,
+            },
+        })
+    }
+
+    fn policy(burst_per_second: u32) -> Policy {
+        Policy {
+            burst_per_second,
+            sustained_per_minute: 1_000,
+        }
+    }
+
+    fn bearer(secret: &str) -> (&'static str, String) {
+        ("authorization", format!("Bearer {secret}"))
+    }
+
+    fn workspace_header(id: &str) -> (&'static str, String) {
+        (auth::WORKSPACE_HEADER, id.to_owned())
+    }
+
+    fn decide<'g>(
+        g: &'g Gate,
+        snap: Option<&Snapshot>,
+        method: &str,
+        path: &'g str,
+        headers: &[(&'static str, String)],
+    ) -> Decision<'g, 'g> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, value.parse().unwrap());
+        }
+        g.decide(snap, method, path, &map, NOW)
+    }
+
+    fn refusal(d: &Decision) -> Option<Rejection> {
+        match &d.verdict {
+            Verdict::Reject(r) => Some(r.clone()),
+            Verdict::Forward { .. } => None,
+        }
+    }
+
+    /// The rejection of `GET /v1/products/1` (route `products-read`) with these headers.
+    fn read_refused(headers: &[(&'static str, String)]) -> Option<Rejection> {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", headers);
+        assert_eq!(d.route.map(|r| r.name()), Some("products-read"));
+        refusal(&d)
+    }
+
+    /// The key id and workspace id a forwarded request acts as, or why it was refused.
+    fn acts_as(d: &Decision) -> Result<(String, String), Rejection> {
+        match &d.verdict {
+            Verdict::Forward {
+                identity: Some(i), ..
+            } => Ok((i.key.id().to_owned(), i.workspace.id.to_string())),
+            Verdict::Forward { identity: None, .. } => panic!("forwarded without an identity"),
+            Verdict::Reject(r) => Err(r.clone()),
+        }
+    }
+
+    fn ids(key: &str, workspace: &str) -> Result<(String, String), Rejection> {
+        Ok((key.to_owned(), workspace.to_owned()))
+    }
+
+    #[test]
+    fn a_path_that_does_not_normalise_is_refused_before_any_route_is_matched() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        for (path, error) in [
+            ("v1/products/1", PathError::NotAbsolute),
+            ("/v1/products/%252e%252e/admin", PathError::DoubleEncoded),
+            ("/v1/products/..;/admin", PathError::DotSegmentParams),
+        ] {
+            let d = decide(&g, Some(&snap), "GET", path, &[bearer(&live("reader"))]);
+            assert_eq!(refusal(&d), Some(Rejection::BadPath(error)), "{path}");
+            assert!(d.route.is_none() && d.key.is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn under_unmatched_deny_an_unmatched_request_is_refused_before_authentication() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        // Wrong path, then a path whose routes all take other methods.
+        for (method, path) in [("GET", "/v2/other"), ("POST", "/v1/products/1")] {
+            let d = decide(&g, Some(&snap), method, path, &[bearer(&live("reader"))]);
+            assert_eq!(refusal(&d), Some(Rejection::NoRoute), "{method} {path}");
+            assert!(d.route.is_none() && d.key.is_none());
+        }
+    }
+
+    #[test]
+    fn under_unmatched_authenticate_an_unmatched_request_needs_any_valid_key() {
+        let (g, snap) = (configured("authenticate", None), snapshot());
+        let d = decide(&g, Some(&snap), "GET", "/v2/other", &[]);
+        assert_eq!(refusal(&d), Some(Rejection::MissingCredentials));
+        let unknown = [bearer(&live("nobody"))];
+        let d = decide(&g, Some(&snap), "GET", "/v2/other", &unknown);
+        assert_eq!(
+            refusal(&d),
+            Some(Rejection::InvalidCredentials(AuthFailure::Unknown))
+        );
+        // No scope required: a key holding only products:read reaches any other path.
+        let d = decide(
+            &g,
+            Some(&snap),
+            "GET",
+            "/v2/other",
+            &[bearer(&live("reader"))],
+        );
+        assert_eq!(acts_as(&d), ids("key_reader", "ws_live"));
+        assert!(d.route.is_none());
+    }
+
+    #[test]
+    fn a_public_route_is_forwarded_without_a_snapshot_or_a_key() {
+        let g = configured("deny", None);
+        let garbage = [("authorization", "Basic bm90IGEga2V5".to_owned())];
+        for headers in [&[][..], &garbage[..]] {
+            let d = decide(&g, None, "GET", "/health", headers);
+            assert!(
+                matches!(d.verdict, Verdict::Forward { identity: None, .. }),
+                "{:?}",
+                d.verdict
+            );
+            assert_eq!(d.route.map(|r| r.name()), Some("health"));
+            assert!(d.key.is_none() && d.rate.is_none());
+        }
+    }
+
+    #[test]
+    fn without_a_snapshot_a_protected_route_fails_closed() {
+        let g = configured("deny", None);
+        let d = decide(
+            &g,
+            None,
+            "GET",
+            "/v1/products/1",
+            &[bearer(&live("reader"))],
+        );
+        assert_eq!(refusal(&d), Some(Rejection::NoSnapshot));
+        assert_eq!(d.route.map(|r| r.name()), Some("products-read"));
+    }
+
+    #[test]
+    fn a_request_without_authorization_gets_missing_credentials() {
+        assert_eq!(read_refused(&[]), Some(Rejection::MissingCredentials));
+    }
+
+    #[test]
+    fn a_malformed_authorization_gets_invalid_credentials_malformed() {
+        let malformed = Some(Rejection::InvalidCredentials(AuthFailure::Malformed));
+        let reader = live("reader");
+        for value in [
+            format!("Basic {reader}"),
+            reader.clone(),
+            "Bearer not-a-key".to_owned(),
+            // Its hash is in the snapshot, but the shape is checked first.
+            "Bearer sk_live_short".to_owned(),
+        ] {
+            assert_eq!(
+                read_refused(&[("authorization", value.clone())]),
+                malformed,
+                "{value}"
+            );
+        }
+        let twice = [bearer(&reader), bearer(&reader)];
+        assert_eq!(read_refused(&twice), malformed);
+    }
+
+    #[test]
+    fn an_unknown_key_gets_invalid_credentials_unknown() {
+        assert_eq!(
+            read_refused(&[bearer(&live("nobody"))]),
+            Some(Rejection::InvalidCredentials(AuthFailure::Unknown))
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_gets_invalid_credentials_revoked() {
+        assert_eq!(
+            read_refused(&[bearer(&live("revoked"))]),
+            Some(Rejection::InvalidCredentials(AuthFailure::Revoked))
+        );
+    }
+
+    #[test]
+    fn an_expired_key_gets_invalid_credentials_expired() {
+        assert_eq!(
+            read_refused(&[bearer(&live("expired"))]),
+            Some(Rejection::InvalidCredentials(AuthFailure::Expired))
+        );
+    }
+
+    #[test]
+    fn a_test_secret_on_a_live_workspace_gets_wrong_environment() {
+        assert_eq!(
+            read_refused(&[bearer(&test("mislabelled"))]),
+            Some(Rejection::InvalidCredentials(AuthFailure::WrongEnvironment))
+        );
+    }
+
+    #[test]
+    fn a_refusal_before_authentication_carries_no_key() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let d = decide(
+            &g,
+            Some(&snap),
+            "GET",
+            "/v1/products/1",
+            &[bearer(&live("revoked"))],
+        );
+        assert!(d.key.is_none() && d.rate.is_none());
+    }
+
+    #[test]
+    fn a_key_lacking_the_routes_scopes_gets_insufficient_scope_naming_them_in_route_order() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let d = decide(
+            &g,
+            Some(&snap),
+            "GET",
+            "/v1/reports/q1",
+            &[bearer(&live("reader"))],
+        );
+        assert_eq!(
+            refusal(&d),
+            Some(Rejection::InsufficientScope(vec![
+                "reports:read".into(),
+                "reports:export".into()
+            ]))
+        );
+        // Authenticated: the 403 names the key (for logs and usage).
+        assert_eq!(d.key.as_ref().map(|k| k.id()), Some("key_reader"));
+        assert_eq!(d.route.map(|r| r.name()), Some("reports"));
+        let d = decide(
+            &g,
+            Some(&snap),
+            "DELETE",
+            "/v1/products/1",
+            &[bearer(&live("reader"))],
+        );
+        assert_eq!(
+            refusal(&d),
+            Some(Rejection::InsufficientScope(vec!["products:write".into()]))
+        );
+    }
+
+    #[test]
+    fn a_key_holding_the_scopes_is_forwarded_as_its_own_workspace() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let d = decide(
+            &g,
+            Some(&snap),
+            "GET",
+            "/v1/products/1",
+            &[bearer(&live("reader"))],
+        );
+        assert_eq!(acts_as(&d), ids("key_reader", "ws_live"));
+        assert_eq!(d.key.as_ref().map(|k| k.id()), Some("key_reader"));
+        let d = decide(
+            &g,
+            Some(&snap),
+            "GET",
+            "/v1/products/1",
+            &[bearer(&test("sandbox"))],
+        );
+        assert_eq!(acts_as(&d), ids("key_sandbox", "ws_sandbox"));
+        // An internal key holding `*` passes any scope check.
+        let headers = [bearer(&live("internal")), workspace_header("ws_live")];
+        let d = decide(&g, Some(&snap), "GET", "/v1/reports/q1", &headers);
+        assert_eq!(acts_as(&d), ids("key_internal", "ws_live"));
+    }
+
+    #[test]
+    fn the_forwarded_path_is_the_canonical_one_and_borrowed_when_unchanged() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let key = [bearer(&live("reader"))];
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/%41b", &key);
+        let Verdict::Forward { path, .. } = d.verdict else {
+            panic!("{:?}", d.verdict)
+        };
+        assert_eq!(path, "/v1/products/Ab");
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/Ab", &key);
+        let Verdict::Forward { path, .. } = d.verdict else {
+            panic!("{:?}", d.verdict)
+        };
+        assert!(matches!(path, Cow::Borrowed("/v1/products/Ab")), "{path:?}");
+    }
+
+    #[test]
+    fn a_customer_keys_x_workspace_id_is_ignored() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        for named in ["ws_sandbox", "ws_unknown", ""] {
+            let headers = [bearer(&live("reader")), workspace_header(named)];
+            let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+            assert_eq!(acts_as(&d), ids("key_reader", "ws_live"), "{named:?}");
+        }
+    }
+
+    #[test]
+    fn an_internal_key_acts_for_the_workspace_it_names() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        for (named, expected) in [("ws_sandbox", "ws_sandbox"), (" ws_live ", "ws_live")] {
+            let headers = [bearer(&live("internal")), workspace_header(named)];
+            let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+            assert_eq!(acts_as(&d), ids("key_internal", expected), "{named:?}");
+        }
+    }
+
+    #[test]
+    fn an_internal_key_naming_no_workspace_gets_workspace_required() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let key = || bearer(&live("internal"));
+        for headers in [
+            vec![key()],
+            vec![key(), workspace_header("  ")],
+            vec![
+                key(),
+                workspace_header("ws_live"),
+                workspace_header("ws_live"),
+            ],
+        ] {
+            let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+            assert_eq!(
+                refusal(&d),
+                Some(Rejection::WorkspaceRequired),
+                "{headers:?}"
+            );
+            assert_eq!(d.key.as_ref().map(|k| k.id()), Some("key_internal"));
+        }
+    }
+
+    #[test]
+    fn an_internal_key_naming_an_unknown_workspace_gets_unknown_workspace() {
+        let (g, snap) = (configured("deny", None), snapshot());
+        let headers = [bearer(&live("internal")), workspace_header("ws_gone")];
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+        assert_eq!(refusal(&d), Some(Rejection::UnknownWorkspace));
+        assert_eq!(d.key.as_ref().map(|k| k.id()), Some("key_internal"));
+    }
+
+    #[test]
+    fn over_the_burst_limit_a_live_key_gets_rate_limited_with_the_limit_it_hit() {
+        let g = configured("deny", limits(policy(2), DEFAULT_SANDBOX, None));
+        let snap = snapshot();
+        let key = [bearer(&live("reader"))];
+        for _ in 0..2 {
+            let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &key);
+            assert_eq!(acts_as(&d), ids("key_reader", "ws_live"));
+            assert!(d.rate.is_some());
+        }
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &key);
+        match refusal(&d) {
+            Some(Rejection::RateLimited {
+                limit: LimitName::Burst,
+                allowed: 2,
+                retry_after_secs,
+                subject_type: SubjectKind::Live,
+            }) => assert!(retry_after_secs >= 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.key.as_ref().map(|k| k.id()), Some("key_reader"));
+        assert!(d.rate.is_some());
+    }
+
+    #[test]
+    fn a_sandbox_key_is_counted_under_the_sandbox_policy() {
+        let g = configured("deny", limits(policy(100), policy(1), None));
+        let snap = snapshot();
+        let key = [bearer(&test("sandbox"))];
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &key);
+        assert!(refusal(&d).is_none(), "{:?}", d.verdict);
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &key);
+        assert!(
+            matches!(
+                refusal(&d),
+                Some(Rejection::RateLimited {
+                    allowed: 1,
+                    subject_type: SubjectKind::Sandbox,
+                    ..
+                })
+            ),
+            "{:?}",
+            d.verdict
+        );
+    }
+
+    #[test]
+    fn a_workspaces_own_limit_overrides_the_configured_one() {
+        // ws_tight allows 1 request a second; live workspaces otherwise 100.
+        let g = configured("deny", limits(policy(100), DEFAULT_SANDBOX, None));
+        let snap = snapshot();
+        let key = [bearer(&live("tight"))];
+        assert!(refusal(&decide(&g, Some(&snap), "GET", "/v1/products/1", &key)).is_none());
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &key);
+        assert!(
+            matches!(
+                refusal(&d),
+                Some(Rejection::RateLimited {
+                    limit: LimitName::Burst,
+                    allowed: 1,
+                    ..
+                })
+            ),
+            "{:?}",
+            d.verdict
+        );
+        // Another live workspace is not held back by ws_tight's count or limit.
+        let other = [bearer(&live("reader"))];
+        assert!(refusal(&decide(&g, Some(&snap), "GET", "/v1/products/1", &other)).is_none());
+    }
+
+    #[test]
+    fn refused_requests_count_and_over_the_limit_429_comes_before_403() {
+        let g = configured("deny", limits(policy(1), DEFAULT_SANDBOX, None));
+        let snap = snapshot();
+        let key = [bearer(&live("reader"))];
+        let d = decide(&g, Some(&snap), "GET", "/v1/reports/q1", &key);
+        assert!(matches!(refusal(&d), Some(Rejection::InsufficientScope(_))));
+        assert!(d.rate.is_some(), "a 403 after authentication is counted");
+        let d = decide(&g, Some(&snap), "GET", "/v1/reports/q1", &key);
+        assert!(
+            matches!(refusal(&d), Some(Rejection::RateLimited { .. })),
+            "{:?}",
+            d.verdict
+        );
+    }
+
+    #[test]
+    fn internal_keys_are_limited_only_under_limits_internal() {
+        let snap = snapshot();
+        let headers = [bearer(&live("internal")), workspace_header("ws_live")];
+        // Live workspaces allow 1 a second, but an internal key is not counted against them.
+        let g = configured("deny", limits(policy(1), policy(1), None));
+        for _ in 0..5 {
+            let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+            assert_eq!(acts_as(&d), ids("key_internal", "ws_live"));
+            assert!(d.rate.is_none());
+        }
+        let g = configured("deny", limits(policy(100), policy(100), Some(policy(1))));
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+        assert!(d.rate.is_some());
+        let d = decide(&g, Some(&snap), "GET", "/v1/products/1", &headers);
+        assert!(
+            matches!(
+                refusal(&d),
+                Some(Rejection::RateLimited {
+                    allowed: 1,
+                    subject_type: SubjectKind::Internal,
+                    ..
+                })
+            ),
+            "{:?}",
+            d.verdict
         );
     }
 }

@@ -5,7 +5,7 @@
 //! request path touches are resolved to plain atomics at start, so counting takes no lock.
 
 use crate::auth::AuthFailure;
-use crate::limits::LimitName;
+use crate::limits::{LimitName, SubjectKind};
 use crate::sync::{SnapshotStore, Source};
 use dashmap::DashMap;
 use prometheus::{
@@ -73,8 +73,6 @@ fn auth_reason_index(f: Option<AuthFailure>) -> usize {
         Some(AuthFailure::WrongEnvironment) => 5,
     }
 }
-
-pub const SUBJECT_TYPES: [&str; 3] = ["live", "sandbox", "internal"];
 
 /// The label the per-workspace counter uses once its cap is reached.
 /// Parentheses are outside the workspace-id alphabet, so no real workspace can collide with it.
@@ -229,8 +227,9 @@ impl Metrics {
             upstream_responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| upstream_vec.with_label_values(&[c])),
             auth_failures: AUTH_REASONS.map(|reason| auth_vec.with_label_values(&[reason])),
-            rate_limited: [LimitName::Burst, LimitName::Sustained]
-                .map(|l| SUBJECT_TYPES.map(|t| limited_vec.with_label_values(&[l.as_str(), t]))),
+            rate_limited: [LimitName::Burst, LimitName::Sustained].map(|l| {
+                SubjectKind::ALL.map(|t| limited_vec.with_label_values(&[l.as_str(), t.as_str()]))
+            }),
             snapshot_version: gauge(
                 &r,
                 "keygate_snapshot_version",
@@ -369,13 +368,8 @@ impl Metrics {
         self.auth_failures[auth_reason_index(failure)].inc();
     }
 
-    /// `subject_type` is one of [`SUBJECT_TYPES`].
-    pub fn rate_limited(&self, limit: LimitName, subject_type: &str) {
-        let t = SUBJECT_TYPES
-            .iter()
-            .position(|t| *t == subject_type)
-            .unwrap_or(0);
-        self.rate_limited[limit as usize][t].inc();
+    pub fn rate_limited(&self, limit: LimitName, subject: SubjectKind) {
+        self.rate_limited[limit as usize][subject as usize].inc();
     }
 
     pub fn reload(&self, source: Source, accepted: bool) {
@@ -428,7 +422,7 @@ mod tests {
         m.upstream_status(503);
         m.auth_failure(Some(AuthFailure::Revoked));
         m.auth_failure(None);
-        m.rate_limited(LimitName::Sustained, "sandbox");
+        m.rate_limited(LimitName::Sustained, SubjectKind::Sandbox);
         let t = text(&m);
         for line in [
             r#"keygate_requests_total{outcome="allowed",route="b"} 1"#,

@@ -58,7 +58,7 @@ pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
             limit,
             subject_type,
             ..
-        } => metrics.rate_limited(*limit, subject_type),
+        } => metrics.rate_limited(*limit, *subject_type),
         _ => {}
     }
     let refusal = r.refusal();

@@ -183,7 +183,7 @@ mod tests {
                 limit: LimitName::Burst,
                 allowed: 30,
                 retry_after_secs: 1,
-                subject_type: "live",
+                subject_type: limits::SubjectKind::Live,
             },
         ]
     }

@@ -724,3 +724,748 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     }
     d.deserialize_str(HumanDuration).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/keygate/keygate.yaml";
+
+    /// The smallest valid config: one listener, an upstream, a keys file.
+    const MINIMAL: &str = "\
+listen:
+  addresses: ['127.0.0.1:8080']
+upstream:
+  address: 127.0.0.1:9000
+snapshot:
+  file: keys.yaml
+";
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, Path::new(FILE))
+    }
+
+    /// `MINIMAL` with `line` added to `section` (appended as a new section if it has none).
+    fn with(section: &str, line: &str) -> String {
+        let header = format!("{section}:\n");
+        if MINIMAL.starts_with(&header) || MINIMAL.contains(&format!("\n{header}")) {
+            MINIMAL.replacen(&header, &format!("{header}  {line}\n"), 1)
+        } else {
+            format!("{MINIMAL}{header}  {line}\n")
+        }
+    }
+
+    /// `MINIMAL` with its `snapshot:` section replaced by `section`.
+    fn with_snapshot(section: &str) -> String {
+        MINIMAL.replace("snapshot:\n  file: keys.yaml\n", section)
+    }
+
+    /// The field and message of a validation error; panics on anything else.
+    fn invalid(yaml: &str) -> (String, String) {
+        match parse(yaml) {
+            Err(ConfigError::Invalid { field, message, .. }) => (field, message),
+            Err(e) => panic!("not a validation error: {e}\n{yaml}"),
+            Ok(_) => panic!("accepted:\n{yaml}"),
+        }
+    }
+
+    /// Refused, naming `field`, with a message that says how to fix it.
+    #[track_caller]
+    fn assert_invalid(yaml: &str, field: &str, fix: &str) {
+        let (f, message) = invalid(yaml);
+        assert_eq!(f, field, "{message}\n{yaml}");
+        assert!(message.contains(fix), "{field}: {message:?} lacks {fix:?}");
+    }
+
+    /// The message of a schema error (serde_yaml's, with the field path); panics on anything else.
+    fn schema_error(yaml: &str) -> String {
+        match parse(yaml) {
+            Err(ConfigError::Schema { message, .. }) => message,
+            Err(e) => panic!("not a schema error: {e}\n{yaml}"),
+            Ok(_) => panic!("accepted:\n{yaml}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_schema_error(yaml: &str, expected: &[&str]) {
+        let message = schema_error(yaml);
+        for e in expected {
+            assert!(message.contains(e), "{message:?} lacks {e:?}");
+        }
+    }
+
+    #[track_caller]
+    fn accepted(yaml: &str) -> Config {
+        parse(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    #[test]
+    fn the_shipped_config_parses_with_its_documented_values() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keygate.yaml"));
+        let c = Config::load(path).unwrap();
+        assert_eq!(c.listen, ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.upstream.address, "127.0.0.1:9000".parse().unwrap());
+        assert!(!c.upstream.forward_authorization);
+        assert!(c.upstream.strip_method_override);
+        assert_eq!(c.routes.routes().len(), 5);
+        assert_eq!(c.unmatched, Unmatched::Deny);
+        let limits = c.limits.unwrap();
+        assert_eq!(
+            (limits.live, limits.sandbox),
+            (DEFAULT_LIVE, DEFAULT_SANDBOX)
+        );
+        assert_eq!(limits.internal, None);
+        assert_eq!(
+            c.observability.admin,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+        );
+        // The keys file is found next to the config, wherever it is run from.
+        match &c.snapshot.source {
+            SourceConfig::File {
+                path: keys,
+                watch_interval,
+            } => {
+                assert_eq!(keys, &path.parent().unwrap().join("keys.example.yaml"));
+                assert_eq!(*watch_interval, Duration::from_millis(250));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.checksum.len(), 64);
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = accepted(MINIMAL);
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(60));
+        let l = &c.connection_limits;
+        assert_eq!((l.max_connections, l.max_head_bytes), (4096, 64 * 1024));
+        assert_eq!(
+            (l.head_timeout, l.pressure_idle_timeout),
+            (Duration::from_secs(10), Duration::from_secs(1))
+        );
+        let u = &c.upstream;
+        assert_eq!(
+            (
+                u.connect_timeout,
+                u.read_timeout,
+                u.write_timeout,
+                u.idle_timeout
+            ),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(4)
+            )
+        );
+        assert!(!u.forward_authorization && u.strip_method_override);
+        assert_eq!((c.server.threads, c.server.work_stealing), (2, false));
+        assert_eq!(c.server.listener_tasks_per_fd, 1);
+        assert_eq!(c.server.grace_period_seconds, Some(5));
+        assert_eq!(c.routes.routes().len(), 0);
+        assert_eq!(c.unmatched, Unmatched::Deny);
+        assert_eq!(
+            c.limits,
+            Some(LimitsConfig {
+                live: DEFAULT_LIVE,
+                sandbox: DEFAULT_SANDBOX,
+                internal: None,
+                headers: RateHeaders::BOTH,
+            })
+        );
+        assert_eq!(
+            c.observability,
+            ObservabilityConfig {
+                admin: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+                per_workspace_metrics: None,
+                usage_max_keys: Some(100_000),
+                usage_flush_interval: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(
+            c.access_log,
+            Some(AccessLogConfig {
+                level: tracing::Level::INFO,
+                sample_ratio: 1.0
+            })
+        );
+        assert_eq!(c.log_level, "info");
+        assert!(matches!(
+            &c.snapshot.source,
+            SourceConfig::File { path, .. } if path == Path::new("/etc/keygate/keys.yaml")
+        ));
+        assert_eq!(
+            (c.snapshot.cache_file.as_ref(), c.snapshot.max_staleness),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn an_error_names_the_file_then_the_field() {
+        let e = parse(&with("server", "threads: 0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{FILE}: server.threads: must be between 1 and 1024")
+        );
+        let e = parse(&format!("{MINIMAL}upstream_timeout: 1s\n")).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("{FILE}: ")), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_with_the_allowed_names() {
+        assert_schema_error(
+            &format!("{MINIMAL}upstream_timeout: 1s\n"),
+            &[
+                "unknown field `upstream_timeout`",
+                "expected one of",
+                "`listen`",
+            ],
+        );
+        assert_schema_error(
+            &with("upstream", "read_timout: 1s"),
+            &["upstream", "unknown field `read_timout`", "`read_timeout`"],
+        );
+        assert_schema_error(
+            &with("routes", "- { name: all, path: /**, scope: [a:read] }"),
+            &["routes[0]", "unknown field `scope`"],
+        );
+        assert_schema_error(
+            &with_snapshot("snapshot:\n  file: keys.yaml\n  cache: x\n"),
+            &["snapshot", "unknown field `cache`"],
+        );
+    }
+
+    #[test]
+    fn a_missing_section_or_a_wrong_type_is_a_schema_error() {
+        let no_upstream = MINIMAL.replace("upstream:\n  address: 127.0.0.1:9000\n", "");
+        assert_schema_error(&no_upstream, &["missing field `upstream`"]);
+        assert_schema_error(
+            &MINIMAL.replace("addresses: ['127.0.0.1:8080']", "addresses: 8080"),
+            &["listen.addresses", "invalid type: integer `8080`"],
+        );
+        assert_schema_error(
+            &format!("{MINIMAL}unmatched: allow\n"),
+            &[
+                "unmatched",
+                "unknown variant `allow`",
+                "`deny`",
+                "`authenticate`",
+            ],
+        );
+        assert_schema_error(
+            &with("listen", "max_connections: -1"),
+            &["listen.max_connections"],
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_field_and_the_accepted_form() {
+        for (section, line, field) in [
+            ("upstream", "read_timeout: soon", "upstream.read_timeout"),
+            (
+                "upstream",
+                "connect_timeout: 10",
+                "upstream.connect_timeout",
+            ),
+            (
+                "listen",
+                "keepalive_timeout: -1s",
+                "listen.keepalive_timeout",
+            ),
+            (
+                "usage",
+                "flush_interval: 1 fortnight",
+                "usage.flush_interval",
+            ),
+        ] {
+            let message = schema_error(&with(section, line));
+            assert!(message.contains(field), "{message:?} lacks {field:?}");
+            assert!(
+                message.contains("write a number and a unit, such as 500ms, 2s or 1m")
+                    || message.contains("a duration such as 500ms, 2s or 1m"),
+                "{message:?}"
+            );
+        }
+        // A well-formed duration in each unit is accepted.
+        let c = accepted(&with("upstream", "read_timeout: 1m"));
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(60));
+        let c = accepted(&with("upstream", "connect_timeout: 500ms"));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn listen_needs_ip_addresses_with_ports() {
+        assert_invalid(
+            &MINIMAL.replace("['127.0.0.1:8080']", "[]"),
+            "listen.addresses",
+            "give at least one address such as 127.0.0.1:8080",
+        );
+        for (bad, field) in [
+            (
+                "['127.0.0.1:8080', 'localhost:8081']",
+                "listen.addresses[1]",
+            ),
+            ("['127.0.0.1']", "listen.addresses[0]"),
+            ("['127.0.0.1:99999']", "listen.addresses[0]"),
+        ] {
+            assert_invalid(
+                &MINIMAL.replace("['127.0.0.1:8080']", bad),
+                field,
+                "is not an IP address and port such as 127.0.0.1:8080 or [::1]:8080",
+            );
+        }
+        let c =
+            accepted(&MINIMAL.replace("['127.0.0.1:8080']", "['127.0.0.1:8080', '[::1]:8080']"));
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn listen_connection_bounds_are_checked() {
+        assert_invalid(
+            &with("listen", "max_connections: 0"),
+            "listen.max_connections",
+            "must be at least 1; omit it for the default of 4096",
+        );
+        for bytes in [0, 1023, 1_048_577] {
+            assert_invalid(
+                &with("listen", &format!("max_request_head_bytes: {bytes}")),
+                "listen.max_request_head_bytes",
+                "must be between 1024 and 1048576; omit it for the default of 65536",
+            );
+        }
+        for bytes in [1024, 1_048_576] {
+            let c = accepted(&with("listen", &format!("max_request_head_bytes: {bytes}")));
+            assert_eq!(c.connection_limits.max_head_bytes, bytes);
+        }
+        for field in ["request_head_timeout", "idle_timeout_under_pressure"] {
+            assert_invalid(
+                &with("listen", &format!("{field}: 0s")),
+                &format!("listen.{field}"),
+                "must be more than 0s",
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_must_resolve_and_its_timeouts_be_positive() {
+        for bad in ["127.0.0.1", "not an address", "127.0.0.1:port"] {
+            assert_invalid(
+                &MINIMAL.replace("address: 127.0.0.1:9000", &format!("address: '{bad}'")),
+                "upstream.address",
+                "does not resolve; give host:port such as 127.0.0.1:9000",
+            );
+        }
+        for field in ["connect_timeout", "read_timeout", "write_timeout"] {
+            assert_invalid(
+                &with("upstream", &format!("{field}: 0s")),
+                &format!("upstream.{field}"),
+                "must be more than 0s",
+            );
+        }
+    }
+
+    #[test]
+    fn server_threads_and_listener_tasks_are_bounded() {
+        for threads in [0, 1025] {
+            assert_invalid(
+                &with("server", &format!("threads: {threads}")),
+                "server.threads",
+                "must be between 1 and 1024",
+            );
+        }
+        for threads in [1, 1024] {
+            assert_eq!(
+                accepted(&with("server", &format!("threads: {threads}")))
+                    .server
+                    .threads,
+                threads
+            );
+        }
+        for tasks in [0, 65] {
+            assert_invalid(
+                &with("server", &format!("listener_tasks_per_fd: {tasks}")),
+                "server.listener_tasks_per_fd",
+                "must be between 1 and 64",
+            );
+        }
+    }
+
+    #[test]
+    fn the_snapshot_needs_exactly_one_source() {
+        let fix = "give exactly one source: `file: keys.yaml` or `control_plane: { url: … }`";
+        assert_invalid(&with_snapshot("snapshot: {}\n"), "snapshot.file", fix);
+        assert_invalid(
+            &with_snapshot(
+                "snapshot:\n  file: keys.yaml\n  control_plane: { url: 'https://cp', token_env: T }\n",
+            ),
+            "snapshot.file",
+            fix,
+        );
+        assert_schema_error(
+            &MINIMAL.replace("snapshot:\n  file: keys.yaml\n", ""),
+            &["missing field `snapshot`"],
+        );
+    }
+
+    #[test]
+    fn the_file_source_settings_are_checked() {
+        for interval in ["5ms", "61s"] {
+            assert_invalid(
+                &with("snapshot", &format!("watch_interval: {interval}")),
+                "snapshot.watch_interval",
+                "must be between 10ms and 60s",
+            );
+        }
+        for (interval, expected) in [
+            ("10ms", Duration::from_millis(10)),
+            ("60s", Duration::from_secs(60)),
+        ] {
+            let c = accepted(&with("snapshot", &format!("watch_interval: {interval}")));
+            assert!(matches!(
+                c.snapshot.source,
+                SourceConfig::File { watch_interval, .. } if watch_interval == expected
+            ));
+        }
+        assert_invalid(
+            &with("snapshot", "cache_file: last.json"),
+            "snapshot.cache_file",
+            "is for the control-plane source",
+        );
+        assert_invalid(
+            &with("snapshot", "max_staleness: 500ms"),
+            "snapshot.max_staleness",
+            "must be at least 1s (or absent: never)",
+        );
+        let c = accepted(&with("snapshot", "max_staleness: 1s"));
+        assert_eq!(c.snapshot.max_staleness, Some(Duration::from_secs(1)));
+    }
+
+    /// A control-plane `snapshot:` section whose token is read from `token` beside the config.
+    fn control_plane(fields: &str) -> String {
+        with_snapshot(&format!(
+            "snapshot:\n  control_plane:\n    url: https://cp.internal:7443/\n    token_file: token\n{fields}"
+        ))
+    }
+
+    /// A directory holding the token file, and the config path inside it.
+    fn token_dir(token: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), token).unwrap();
+        let config = dir.path().join("keygate.yaml");
+        (dir, config)
+    }
+
+    fn invalid_at(yaml: &str, path: &Path) -> (String, String) {
+        match Config::from_yaml(yaml, path) {
+            Err(ConfigError::Invalid { field, message, .. }) => (field, message),
+            Err(e) => panic!("not a validation error: {e}"),
+            Ok(_) => panic!("accepted:\n{yaml}"),
+        }
+    }
+
+    #[test]
+    fn a_control_plane_source_gets_its_token_from_a_file_beside_the_config() {
+        let (dir, path) = token_dir("  s3cret-token\n");
+        let yaml = control_plane("  cache_file: last.json\n");
+        let c = Config::from_yaml(&yaml, &path).unwrap();
+        let SourceConfig::ControlPlane(cp) = &c.snapshot.source else {
+            panic!("{:?}", c.snapshot.source)
+        };
+        assert_eq!(cp.url, "https://cp.internal:7443", "trailing slash trimmed");
+        assert_eq!(cp.token.expose(), "s3cret-token");
+        assert_eq!(format!("{:?}", cp.token), "Secret(..)");
+        assert!(cp.watch);
+        assert_eq!(
+            (cp.wait, cp.poll_interval, cp.timeout),
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(10),
+                Duration::from_secs(10)
+            )
+        );
+        assert!(cp.public_key.is_none());
+        assert_eq!(c.snapshot.cache_file, Some(dir.path().join("last.json")));
+        assert_eq!(c.snapshot.name(), "control_plane");
+    }
+
+    #[test]
+    fn the_control_plane_settings_are_checked() {
+        let (_dir, path) = token_dir("s3cret-token");
+        let cases = [
+            (
+                control_plane("  watch_interval: 1s\n"),
+                "snapshot.watch_interval",
+                "is for the file source; use control_plane.watch / poll_interval",
+            ),
+            (
+                control_plane("    wait: 61s\n"),
+                "snapshot.control_plane.wait",
+                "must be at most 60s",
+            ),
+            (
+                control_plane("    public_key: not-base64\n"),
+                "snapshot.control_plane.public_key",
+                "as printed by `keygate-control-plane --print-public-key`",
+            ),
+            (
+                control_plane("    token_env: KEYGATE_TOKEN\n"),
+                "snapshot.control_plane.token_env",
+                "give exactly one of `token_env: VAR` or `token_file: path`",
+            ),
+            (
+                control_plane("").replace("token_file: token", "token_file: missing"),
+                "snapshot.control_plane.token_file",
+                "cannot read",
+            ),
+            (
+                control_plane("").replace(
+                    "token_file: token",
+                    "token_env: KEYGATE_UNIT_TEST_VARIABLE_NEVER_SET",
+                ),
+                "snapshot.control_plane.token_env",
+                "the environment variable KEYGATE_UNIT_TEST_VARIABLE_NEVER_SET is not set",
+            ),
+            (
+                control_plane("").replace("    token_file: token\n", ""),
+                "snapshot.control_plane.token_env",
+                "give exactly one of",
+            ),
+        ];
+        for (yaml, field, fix) in cases {
+            let (f, message) = invalid_at(&yaml, &path);
+            assert_eq!(f, field, "{message}\n{yaml}");
+            assert!(message.contains(fix), "{field}: {message:?} lacks {fix:?}");
+        }
+    }
+
+    #[test]
+    fn the_control_plane_url_must_be_an_http_base_url() {
+        let (_dir, path) = token_dir("s3cret-token");
+        for (url, fix) in [
+            ("ftp://cp.internal", "must start with http:// or https://"),
+            ("cp.internal:7443", "must start with http:// or https://"),
+            (
+                "https://cp internal",
+                "is not a base URL such as https://cp.internal:7443",
+            ),
+            ("https://cp.internal/?x=1", "is not a base URL"),
+            ("https://cp.internal/#top", "is not a base URL"),
+        ] {
+            let yaml = control_plane("").replace("https://cp.internal:7443/", url);
+            let (field, message) = invalid_at(&yaml, &path);
+            assert_eq!(field, "snapshot.control_plane.url", "{url}");
+            assert!(message.contains(fix), "{url}: {message:?} lacks {fix:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_spaced_token_is_refused() {
+        for token in ["", "  \n", "two words", "tab\there"] {
+            let (_dir, path) = token_dir(token);
+            let (field, message) = invalid_at(&control_plane(""), &path);
+            assert_eq!(field, "snapshot.control_plane.token_env", "{token:?}");
+            assert!(
+                message.contains("the token is empty or holds spaces or control characters"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_scopes_are_required_and_checked() {
+        assert_invalid(
+            &with(
+                "routes",
+                "- { name: docs, path: /docs/**, auth: none, scopes: [] }",
+            ),
+            "routes[0] (\"docs\").scopes",
+            "a public route (`auth: none`) takes no scopes; remove one of the two",
+        );
+        for route in [
+            "- { name: all, path: /** }",
+            "- { name: all, path: /**, auth: key }",
+        ] {
+            assert_invalid(
+                &with("routes", route),
+                "routes[0] (\"all\").scopes",
+                "missing; give `scopes: [...]` (all required), `scopes: []` (any valid key) \
+                 or `auth: none` (public)",
+            );
+        }
+        let (field, message) = invalid(&with(
+            "routes",
+            "- { name: a, path: /a, scopes: [] }\n  - { name: all, path: /**, scopes: [x:read, 'a::read'] }",
+        ));
+        assert_eq!(field, "routes[1] (\"all\").scopes[1]");
+        assert!(message.contains("a::read"), "{message}");
+    }
+
+    #[test]
+    fn route_table_errors_are_reported_under_routes() {
+        let (field, message) = invalid(&with(
+            "routes",
+            "- { name: a, path: /v1/x, scopes: [] }\n  - { name: b, path: /V1/X, scopes: [] }",
+        ));
+        assert_eq!(field, "routes");
+        assert!(message.contains("only in letter case"), "{message}");
+        let (field, message) = invalid(&with("routes", "- { name: a, path: /**/x, scopes: [] }"));
+        assert_eq!(field, "routes");
+        assert!(
+            message.contains("\"**\" may only be the last segment"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn route_auth_modes_build_the_right_requirement() {
+        let c = accepted(&with(
+            "routes",
+            "- { name: docs, path: /docs/**, auth: none }\n  - { name: any, path: /me, scopes: [] }\n  - { name: rw, path: /p/**, auth: key, scopes: [p:read, p:write] }",
+        ));
+        let auths: Vec<_> = c.routes.routes().iter().map(|r| r.auth().clone()).collect();
+        assert_eq!(auths[0], RouteAuth::Public);
+        assert_eq!(auths[1], RouteAuth::Scopes(Box::new([])));
+        assert_eq!(
+            auths[2],
+            RouteAuth::Scopes(Box::new([
+                RequiredScope::parse("p:read").unwrap(),
+                RequiredScope::parse("p:write").unwrap()
+            ]))
+        );
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused_with_the_way_to_turn_limits_off() {
+        for (section, field) in [
+            ("live", "burst_per_second"),
+            ("live", "sustained_per_minute"),
+            ("sandbox", "burst_per_second"),
+            ("sandbox", "sustained_per_minute"),
+            ("internal", "burst_per_second"),
+            ("internal", "sustained_per_minute"),
+        ] {
+            assert_invalid(
+                &with("limits", &format!("{section}: {{ {field}: 0 }}")),
+                &format!("limits.{section}.{field}"),
+                "must be at least 1; to turn limits off set `limits.enabled: false`",
+            );
+        }
+    }
+
+    #[test]
+    fn limits_take_their_defaults_field_by_field_and_can_be_turned_off() {
+        let c = accepted(&with("limits", "sandbox: { burst_per_second: 7 }"));
+        let l = c.limits.unwrap();
+        assert_eq!(
+            l.sandbox,
+            Policy {
+                burst_per_second: 7,
+                sustained_per_minute: DEFAULT_SANDBOX.sustained_per_minute
+            }
+        );
+        assert_eq!((l.live, l.internal), (DEFAULT_LIVE, None));
+        // Internal limits, once given, fill in from the live defaults.
+        let c = accepted(&with("limits", "internal: { burst_per_second: 1000 }"));
+        assert_eq!(
+            c.limits.unwrap().internal,
+            Some(Policy {
+                burst_per_second: 1000,
+                sustained_per_minute: DEFAULT_LIVE.sustained_per_minute
+            })
+        );
+        assert_eq!(accepted(&with("limits", "enabled: false")).limits, None);
+    }
+
+    #[test]
+    fn limits_headers_must_be_a_known_set() {
+        assert_invalid(
+            &with("limits", "headers: all"),
+            "limits.headers",
+            "\"all\" is not one of both, ietf, x-ratelimit, none",
+        );
+        let c = accepted(&with("limits", "headers: none"));
+        assert_eq!(
+            c.limits.unwrap().headers,
+            RateHeaders::parse("none").unwrap()
+        );
+    }
+
+    #[test]
+    fn log_levels_must_be_tracing_levels() {
+        let fix = "is not one of error, warn, info, debug, trace";
+        assert_invalid(&with("log", "level: verbose"), "log.level", fix);
+        assert_invalid(&with("access_log", "level: loud"), "access_log.level", fix);
+        assert_eq!(accepted(&with("log", "level: debug")).log_level, "debug");
+    }
+
+    #[test]
+    fn the_access_log_sample_ratio_is_a_share() {
+        for ratio in ["1.5", "-0.1", ".nan"] {
+            assert_invalid(
+                &with("access_log", &format!("sample_ratio: {ratio}")),
+                "access_log.sample_ratio",
+                "is outside 0.0 to 1.0 (1.0 logs every request)",
+            );
+        }
+        let c = accepted(&with("access_log", "sample_ratio: 0.0"));
+        assert_eq!(c.access_log.unwrap().sample_ratio, 0.0);
+        assert_eq!(
+            accepted(&with("access_log", "enabled: false")).access_log,
+            None
+        );
+    }
+
+    #[test]
+    fn the_admin_address_is_an_ip_and_port_of_its_own() {
+        assert_invalid(
+            &with("admin", "address: localhost"),
+            "admin.address",
+            "\"localhost\" is not an IP address and port such as 127.0.0.1:9901",
+        );
+        assert_invalid(
+            &with("admin", "address: '127.0.0.1:8080'"),
+            "admin.address",
+            "is also a listen address; give the admin endpoints their own port",
+        );
+        // Disabled, neither its address nor a clash with a listener matters.
+        let c = accepted(
+            &with("admin", "enabled: false")
+                .replace("admin:\n", "admin:\n  address: '127.0.0.1:8080'\n"),
+        );
+        assert_eq!(c.observability.admin, None);
+    }
+
+    #[test]
+    fn usage_settings_are_checked() {
+        assert_invalid(
+            &with("usage", "flush_interval: 50ms"),
+            "usage.flush_interval",
+            "must be at least 100ms",
+        );
+        let c = accepted(&with("usage", "flush_interval: 100ms"));
+        assert_eq!(
+            c.observability.usage_flush_interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            accepted(&with("usage", "mode: off"))
+                .observability
+                .usage_max_keys,
+            None
+        );
+        assert_eq!(
+            accepted(&with("usage", "max_keys: 10"))
+                .observability
+                .usage_max_keys,
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn per_workspace_metrics_are_capped_only_when_enabled() {
+        let c = accepted(&with("metrics", "per_workspace_max: 5"));
+        assert_eq!(c.observability.per_workspace_metrics, None);
+        let c = accepted(&with("metrics", "per_workspace: true"));
+        assert_eq!(c.observability.per_workspace_metrics, Some(1000));
+    }
+}

@@ -57,6 +57,40 @@ impl LimitName {
     }
 }
 
+/// What kind of subject a request counted against: the `subject_type` label of a 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKind {
+    Live,
+    Sandbox,
+    /// A platform-internal key with limits of its own (`limits.internal`).
+    Internal,
+}
+
+impl SubjectKind {
+    pub const ALL: [SubjectKind; 3] = [
+        SubjectKind::Live,
+        SubjectKind::Sandbox,
+        SubjectKind::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Live => "live",
+            SubjectKind::Sandbox => "sandbox",
+            SubjectKind::Internal => "internal",
+        }
+    }
+}
+
+impl From<keygate_protocol::wire::WorkspaceKind> for SubjectKind {
+    fn from(kind: keygate_protocol::wire::WorkspaceKind) -> Self {
+        match kind {
+            keygate_protocol::wire::WorkspaceKind::Live => SubjectKind::Live,
+            keygate_protocol::wire::WorkspaceKind::Sandbox => SubjectKind::Sandbox,
+        }
+    }
+}
+
 /// Where both limits stand after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {

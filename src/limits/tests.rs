@@ -4,6 +4,14 @@ use super::*;
 use std::mem::{offset_of, size_of};
 use std::sync::Barrier;
 
+/// Metrics index their 429 counters by `kind as usize`, in `ALL`'s order.
+#[test]
+fn subject_kinds_are_listed_in_discriminant_order() {
+    for (i, kind) in SubjectKind::ALL.into_iter().enumerate() {
+        assert_eq!(kind as usize, i, "{kind:?}");
+    }
+}
+
 /// What `repr(C)` is for: the burst window (read whole) first, then the sustained window's
 /// bookkeeping right after it, then the flag a cache checks.
 #[test]
