@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Prints the median (and mean) of every criterion benchmark under target/criterion, from the
-last `cargo bench` run: criterion prints mean estimates; the README quotes medians."""
+last `cargo bench` run: criterion prints mean estimates; docs/performance.md quotes medians."""
 import glob
 import json
 import os

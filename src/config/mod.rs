@@ -182,7 +182,7 @@ struct ServerFile {
     /// Worker threads of the proxy service. Default 2.
     threads: Option<usize>,
     /// Let idle threads take work from busy ones. Default false: a sidecar shares its host's
-    /// cores, and stealing costs more CPU per request than it saves (see the README).
+    /// cores, and stealing costs more CPU per request than it saves (see docs/performance.md).
     work_stealing: Option<bool>,
     /// Accept tasks per listening socket. Default 1.
     listener_tasks_per_fd: Option<usize>,
