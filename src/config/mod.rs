@@ -1250,6 +1250,9 @@ snapshot:
             ),
             ("https://cp.internal/?x=1", "is not a base URL"),
             ("https://cp.internal/#top", "is not a base URL"),
+            // Named as written, not as "https:" with its slashes trimmed.
+            ("https://", "\"https://\" is not a base URL"),
+            ("http:///", "\"http:///\" is not a base URL"),
         ] {
             let yaml = control_plane("").replace("https://cp.internal:7443/", url);
             let (field, message) = invalid_at(&yaml, &path);

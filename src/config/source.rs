@@ -179,7 +179,6 @@ fn control_plane_config(cp: ControlPlaneFile, base: &Path) -> Result<ControlPlan
         public_key,
         ca_file,
     } = cp;
-    let url = url.trim_end_matches('/').to_owned();
     let Some(rest) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -189,12 +188,14 @@ fn control_plane_config(cp: ControlPlaneFile, base: &Path) -> Result<ControlPlan
             format!("{url:?} must start with http:// or https://"),
         ));
     };
-    if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+    // Checked before the trailing slashes go, so that "https://" is named as written.
+    if rest.trim_end_matches('/').is_empty() || rest.contains(['?', '#', ' ']) {
         return Err(err(
             "control_plane.url",
             format!("{url:?} is not a base URL such as https://cp.internal:7443"),
         ));
     }
+    let url = url.trim_end_matches('/').to_owned();
     // The token never sits in this file: a config is copied, diffed and pasted into tickets.
     let token = match (token_env, token_file) {
         (Some(var), None) => std::env::var(&var).map_err(|_| {
