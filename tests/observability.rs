@@ -1,10 +1,10 @@
 //! The admin listener, the metrics, the access log and key usage, through the real binary.
 
 mod common;
-mod support;
 
 use common::http::{Connection, Echo, Request};
 use common::*;
+use keygate_test_support::metric;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -116,74 +116,82 @@ fn requests_are_counted_by_outcome_route_and_reason() {
     kg.get("/elsewhere", &[]);
     kg.get("/v1/%2F", &[]);
     kg.settle(8);
-    let m = |s: &str| {
-        kg.metric(s)
-            .unwrap_or_else(|| panic!("no {s} in\n{}", kg.metrics()))
+    let requests = |outcome: &str, route: &str| {
+        metric("keygate_requests_total")
+            .label("outcome", outcome)
+            .label("route", route)
     };
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="allowed",route="products-read"}"#),
-        2.0
-    );
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="unauthorized",route="products-read"}"#),
-        2.0
-    );
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="forbidden",route="geo"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="rate_limited",route="products-read"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="not_found",route=""}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="bad_request",route=""}"#),
-        1.0
-    );
-    assert_eq!(m(r#"keygate_auth_failures_total{reason="revoked"}"#), 1.0);
-    assert_eq!(m(r#"keygate_auth_failures_total{reason="missing"}"#), 1.0);
-    assert_eq!(
-        m(r#"keygate_rate_limited_total{limit="burst",workspace_type="sandbox"}"#),
-        1.0
-    );
-    assert_eq!(m(r#"keygate_upstream_responses_total{class="2xx"}"#), 2.0);
-    assert_eq!(m("keygate_request_duration_seconds_count"), 8.0);
+    requests("allowed", "products-read")
+        .value(2)
+        .assert_at(kg.admin);
+    requests("unauthorized", "products-read")
+        .value(2)
+        .assert_at(kg.admin);
+    requests("forbidden", "geo").value(1).assert_at(kg.admin);
+    requests("rate_limited", "products-read")
+        .value(1)
+        .assert_at(kg.admin);
+    requests("not_found", "").value(1).assert_at(kg.admin);
+    requests("bad_request", "").value(1).assert_at(kg.admin);
+    for reason in ["revoked", "missing"] {
+        metric("keygate_auth_failures_total")
+            .label("reason", reason)
+            .value(1)
+            .assert_at(kg.admin);
+    }
+    metric("keygate_rate_limited_total")
+        .label("limit", "burst")
+        .label("workspace_type", "sandbox")
+        .value(1)
+        .assert_at(kg.admin);
+    metric("keygate_upstream_responses_total")
+        .label("class", "2xx")
+        .value(2)
+        .assert_at(kg.admin);
+    metric("keygate_request_duration_seconds_count")
+        .value(8)
+        .assert_at(kg.admin);
     // Decisions are timed for every request that reached the decision.
-    assert_eq!(m("keygate_decision_duration_seconds_count"), 8.0);
-    assert_eq!(m("keygate_snapshot_version"), 42.0);
-    assert_eq!(m("keygate_snapshot_keys"), 3.0);
-    assert_eq!(m("keygate_ready"), 1.0);
-    assert_eq!(
-        m(r#"keygate_snapshot_reloads_total{result="accepted",source="file"}"#),
-        1.0
-    );
-    assert!(m("keygate_snapshot_age_seconds") < 5.0);
+    metric("keygate_decision_duration_seconds_count")
+        .value(8)
+        .assert_at(kg.admin);
+    metric("keygate_snapshot_version")
+        .value(42)
+        .assert_at(kg.admin);
+    metric("keygate_snapshot_keys").value(3).assert_at(kg.admin);
+    metric("keygate_ready").value(1).assert_at(kg.admin);
+    let reloads = |result: &str| {
+        metric("keygate_snapshot_reloads_total")
+            .label("result", result)
+            .label("source", "file")
+    };
+    reloads("accepted").value(1).assert_at(kg.admin);
+    metric("keygate_snapshot_age_seconds")
+        .less_than(5)
+        .assert_at(kg.admin);
 
     // Upstream failure.
     drop(up);
     kg.get_with_key("/v1/products", LIVE);
     kg.settle(9);
-    assert_eq!(
-        m(r#"keygate_requests_total{outcome="upstream_error",route="products-read"}"#),
-        1.0
-    );
+    requests("upstream_error", "products-read")
+        .value(1)
+        .assert_at(kg.admin);
 
     // A rejected edit and a missing file are counted, and the snapshot ages.
     kg.replace_keys("version: [");
     std::thread::sleep(Duration::from_millis(300));
     // Rejected once, and once more on the re-read that catches half-written edits.
-    assert_eq!(
-        m(r#"keygate_snapshot_reloads_total{result="rejected",source="file"}"#),
-        2.0
-    );
+    reloads("rejected").value(2).assert_at(kg.admin);
     std::fs::remove_file(&kg.keys_path).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
-    assert!(m(r#"keygate_sync_errors_total{source="file"}"#) >= 1.0);
-    assert!(m("keygate_snapshot_age_seconds") >= 1.0, "{}", kg.metrics());
+    metric("keygate_sync_errors_total")
+        .label("source", "file")
+        .at_least(1)
+        .assert_at(kg.admin);
+    metric("keygate_snapshot_age_seconds")
+        .at_least(1)
+        .assert_at(kg.admin);
 }
 
 /// Labels stay bounded: random keys (and random paths) add no series at all.
@@ -198,11 +206,11 @@ fn a_hundred_thousand_random_keys_add_no_series() {
     // One allowed request creates the opt-in series of its workspace; metrics are recorded just
     // after the response is sent, so wait for it before taking the baseline.
     kg.get_with_key("/v1/products", LIVE);
-    let recorded = within(Duration::from_secs(2), || {
-        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="ws_live"}"#)
-            .is_some()
-    });
-    assert!(recorded.is_some());
+    metric("keygate_workspace_requests_total")
+        .label("outcome", "allowed")
+        .label("workspace", "ws_live")
+        .within(Duration::from_secs(2))
+        .eventually(kg.admin);
     let series = |text: String| -> BTreeSet<String> {
         text.lines()
             .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
@@ -301,10 +309,11 @@ fn the_access_log_can_be_sampled_or_turned_off() {
         }
         kg.settle(20);
         assert_eq!(kg.access_log_text(), "", "{more}");
-        assert_eq!(
-            kg.metric(r#"keygate_requests_total{outcome="allowed",route="products-read"}"#),
-            Some(20.0)
-        );
+        metric("keygate_requests_total")
+            .label("outcome", "allowed")
+            .label("route", "products-read")
+            .value(20)
+            .assert_at(kg.admin);
     }
     let kg = Keygate::start(Setup {
         more: "access_log:\n  sample_ratio: 0.5\n",
@@ -402,14 +411,13 @@ fn per_workspace_series_only_when_asked() {
     kg.settle(1);
     kg.get_with_key("/v1/products", SANDBOX);
     kg.settle(2);
-    assert_eq!(
-        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="ws_live"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        kg.metric(r#"keygate_workspace_requests_total{outcome="allowed",workspace="(other)"}"#),
-        Some(1.0)
-    );
+    for workspace in ["ws_live", "(other)"] {
+        metric("keygate_workspace_requests_total")
+            .label("outcome", "allowed")
+            .label("workspace", workspace)
+            .value(1)
+            .assert_at(kg.admin);
+    }
 }
 
 /// keygate's real /metrics output, after traffic of every kind, passes `promtool check metrics`.
@@ -470,7 +478,7 @@ fn a_real_prometheus_scrapes_keygate() {
         kg.get_with_key("/v1/products", LIVE);
     }
     kg.settle(3);
-    let result = support::prometheus::scrape_with_real_prometheus(
+    let result = keygate_test_support::prometheus::scrape_with_real_prometheus(
         kg.admin,
         r#"keygate_requests_total{outcome="allowed",route="products-read"}"#,
     );

@@ -5,8 +5,7 @@
 //! CI installs `promtool` and `prometheus` (scripts/install-deps.sh, Debian's `prometheus`
 //! package). A machine without them fails these tests: they never skip.
 
-mod support;
-
+use keygate_test_support::prometheus::{Prometheus, scrape_with_real_prometheus};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -15,7 +14,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
-use support::prometheus::{Prometheus, scrape_with_real_prometheus};
 
 /// Every metric keygate exports (histograms by their base name).
 const METRICS: &[&str] = &[

@@ -31,10 +31,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[test]
 fn initial_sync_serves_the_control_planes_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws_acme", "live");
-    let (_, secret) = cp.create_key("ws_acme", "live", &["products:read"]);
+    let (_, secret) = cp.create_key_in("ws_acme", "live", &["products:read"]);
     let up = Echo::start();
     let kg = start_keygate(&up, &cp, "", None);
     wait_ready(&kg);
@@ -48,7 +47,7 @@ fn initial_sync_serves_the_control_planes_keys() {
     assert_eq!(status["snapshot"]["source"], "control_plane");
     assert_eq!(status["snapshot"]["keys"], 1);
     // A key created afterwards arrives as a delta, without a restart.
-    let (_, second) = cp.create_key("ws_acme", "live", &[]);
+    let (_, second) = cp.create_key_in("ws_acme", "live", &[]);
     assert!(
         within(Duration::from_secs(2), || kg
             .get_with_key("/v1/me", &second)
@@ -70,7 +69,6 @@ fn initial_sync_serves_the_control_planes_keys() {
 
 #[test]
 fn before_the_first_snapshot_requests_fail_closed() {
-    let dir = tempfile::tempdir().unwrap();
     let port = common::http::free_port();
     let up = Echo::start();
     // Nothing listens on the control plane's port yet.
@@ -101,9 +99,9 @@ fn before_the_first_snapshot_requests_fail_closed() {
     assert_eq!(kg.get("/health", &[]).status, 200);
 
     // The control plane comes up: keygate syncs (after its backoff) and serves.
-    let cp = ControlPlane::start_with(dir.path(), Some(port), None);
+    let cp = control_plane().port(port).start();
     cp.create_workspace("ws", "sandbox");
-    let (_, secret) = cp.create_key("ws", "test", &[]);
+    let (_, secret) = cp.create_key_in("ws", "test", &[]);
     wait_ready(&kg);
     assert!(
         within(Duration::from_secs(5), || kg
@@ -124,10 +122,11 @@ struct ControlPlaneAddr(u16);
 /// The issue's measurement: from the DELETE's response to the first 401, over 100 revocations.
 #[test]
 fn revocations_reach_keygate_within_a_second() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let keys: Vec<(String, String)> = (0..100).map(|_| cp.create_key("ws", "live", &[])).collect();
+    let keys: Vec<(String, String)> = (0..100)
+        .map(|_| cp.create_key_in("ws", "live", &[]))
+        .collect();
     let up = Echo::start();
     let kg = start_keygate(&up, &cp, "", None);
     wait_ready(&kg);
@@ -154,10 +153,11 @@ fn revocations_reach_keygate_within_a_second() {
 
 #[test]
 fn without_watch_revocations_take_at_most_the_poll_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let keys: Vec<(String, String)> = (0..10).map(|_| cp.create_key("ws", "live", &[])).collect();
+    let keys: Vec<(String, String)> = (0..10)
+        .map(|_| cp.create_key_in("ws", "live", &[]))
+        .collect();
     let up = Echo::start();
     let kg = start_keygate(&up, &cp, "    watch: false\n    poll_interval: 1s\n", None);
     wait_ready(&kg);
@@ -184,10 +184,10 @@ fn without_watch_revocations_take_at_most_the_poll_interval() {
 #[test]
 fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start(dir.path());
+    let mut cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let (_, good) = cp.create_key("ws", "live", &[]);
-    let (revoked_id, revoked) = cp.create_key("ws", "live", &[]);
+    let (_, good) = cp.create_key_in("ws", "live", &[]);
+    let (revoked_id, revoked) = cp.create_key_in("ws", "live", &[]);
     cp.revoke(&revoked_id);
     let cache = dir.path().join("snapshot-cache.json");
     let extra = format!("  cache_file: {}\n", cache.display());
@@ -204,7 +204,7 @@ fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
         0o600
     );
 
-    cp.stop();
+    cp.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(kg.get_with_key("/v1/me", &good).status, 200);
     assert_eq!(kg.get_with_key("/v1/me", &revoked).status, 401);
@@ -228,8 +228,8 @@ fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
     assert!(kg.is_running());
 
     // The control plane returns: keygate takes up syncing again.
-    cp.resume();
-    let (_, later) = cp.create_key("ws", "live", &[]);
+    cp.restart();
+    let (_, later) = cp.create_key_in("ws", "live", &[]);
     assert!(
         within(Duration::from_secs(10), || kg
             .get_with_key("/v1/me", &later)
@@ -242,9 +242,9 @@ fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
 #[test]
 fn a_corrupt_cache_is_reported_and_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let (_, secret) = cp.create_key_in("ws", "live", &[]);
     let cache = dir.path().join("cache.json");
     std::fs::write(&cache, b"{\"version\": 1, \"keys\": [trunc").unwrap();
     let up = Echo::start();
@@ -269,21 +269,20 @@ fn a_corrupt_cache_is_reported_and_ignored() {
 
 #[test]
 fn max_staleness_fails_closed_when_the_control_plane_is_gone_too_long() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start(dir.path());
+    let mut cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let (_, secret) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
     let kg = start_keygate(&up, &cp, "    wait: 500ms\n  max_staleness: 2s\n", None);
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
-    cp.stop();
+    cp.kill();
     let closed = within(Duration::from_secs(6), || {
         kg.get_with_key("/v1/me", &secret).status == 503
     });
     assert!(closed.is_some(), "still serving with a stale snapshot");
     assert_eq!(kg.admin_get("/readyz").status, 503);
-    cp.resume();
+    cp.restart();
     assert!(
         within(Duration::from_secs(10), || kg
             .get_with_key("/v1/me", &secret)
@@ -296,27 +295,27 @@ fn max_staleness_fails_closed_when_the_control_plane_is_gone_too_long() {
 #[test]
 fn a_rollback_is_rejected_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start(dir.path());
+    let mut cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let (_, old) = cp.create_key("ws", "live", &[]);
+    let (_, old) = cp.create_key_in("ws", "live", &[]);
     // Keep the database as it is now (an "old backup").
-    cp.stop();
+    cp.kill();
     let backup = dir.path().join("backup.sqlite");
     std::fs::copy(&cp.db, &backup).unwrap();
-    cp.resume();
-    let (_, newer) = cp.create_key("ws", "live", &[]);
+    cp.restart();
+    let (_, newer) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
     let kg = start_keygate(&up, &cp, "", None);
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &newer).status, 200);
 
     // The control plane is restored from the old backup: its version goes backwards.
-    cp.stop();
+    cp.kill();
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", cp.db.display()));
     }
     std::fs::copy(&backup, &cp.db).unwrap();
-    cp.resume();
+    cp.restart();
     let counted = within(Duration::from_secs(10), || {
         kg.metric(r#"keygate_snapshot_reloads_total{result="rejected",source="control_plane"}"#)
             .is_some_and(|n| n >= 1.0)
@@ -343,10 +342,9 @@ fn signatures_are_checked_when_a_public_key_is_configured() {
             .verifying_key()
             .to_bytes(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start_with(dir.path(), None, Some(&b64.encode(seed)));
+    let cp = control_plane().signing_key(b64.encode(seed)).start();
     cp.create_workspace("ws", "live");
-    let (_, secret) = cp.create_key("ws", "live", &[]);
+    let (_, secret) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
 
     let good = start_keygate(&up, &cp, &format!("    public_key: {public}\n"), None);
@@ -370,8 +368,7 @@ fn signatures_are_checked_when_a_public_key_is_configured() {
 
 #[test]
 fn the_control_plane_token_is_never_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws", "live");
     let up = Echo::start();
     let keys = Keys::new(0);
@@ -382,7 +379,7 @@ fn the_control_plane_token_is_never_logged() {
         ..Setup::new(&up, &keys)
     });
     wait_ready(&kg);
-    cp.create_key("ws", "live", &[]);
+    cp.create_key_in("ws", "live", &[]);
     std::thread::sleep(Duration::from_millis(500));
     // And a wrong token: refused, logged as refused, still not printed.
     let bad = Keygate::start(Setup {
@@ -406,10 +403,9 @@ fn the_control_plane_token_is_never_logged() {
 
 #[test]
 fn key_usage_reaches_the_control_plane_on_an_interval_and_at_every_kind_of_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws", "live");
-    let (id, secret) = cp.create_key("ws", "live", &[]);
+    let (id, secret) = cp.create_key_in("ws", "live", &[]);
     let usage_of = |cp: &ControlPlane| {
         let keys = cp.list_keys();
         keys["data"]
@@ -472,10 +468,9 @@ fn key_usage_reaches_the_control_plane_on_an_interval_and_at_every_kind_of_stop(
 /// both modes: a long-poll that ends without a change, and a plain poll.
 #[test]
 fn not_modified_answers_keep_the_snapshot_and_its_freshness() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path());
+    let cp = control_plane().start();
     cp.create_workspace("ws_acme", "live");
-    let (_, secret) = cp.create_key("ws_acme", "live", &["products:read"]);
+    let (_, secret) = cp.create_key_in("ws_acme", "live", &["products:read"]);
     let up = Echo::start();
     for (mode, extra) in [
         ("long-poll", "    wait: 300ms\n"),

@@ -1,18 +1,18 @@
 //! The reference control plane, end to end: the real `keygate-control-plane` binary on a
 //! temporary SQLite file, driven over real HTTP on loopback.
 
-mod cp_support;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cp_support::{ADMIN_TOKEN, BIN, Cp, Options, SYNC_TOKEN, request};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use keygate::secret::KeyHash;
+use keygate_test_support::cp::{ADMIN_TOKEN, ControlPlane, SYNC_TOKEN};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate-control-plane");
 
 fn ids(list: &Value) -> Vec<String> {
     let mut v: Vec<String> = list
@@ -38,7 +38,7 @@ fn find<'a>(list: &'a Value, id: &str) -> &'a Value {
 
 #[test]
 fn full_snapshot_has_the_schema_an_etag_and_answers_304() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     let r = cp.sync_get("/v1/snapshot", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("etag"), Some("\"0\""));
@@ -130,7 +130,7 @@ fn full_snapshot_has_the_schema_an_etag_and_answers_304() {
 
 #[test]
 fn writes_bump_the_version_by_one_and_deltas_carry_exactly_the_changes() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     assert_eq!(cp.create_workspace("ws_a", "live"), 1);
     let (_, a) = cp.create_key(json!({"name": "a", "workspace": "ws_a", "scopes": ["x:read"]}));
     let (v, b) = cp.create_key(json!({"name": "b", "workspace": "ws_a"}));
@@ -228,10 +228,7 @@ fn writes_bump_the_version_by_one_and_deltas_carry_exactly_the_changes() {
 
 #[test]
 fn a_since_older_than_the_history_is_gone() {
-    let cp = Cp::start_with(Options {
-        history: Some(5),
-        ..Options::default()
-    });
+    let cp = ControlPlane::builder(BIN).history(5).start();
     for i in 0..8 {
         cp.create_workspace(&format!("ws_{i}"), "live");
     }
@@ -252,7 +249,7 @@ fn a_since_older_than_the_history_is_gone() {
 
 #[test]
 fn a_long_poll_returns_right_after_a_revocation_and_304_when_nothing_changes() {
-    let cp = Arc::new(Cp::start());
+    let cp = Arc::new(ControlPlane::start(BIN));
     cp.create_workspace("ws", "live");
     let (v, key) = cp.create_key(json!({"workspace": "ws", "scopes": ["a:b"]}));
     let id = key["id"].as_str().unwrap().to_owned();
@@ -322,7 +319,7 @@ fn a_long_poll_returns_right_after_a_revocation_and_304_when_nothing_changes() {
 
 #[test]
 fn many_long_polls_all_wake_on_one_change() {
-    let cp = Arc::new(Cp::start());
+    let cp = Arc::new(ControlPlane::start(BIN));
     let v = cp.create_workspace("ws", "live");
     let start = Arc::new(Barrier::new(21));
     let polls: Vec<_> = (0..20)
@@ -348,7 +345,7 @@ fn many_long_polls_all_wake_on_one_change() {
 
 #[test]
 fn state_survives_a_restart_and_a_kill() {
-    let mut cp = Cp::start();
+    let mut cp = ControlPlane::start(BIN);
     cp.create_workspace("ws", "sandbox");
     let (_, k1) = cp.create_key(json!({"name": "one", "workspace": "ws", "scopes": ["a:*"]}));
     let (_, k2) = cp.create_key(json!({"name": "two", "workspace": "ws"}));
@@ -389,7 +386,7 @@ fn state_survives_a_restart_and_a_kill() {
 
 #[test]
 fn fifty_concurrent_creations_from_ten_threads_get_distinct_versions() {
-    let cp = Arc::new(Cp::start());
+    let cp = Arc::new(ControlPlane::start(BIN));
     let base = cp.create_workspace("ws", "live");
     let start = Arc::new(Barrier::new(10));
     let threads: Vec<_> = (0..10)
@@ -438,7 +435,7 @@ fn fifty_concurrent_creations_from_ten_threads_get_distinct_versions() {
 
 #[test]
 fn the_admin_api_and_the_sync_api_take_only_their_own_token() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     cp.create_workspace("ws", "live");
     for (method, path, body) in [
         ("GET", "/v1/workspaces", None),
@@ -451,10 +448,11 @@ fn the_admin_api_and_the_sync_api_take_only_their_own_token() {
         ("POST", "/v1/api-keys", Some(json!({"workspace": "ws"}))),
         ("DELETE", "/v1/api-keys/key_x", None),
     ] {
+        // The admin token but its last character.
         for token in [
             Some(SYNC_TOKEN),
             None,
-            Some("cp-test-admin-token-012345678"),
+            Some(&ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
         ] {
             let r = cp.call(method, path, token, body.as_ref());
             assert_eq!(r.status, 401, "{method} {path} with {token:?}");
@@ -465,7 +463,7 @@ fn the_admin_api_and_the_sync_api_take_only_their_own_token() {
     for token in [
         Some(ADMIN_TOKEN),
         None,
-        Some("cp-test-sync-token-012345678"),
+        Some(&SYNC_TOKEN[..SYNC_TOKEN.len() - 1]),
     ] {
         let r = cp.call("GET", "/v1/snapshot", token, None);
         assert_eq!(r.status, 401);
@@ -477,14 +475,7 @@ fn the_admin_api_and_the_sync_api_take_only_their_own_token() {
     assert_eq!(cp.version(), 1);
     // The scheme is case-insensitive.
     let auth = format!("bearer {SYNC_TOKEN}");
-    let r = request(
-        cp.addr,
-        "GET",
-        "/v1/snapshot",
-        &[("Authorization", &auth)],
-        None,
-    )
-    .unwrap();
+    let r = cp.request("GET", "/v1/snapshot", &[("Authorization", &auth)], None);
     assert_eq!(r.status, 200);
 }
 
@@ -513,10 +504,7 @@ fn snapshots_and_deltas_are_signed_with_the_printed_public_key() {
         public.verify(body, &Signature::from_bytes(&sig)).is_ok()
     };
 
-    let cp = Cp::start_with(Options {
-        signing_key: Some(seed),
-        ..Options::default()
-    });
+    let cp = ControlPlane::builder(BIN).signing_key(seed).start();
     cp.create_workspace("ws", "live");
     cp.create_key(json!({"workspace": "ws"}));
     for path in [
@@ -537,7 +525,7 @@ fn snapshots_and_deltas_are_signed_with_the_printed_public_key() {
     assert_eq!(r.header("x-keygate-signature"), None);
 
     // Without a key: no header; --print-public-key fails.
-    let plain = Cp::start();
+    let plain = ControlPlane::start(BIN);
     assert_eq!(
         plain
             .sync_get("/v1/snapshot", &[])
@@ -554,7 +542,7 @@ fn snapshots_and_deltas_are_signed_with_the_printed_public_key() {
 
 #[test]
 fn the_secret_is_shown_once_and_never_stored() {
-    let mut cp = Cp::start();
+    let mut cp = ControlPlane::start(BIN);
     cp.create_workspace("ws", "live");
     let mut secrets = Vec::new();
     for i in 0..5 {
@@ -606,7 +594,7 @@ fn the_secret_is_shown_once_and_never_stored() {
     assert!(item.get("secret").is_none() && item.get("hash").is_none());
 
     // Not in the database, its WAL or its shared memory: neither while running nor after.
-    let scan = |cp: &Cp| {
+    let scan = |cp: &ControlPlane| {
         let mut files = 0;
         for suffix in ["", "-wal", "-shm"] {
             let path = format!("{}{suffix}", cp.db.display());
@@ -631,7 +619,7 @@ fn the_secret_is_shown_once_and_never_stored() {
 
 #[test]
 fn bad_requests_get_precise_json_errors() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     cp.create_workspace("ws_live", "live");
     cp.create_workspace("ws_sb", "sandbox");
     let (_, key) = cp.create_key(json!({"workspace": "ws_sb"}));
@@ -831,7 +819,7 @@ fn bad_requests_get_precise_json_errors() {
 
 #[test]
 fn rotation_keeps_name_scopes_and_owner_and_shortens_the_old_key() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     cp.create_workspace("ws", "live");
     let (_, old) =
         cp.create_key(json!({"name": "svc", "workspace": "ws", "scopes": ["a:read", "b:*"]}));
@@ -924,7 +912,7 @@ fn format_year(t: i64) -> String {
 
 #[test]
 fn usage_reports_count_requests_without_a_new_version() {
-    let cp = Cp::start();
+    let cp = ControlPlane::start(BIN);
     cp.create_workspace("ws", "live");
     let (v, key) = cp.create_key(json!({"workspace": "ws"}));
     let id = key["id"].as_str().unwrap();

@@ -1,9 +1,10 @@
 //! Shared helpers for the integration tests: start the real keygate binary in front of a real
-//! upstream, with config and keys files in a temporary directory.
+//! upstream, with config and keys files in a temporary directory. The HTTP client, the echo
+//! upstream, the control-plane fixture and the metrics matcher are the workspace's one harness,
+//! `keygate-test-support` (its `http` and `cp` modules re-exported here).
 #![allow(dead_code)]
 
-pub mod cp;
-pub mod http;
+pub use keygate_test_support::{cp, http};
 
 use self::http::{Echo, Response};
 use keygate::secret::KeyHash;
@@ -14,6 +15,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// The reference control plane built beside `keygate`, logging at `info` (`RUST_LOG`); start it
+/// with `.start()`.
+pub fn control_plane() -> cp::Builder {
+    cp::ControlPlane::builder(cp::sibling_binary(BIN)).log_filter("info")
+}
 
 /// A secret of the right shape, made unique by `tag` (letters and digits only).
 pub fn secret(env: &str, tag: &str) -> String {

@@ -3,12 +3,15 @@
 //!
 //! Needs the `prometheus` binary on `PATH` (`scripts/install-deps.sh` installs Debian's
 //! `prometheus` package). Without it the calling test fails; it does not skip. Talks to
-//! Prometheus with raw HTTP/1.1 over a std `TcpStream`: no HTTP client crate.
+//! Prometheus with this crate's raw HTTP/1.1 client: no HTTP client crate.
+//!
+//! Prometheus cannot bind port 0 and report its port: it is started on a [`free_port`], and
+//! on another one should that be taken first.
 
+use crate::http::{Connection, Request, free_port};
 use serde_json::Value;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,14 +207,6 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
 /// Percent-encodes everything but RFC 3986's unreserved characters, for a query-string value.
 pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
@@ -228,65 +223,13 @@ pub fn url_encode(s: &str) -> String {
 /// `GET target` over a fresh connection (`Connection: close`): the status and the body, with
 /// chunked transfer-encoding undone.
 pub fn http_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
-    let fail = |e: std::io::Error| format!("GET http://{addr}{target}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(fail)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(fail)?;
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(fail)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(fail)?;
-
-    let bad = |why: &str| format!("GET http://{addr}{target}: {why}");
-    let split = find(&raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    } else if let Some(n) = length {
-        body.truncate(n);
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = find(data, b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
+    let host = addr.to_string();
+    let request = Request::get(target)
+        .header("Host", &host)
+        .header("Accept", "application/json")
+        .header("Connection", "close");
+    let response = Connection::open_with_timeout(addr, IO_TIMEOUT)
+        .and_then(|mut c| c.send(&request))
+        .map_err(|e| format!("GET http://{addr}{target}: {e}"))?;
+    Ok((response.status, response.text()))
 }

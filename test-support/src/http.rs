@@ -1,14 +1,21 @@
-//! Raw HTTP/1.1 over std `TcpStream` for integration tests: a client, an echo upstream, port helpers.
+//! Raw HTTP/1.1 over std `TcpStream` for integration tests: the one client of every test (of
+//! keygate, of the control plane, of Prometheus), an echo upstream, port helpers.
 //!
 //! Everything is hand-rolled on purpose: higher-level clients normalise request targets such as
 //! `/v1//products`, `/v1/./products` or `/%70roducts` before sending them, which would hide the
 //! very proxy behaviour these tests exist to check. The client writes the target byte for byte
 //! and the echo server reports it back byte for byte.
+//!
+//! The ways in, from the most convenient to the most raw:
+//! - [`request`] / [`try_request`]: one request on its own connection, read to the close, with
+//!   a check that the response is framed exactly (nothing follows it);
+//! - [`get`], [`send`], [`send_many`] and [`Connection`]: a [`Request`] (or several on one
+//!   kept-alive connection), each response read by its framing;
+//! - [`send_raw`] / [`Connection::send_raw`]: arbitrary bytes, one parsed response back;
+//! - [`exchange_raw`]: arbitrary bytes, the raw response bytes back (read to the close), which
+//!   [`parse_response`] can take apart.
 
-// Each integration-test binary compiles this file on its own and uses only part of it.
-#![allow(dead_code)]
-
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +29,10 @@ pub const TEST_HOST: &str = "keygate.test";
 /// Read, write and connect timeout of every client socket, so a wedged proxy fails a test
 /// instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read timeout of [`request`] and [`try_request`]: long enough for a control plane's long
+/// polls (`?wait=30s`) to end on their own.
+pub const LONG_READ_TIMEOUT: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------------
 // Client
@@ -136,10 +147,10 @@ impl<'a> Request<'a> {
             .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
-    /// Wire bytes. Defaults give way to the caller's own headers so tests can send an odd
-    /// `Host`, keep a connection open, or frame a body themselves (chunked, or a deliberately
-    /// wrong `Content-Length`).
-    fn to_bytes(&self, close: bool) -> Vec<u8> {
+    /// Wire bytes, with `Connection: close` when `close`. Defaults give way to the caller's own
+    /// headers so tests can send an odd `Host`, keep a connection open, or frame a body
+    /// themselves (chunked, or a deliberately wrong `Content-Length`).
+    pub fn to_bytes(&self, close: bool) -> Vec<u8> {
         let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
         if !self.has_header("host") {
             head.push_str(&format!("Host: {TEST_HOST}\r\n"));
@@ -169,8 +180,13 @@ pub struct Connection {
 
 impl Connection {
     pub fn open(addr: SocketAddr) -> io::Result<Connection> {
+        Self::open_with_timeout(addr, IO_TIMEOUT)
+    }
+
+    /// Like [`Connection::open`], with another read timeout (connect and write: [`IO_TIMEOUT`]).
+    pub fn open_with_timeout(addr: SocketAddr, read_timeout: Duration) -> io::Result<Connection> {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(read_timeout))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
         Ok(Connection {
@@ -254,6 +270,78 @@ pub fn send_many(addr: SocketAddr, reqs: &[Request]) -> Vec<Response> {
             })
         })
         .collect()
+}
+
+/// Writes `bytes` as-is on a fresh connection and returns every byte the server sends until it
+/// closes the connection (so ask it to: `Connection: close`, or HTTP/1.0), or until nothing has
+/// come for `read_timeout`, which is an error. A failed write is not an error when the server
+/// answered anyway (a 400 or 413 before the whole request was read).
+pub fn exchange_raw(addr: SocketAddr, bytes: &[u8], read_timeout: Duration) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let written = stream.write_all(bytes).and_then(|()| stream.flush());
+    let mut raw = Vec::new();
+    match (stream.read_to_end(&mut raw), written) {
+        (Ok(_), Ok(())) => Ok(raw),
+        (Ok(_), Err(write_err)) if raw.is_empty() => Err(write_err),
+        (Ok(_), Err(_)) => Ok(raw),
+        (Err(read_err), _) => Err(read_err),
+    }
+}
+
+/// Parses the response at the start of `raw` (interim `1xx` responses other than `101`
+/// skipped, as everywhere here); `head`: it answers a `HEAD`, so it has no body. Returns the
+/// response and how many bytes of `raw` it took, interim responses included.
+pub fn parse_response(raw: &[u8], head: bool) -> io::Result<(Response, usize)> {
+    let mut cursor = io::Cursor::new(raw);
+    let response = read_response(&mut cursor, head)?;
+    let used = usize::try_from(cursor.position()).expect("a position inside a slice");
+    Ok((response, used))
+}
+
+/// One request on its own connection, with `Connection: close` (and `Content-Length` when
+/// there is a body; `Host` unless `headers` name one), read until the server closes it.
+/// Stricter than [`send`]: the response must be framed exactly, nothing following it.
+///
+/// # Panics
+/// On any I/O or parse error, naming the method, path and address.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
+    try_request(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr} failed: {e}"))
+}
+
+/// [`request`], returning errors (connection refused, a malformed or inexactly framed
+/// response) instead of panicking; for polling a server that may not be up yet.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> io::Result<Response> {
+    let mut req = Request::new(method, path);
+    req.headers.extend_from_slice(headers);
+    req.body = body;
+    let raw = exchange_raw(addr, &req.to_bytes(true), LONG_READ_TIMEOUT)?;
+    let (response, used) = parse_response(&raw, method.eq_ignore_ascii_case("HEAD"))?;
+    if used != raw.len() {
+        return Err(invalid(format!(
+            "{} bytes after the response (status {}, headers {:?}): {:?}",
+            raw.len() - used,
+            response.status,
+            response.headers,
+            String::from_utf8_lossy(&raw[used..])
+        )));
+    }
+    Ok(response)
 }
 
 fn read_response(r: &mut impl BufRead, head: bool) -> io::Result<Response> {
@@ -731,13 +819,25 @@ fn echo_response(req: &EchoRequest, close: bool) -> Vec<u8> {
 // Ports
 // ---------------------------------------------------------------------------------------------
 
-/// A port that was free a moment ago on 127.0.0.1. Another process can take it before the
-/// caller binds it; prefer binding `127.0.0.1:0` directly where the server allows it.
+/// A port that was free a moment ago on 127.0.0.1, for a server that must be told its address
+/// (keygate, the control plane, Prometheus: none of them can bind port 0 and report the port).
+/// Never the same port twice in one process, so two tests running in parallel cannot be handed
+/// the same one; another process can still take it before the caller binds it, so callers
+/// retry on another port when that happens. Servers of the harness itself (such as [`Echo`])
+/// bind `127.0.0.1:0` instead.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free_port: bind 127.0.0.1:0")
-        .port()
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free_port: bind 127.0.0.1:0")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls with a TCP connect every 20 ms until something accepts on `addr`; `false` once
