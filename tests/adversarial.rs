@@ -29,25 +29,27 @@ const SPOOF: &str = "EVILMARK";
 /// Part of every target hidden inside another request.
 const SMUGGLED: &str = "smuggled";
 
-const ROUTES: &str = r#"
-routes:
-  - name: health
-    methods: [GET]
-    path: /health
-    auth: none
-  - name: public
-    path: /public/**
-    auth: none
-  - name: products-read
-    methods: [GET, HEAD]
-    path: /v1/products/**
-    scopes: [products:read]
-  - name: products-write
-    methods: [POST, PUT, PATCH, DELETE]
-    path: /v1/products/**
-    scopes: [products:write]
-unmatched: authenticate
-"#;
+/// Public routes, scoped routes, and unmatched paths open to any valid key: every way a
+/// request can be decided.
+fn probe_config(c: &mut ConfigFile) {
+    c.routes = vec![
+        public_route("health", &["GET"], "/health"),
+        public_route("public", &[], "/public/**"),
+        route(
+            "products-read",
+            &["GET", "HEAD"],
+            "/v1/products/**",
+            &["products:read"],
+        ),
+        route(
+            "products-write",
+            &["POST", "PUT", "PATCH", "DELETE"],
+            "/v1/products/**",
+            &["products:write"],
+        ),
+    ];
+    c.unmatched = Unmatched::Authenticate;
+}
 
 /// What a probe must get back.
 struct Expect {
@@ -397,21 +399,17 @@ fn no_probe_gets_a_request_past_keygate_that_it_did_not_decide() {
     let reader = secret("live", READER_TAG);
     let noscope = secret("live", NOSCOPE_TAG);
     let keys = Keys::new(1)
-        .workspace("ws_adv", "live")
+        .workspace("ws_adv", WorkspaceKind::Live)
         .key(
             "key_reader",
             &reader,
             Some("ws_adv"),
             Some(&["products:read"]),
-            "",
         )
-        .key("key_noscope", &noscope, Some("ws_adv"), Some(&[]), "");
+        .key("key_noscope", &noscope, Some("ws_adv"), Some(&[]));
     let key_ids = [("key_reader", READER_TAG), ("key_noscope", NOSCOPE_TAG)];
     let up = Echo::start();
-    let kg = Keygate::start(Setup {
-        extra: ROUTES,
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(probe_config));
     let probes = probes(&reader, &noscope);
     let mut failures = Vec::new();
     let mut forwarded = 0;

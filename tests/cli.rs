@@ -238,12 +238,13 @@ fn a_key_from_keys_new_works_once_pasted() {
     );
 
     let up = Echo::start();
-    let extra = "routes:\n  - name: a\n    path: /a\n    scopes: [a:read]\n  - name: c\n    path: /c\n    scopes: [c:read]\n";
     let keys = Keys::new(0);
-    let kg = Keygate::start(Setup {
-        extra,
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.routes = vec![
+            route("a", &[], "/a", &["a:read"]),
+            route("c", &[], "/c", &["c:read"]),
+        ]
+    }));
     kg.replace_keys(&keys_yaml);
     assert!(
         within(std::time::Duration::from_secs(1), || kg

@@ -10,19 +10,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const ROUTES: &str = r#"
-routes:
-  - name: public
-    path: /public/**
-    auth: none
-"#;
-
-fn start(up: &Echo, keys: &'static Keys, listen_extra: &'static str) -> Keygate {
-    Keygate::start(Setup {
-        extra: ROUTES,
-        listen_extra,
-        ..Setup::new(up, keys)
-    })
+/// keygate with one public route and `listen` changed by `change`.
+fn start(up: &Echo, keys: &'static Keys, change: impl FnOnce(&mut ListenFile)) -> Keygate {
+    Keygate::start(Setup::new(up, keys).config(|c| {
+        c.routes = vec![public_route("public", &[], "/public/**")];
+        change(&mut c.listen);
+    }))
 }
 
 fn keys() -> &'static Keys {
@@ -64,7 +57,9 @@ fn mib(kib: u64) -> f64 {
 #[test]
 fn a_request_head_trickled_past_its_deadline_gets_408_and_is_closed() {
     let up = Echo::start();
-    let kg = start(&up, keys(), "  request_head_timeout: 1s\n");
+    let kg = start(&up, keys(), |l| {
+        l.request_head_timeout = Some(Duration::from_secs(1))
+    });
     let rss_before = kg.rss_kib();
     let mut slow: Vec<TcpStream> = (0..50).map(|_| connect(&kg)).collect();
     let head = b"GET /public/slow HTTP/1.1\r\nHost: a\r\nX-Pad: ";
@@ -117,7 +112,7 @@ fn a_request_head_trickled_past_its_deadline_gets_408_and_is_closed() {
 #[test]
 fn a_request_head_over_the_size_bound_gets_431_and_is_closed() {
     let up = Echo::start();
-    let kg = start(&up, keys(), "  max_request_head_bytes: 16384\n");
+    let kg = start(&up, keys(), |l| l.max_request_head_bytes = Some(16384));
     let fits = format!(
         "GET /public/a HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
         "p".repeat(12_000)
@@ -160,11 +155,10 @@ fn a_request_head_over_the_size_bound_gets_431_and_is_closed() {
 #[test]
 fn connections_over_the_cap_are_refused_at_once() {
     let up = Echo::start();
-    let kg = start(
-        &up,
-        keys(),
-        "  max_connections: 200\n  idle_timeout_under_pressure: 30s\n",
-    );
+    let kg = start(&up, keys(), |l| {
+        l.max_connections = Some(200);
+        l.idle_timeout_under_pressure = Some(Duration::from_secs(30));
+    });
     let rss_before = kg.rss_kib();
     // Idle clients: each holds its connection (the idle timeout under pressure is 30 s).
     let mut held: Vec<TcpStream> = (0..1000).map(|_| connect(&kg)).collect();
@@ -213,11 +207,10 @@ fn connections_over_the_cap_are_refused_at_once() {
 #[test]
 fn under_pressure_idle_connections_close_first_and_responses_stop_keeping_alive() {
     let up = Echo::start();
-    let kg = start(
-        &up,
-        keys(),
-        "  max_connections: 20\n  idle_timeout_under_pressure: 300ms\n",
-    );
+    let kg = start(&up, keys(), |l| {
+        l.max_connections = Some(20);
+        l.idle_timeout_under_pressure = Some(Duration::from_millis(300));
+    });
     // Pressure begins above 18 open connections. The first 18 go idle before it: kept.
     let mut early: Vec<TcpStream> = (0..18).map(|_| connect(&kg)).collect();
     assert!(

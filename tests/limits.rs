@@ -11,44 +11,36 @@ const SANDBOX_NOSCOPE: &str = "sk_test_LIMITSnoscope0000000000000000001";
 const LIVE: &str = "sk_live_LIMITSlive00000000000000000000001";
 const INTERNAL: &str = "sk_live_LIMITSinternal000000000000000001";
 
-fn keys(sandbox_limits: &str, live_limits: &str) -> Keys {
-    let mut k = Keys::new(1);
-    k = k
-        .workspace_raw(&format!(
-            "  - {{ id: ws_sandbox, type: sandbox{sandbox_limits} }}\n"
-        ))
-        .workspace_raw(&format!("  - {{ id: ws_live, type: live{live_limits} }}\n"));
-    k.key(
-        "key_sandbox",
-        SANDBOX,
-        Some("ws_sandbox"),
-        Some(&["products:read"]),
-        "",
-    )
-    .key(
-        "key_noscope",
-        SANDBOX_NOSCOPE,
-        Some("ws_sandbox"),
-        Some(&[]),
-        "",
-    )
-    .key("key_live", LIVE, Some("ws_live"), None, "")
-    .key("key_internal", INTERNAL, None, Some(&["*"]), "")
+/// The test keys, in workspaces whose limits are overridden as given (`None`: the defaults).
+fn keys(sandbox_limits: Option<LimitsDoc>, live_limits: Option<LimitsDoc>) -> Keys {
+    Keys::new(1)
+        .workspace_with_limits("ws_sandbox", WorkspaceKind::Sandbox, sandbox_limits)
+        .workspace_with_limits("ws_live", WorkspaceKind::Live, live_limits)
+        .key(
+            "key_sandbox",
+            SANDBOX,
+            Some("ws_sandbox"),
+            Some(&["products:read"]),
+        )
+        .key(
+            "key_noscope",
+            SANDBOX_NOSCOPE,
+            Some("ws_sandbox"),
+            Some(&[]),
+        )
+        .key("key_live", LIVE, Some("ws_live"), None)
+        .key("key_internal", INTERNAL, None, Some(&["*"]))
 }
 
-const ON: &str = "limits:\n  enabled: true\n";
-
+/// keygate with limits on, at their defaults.
 fn start(up: &Echo, keys: &Keys) -> Keygate {
-    Keygate::start(Setup {
-        limits: ON,
-        ..Setup::new(up, keys)
-    })
+    Keygate::start(Setup::new(up, keys).config(|c| c.limits.enabled = Some(true)))
 }
 
 #[test]
 fn a_sandbox_keys_sixth_request_in_a_second_gets_429() {
     let up = Echo::start();
-    let keys = keys("", "");
+    let keys = keys(None, None);
     let kg = start(&up, &keys);
     let started = Instant::now();
     let mut remaining = Vec::new();
@@ -107,7 +99,13 @@ fn a_sandbox_keys_sixth_request_in_a_second_gets_429() {
 fn a_live_keys_3001st_request_in_a_minute_gets_429_sustained() {
     let up = Echo::start();
     // Lift the burst limit for this workspace so 3,000 requests fit in a few seconds.
-    let keys = keys("", ", limits: { burst_per_second: 100000 }");
+    let keys = keys(
+        None,
+        Some(LimitsDoc {
+            burst_per_second: Some(100_000),
+            sustained_per_minute: None,
+        }),
+    );
     let kg = start(&up, &keys);
     let auth = bearer(LIVE);
     let mut conn = Connection::open(kg.addr).unwrap();
@@ -140,7 +138,7 @@ fn a_live_keys_3001st_request_in_a_minute_gets_429_sustained() {
 #[test]
 fn every_authenticated_answer_carries_the_headers_and_counts() {
     let up = Echo::start();
-    let keys = keys("", "");
+    let keys = keys(None, None);
     let kg = start(&up, &keys);
     // 403s count against the workspace too.
     for expected in ["4", "3"] {
@@ -168,7 +166,7 @@ fn every_authenticated_answer_carries_the_headers_and_counts() {
 #[test]
 fn internal_keys_are_not_throttled_unless_configured() {
     let up = Echo::start();
-    let keys = keys("", "");
+    let keys = keys(None, None);
     let kg = start(&up, &keys);
     let auth = bearer(INTERNAL);
     for _ in 0..40 {
@@ -186,11 +184,12 @@ fn internal_keys_are_not_throttled_unless_configured() {
         Some("4")
     );
 
-    let own = "limits:\n  internal: { burst_per_second: 3, sustained_per_minute: 1000 }\n";
-    let kg = Keygate::start(Setup {
-        limits: own,
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.limits = LimitsFile {
+            internal: policy(Some(3), Some(1000)),
+            ..LimitsFile::default()
+        }
+    }));
     let statuses: Vec<u16> = (0..4)
         .map(|_| {
             kg.get(
@@ -206,7 +205,7 @@ fn internal_keys_are_not_throttled_unless_configured() {
 #[test]
 fn a_limit_override_in_the_snapshot_applies_without_a_restart() {
     let up = Echo::start();
-    let keys_before = keys("", "");
+    let keys_before = keys(None, None);
     let kg = start(&up, &keys_before);
     assert_eq!(
         kg.get_with_key("/v1/products", SANDBOX)
@@ -215,8 +214,11 @@ fn a_limit_override_in_the_snapshot_applies_without_a_restart() {
     );
     kg.replace_keys(
         &keys(
-            ", limits: { burst_per_second: 40, sustained_per_minute: 500 }",
-            "",
+            Some(LimitsDoc {
+                burst_per_second: Some(40),
+                sustained_per_minute: Some(500),
+            }),
+            None,
         )
         .yaml(),
     );
@@ -238,7 +240,7 @@ fn a_limit_override_in_the_snapshot_applies_without_a_restart() {
 #[test]
 fn limits_can_be_turned_off() {
     let up = Echo::start();
-    let keys = keys("", "");
+    let keys = keys(None, None);
     let kg = Keygate::start(Setup::new(&up, &keys));
     for _ in 0..20 {
         let r = kg.get_with_key("/v1/products", SANDBOX);
@@ -250,18 +252,17 @@ fn limits_can_be_turned_off() {
 #[test]
 fn limits_headers_chooses_the_rate_limit_headers_and_429_keeps_retry_after() {
     let up = Echo::start();
-    let keys = keys("", "");
+    let keys = keys(None, None);
     let names = ["x-ratelimit-limit", "ratelimit-policy", "ratelimit"];
     for (headers, present) in [
         ("ietf", [false, true, true]),
         ("x-ratelimit", [true, false, false]),
         ("none", [false, false, false]),
     ] {
-        let limits = format!("limits:\n  enabled: true\n  headers: {headers}\n");
-        let kg = Keygate::start(Setup {
-            limits: &limits,
-            ..Setup::new(&up, &keys)
-        });
+        let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+            c.limits.enabled = Some(true);
+            c.limits.headers = Some(headers.into());
+        }));
         let r = kg.get_with_key("/v1/products", SANDBOX);
         assert_eq!(r.status, 200);
         for (name, want) in names.iter().zip(present) {

@@ -14,29 +14,17 @@ const REVOKED: &str = "sk_live_OBSERVErevoked000000000000000001";
 
 fn keys() -> Keys {
     Keys::new(42)
-        .workspace("ws_live", "live")
-        .workspace("ws_sandbox", "sandbox")
-        .key(
-            "key_live",
-            LIVE,
-            Some("ws_live"),
-            Some(&["products:read"]),
-            "",
-        )
+        .workspace("ws_live", WorkspaceKind::Live)
+        .workspace("ws_sandbox", WorkspaceKind::Sandbox)
+        .key("key_live", LIVE, Some("ws_live"), Some(&["products:read"]))
         .key(
             "key_sandbox",
             SANDBOX,
             Some("ws_sandbox"),
             Some(&["products:read"]),
-            "",
         )
-        .key(
-            "key_revoked",
-            REVOKED,
-            Some("ws_live"),
-            None,
-            "status: revoked",
-        )
+        .key("key_revoked", REVOKED, Some("ws_live"), None)
+        .revoked()
 }
 
 #[test]
@@ -90,10 +78,7 @@ fn health_readiness_and_status() {
 fn usage_can_be_turned_off() {
     let up = Echo::start();
     let keys = keys();
-    let kg = Keygate::start(Setup {
-        more: "usage:\n  mode: off\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| c.usage.mode = Some(UsageMode::Off)));
     kg.get_with_key("/v1/products", LIVE);
     kg.settle(1);
     assert!(kg.admin_get("/status").json()["usage"].is_null());
@@ -103,10 +88,12 @@ fn usage_can_be_turned_off() {
 fn requests_are_counted_by_outcome_route_and_reason() {
     let up = Echo::start();
     let keys = keys();
-    let kg = Keygate::start(Setup {
-        limits: "limits:\n  sandbox: { burst_per_second: 1 }\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.limits = LimitsFile {
+            sandbox: policy(Some(1), None),
+            ..LimitsFile::default()
+        }
+    }));
     kg.get_with_key("/v1/products", LIVE);
     kg.get_with_key("/v1/products", REVOKED);
     kg.get("/v1/products", &[]);
@@ -199,10 +186,10 @@ fn requests_are_counted_by_outcome_route_and_reason() {
 fn a_hundred_thousand_random_keys_add_no_series() {
     let up = Echo::start();
     let keys = keys();
-    let kg = Keygate::start(Setup {
-        more: "metrics:\n  per_workspace: true\naccess_log:\n  enabled: false\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.metrics.per_workspace = Some(true);
+        c.access_log.enabled = Some(false);
+    }));
     // One allowed request creates the opt-in series of its workspace; metrics are recorded just
     // after the response is sent, so wait for it before taking the baseline.
     kg.get_with_key("/v1/products", LIVE);
@@ -296,29 +283,30 @@ fn the_access_log_is_one_json_line_per_request() {
 fn the_access_log_can_be_sampled_or_turned_off() {
     let up = Echo::start();
     let keys = keys();
-    for more in [
-        "access_log:\n  sample_ratio: 0.0\n",
-        "access_log:\n  enabled: false\n",
+    for quiet in [
+        AccessLogFile {
+            sample_ratio: Some(0.0),
+            ..AccessLogFile::default()
+        },
+        AccessLogFile {
+            enabled: Some(false),
+            ..AccessLogFile::default()
+        },
     ] {
-        let kg = Keygate::start(Setup {
-            more,
-            ..Setup::new(&up, &keys)
-        });
+        let kg = Keygate::start(Setup::new(&up, &keys).config(|c| c.access_log = quiet.clone()));
         for _ in 0..20 {
             kg.get_with_key("/v1/products", LIVE);
         }
         kg.settle(20);
-        assert_eq!(kg.access_log_text(), "", "{more}");
+        assert_eq!(kg.access_log_text(), "", "{quiet:?}");
         metric("keygate_requests_total")
             .label("outcome", "allowed")
             .label("route", "products-read")
             .value(20)
             .assert_at(kg.admin);
     }
-    let kg = Keygate::start(Setup {
-        more: "access_log:\n  sample_ratio: 0.5\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg =
+        Keygate::start(Setup::new(&up, &keys).config(|c| c.access_log.sample_ratio = Some(0.5)));
     for _ in 0..400 {
         kg.get_with_key("/v1/products", LIVE);
     }
@@ -403,10 +391,10 @@ fn per_workspace_series_only_when_asked() {
     let kg = Keygate::start(Setup::new(&up, &keys));
     kg.get_with_key("/v1/products", LIVE);
     assert!(!kg.metrics().contains("keygate_workspace_requests_total"));
-    let kg = Keygate::start(Setup {
-        more: "metrics:\n  per_workspace: true\n  per_workspace_max: 1\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.metrics.per_workspace = Some(true);
+        c.metrics.per_workspace_max = Some(1);
+    }));
     kg.get_with_key("/v1/products", LIVE);
     kg.settle(1);
     kg.get_with_key("/v1/products", SANDBOX);
@@ -425,11 +413,13 @@ fn per_workspace_series_only_when_asked() {
 fn promtool_accepts_the_real_metrics_output() {
     let up = Echo::start();
     let keys = keys();
-    let kg = Keygate::start(Setup {
-        more: "metrics:\n  per_workspace: true\n",
-        limits: "limits:\n  sandbox: { burst_per_second: 1 }\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg = Keygate::start(Setup::new(&up, &keys).config(|c| {
+        c.metrics.per_workspace = Some(true);
+        c.limits = LimitsFile {
+            sandbox: policy(Some(1), None),
+            ..LimitsFile::default()
+        };
+    }));
     kg.get_with_key("/v1/products", LIVE);
     kg.get_with_key("/v1/products", SANDBOX);
     kg.get_with_key("/v1/products", SANDBOX);

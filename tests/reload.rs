@@ -10,11 +10,19 @@ const KEY: &str = "sk_live_RELOAD000000000000000000000000001";
 const OTHER: &str = "sk_live_OTHER0000000000000000000000000001";
 const NEW: &str = "sk_live_NEW000000000000000000000000000001";
 
-fn keys(status: &str) -> Keys {
-    Keys::new(1)
-        .workspace("ws", "live")
-        .key("key_a", KEY, Some("ws"), Some(&["*"]), status)
-        .key("key_b", OTHER, Some("ws"), Some(&["*"]), "")
+/// Two keys in one workspace; `key_a` as `status` says.
+fn keys(status: KeyStatus) -> Keys {
+    let keys = Keys::new(1).workspace("ws", WorkspaceKind::Live).key(
+        "key_a",
+        KEY,
+        Some("ws"),
+        Some(&["*"]),
+    );
+    let keys = match status {
+        KeyStatus::Active => keys,
+        KeyStatus::Revoked => keys.revoked(),
+    };
+    keys.key("key_b", OTHER, Some("ws"), Some(&["*"]))
 }
 
 /// The bar: a revocation is in force within 1 s, without a restart.
@@ -23,10 +31,10 @@ const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 #[test]
 fn a_revocation_edited_into_the_file_applies_within_a_second() {
     let up = Echo::start();
-    let kg = Keygate::start(Setup::new(&up, &keys("")));
+    let kg = Keygate::start(Setup::new(&up, &keys(KeyStatus::Active)));
     assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
 
-    kg.replace_keys(&keys("status: revoked").yaml());
+    kg.replace_keys(&keys(KeyStatus::Revoked).yaml());
     let took = within(REVOCATION_BOUND, || {
         kg.get_with_key("/v1/me", KEY).status == 401
     });
@@ -37,7 +45,7 @@ fn a_revocation_edited_into_the_file_applies_within_a_second() {
     assert_eq!(kg.get_with_key("/v1/me", OTHER).status, 200);
 
     // An in-place overwrite (no rename) is seen too: the key comes back.
-    kg.overwrite_keys(&keys("").yaml());
+    kg.overwrite_keys(&keys(KeyStatus::Active).yaml());
     assert!(
         within(REVOCATION_BOUND, || kg.get_with_key("/v1/me", KEY).status
             == 200)
@@ -48,9 +56,9 @@ fn a_revocation_edited_into_the_file_applies_within_a_second() {
 #[test]
 fn a_new_key_works_without_a_restart() {
     let up = Echo::start();
-    let kg = Keygate::start(Setup::new(&up, &keys("")));
+    let kg = Keygate::start(Setup::new(&up, &keys(KeyStatus::Active)));
     assert_eq!(kg.get_with_key("/v1/me", NEW).status, 401);
-    let added = keys("").key("key_new", NEW, Some("ws"), Some(&[]), "");
+    let added = keys(KeyStatus::Active).key("key_new", NEW, Some("ws"), Some(&[]));
     kg.replace_keys(&added.yaml());
     assert!(
         within(REVOCATION_BOUND, || kg.get_with_key("/v1/me", NEW).status
@@ -62,12 +70,12 @@ fn a_new_key_works_without_a_restart() {
 #[test]
 fn a_broken_edit_keeps_the_last_good_snapshot_and_says_why() {
     let up = Echo::start();
-    let kg = Keygate::start(Setup::new(&up, &keys("")));
+    let kg = Keygate::start(Setup::new(&up, &keys(KeyStatus::Active)));
     for (what, broken) in [
         ("not YAML", "version: [1\nkeys: {".to_string()),
         (
             "unknown top-level field",
-            format!("{}extra_field: 1\n", keys("status: revoked").yaml()),
+            format!("{}extra_field: 1\n", keys(KeyStatus::Revoked).yaml()),
         ),
         ("no version", "keys: []\n".to_string()),
     ] {
@@ -91,7 +99,7 @@ fn a_broken_edit_keeps_the_last_good_snapshot_and_says_why() {
     assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
 
     // And the next good edit is taken.
-    kg.replace_keys(&keys("status: revoked").yaml());
+    kg.replace_keys(&keys(KeyStatus::Revoked).yaml());
     assert!(
         within(REVOCATION_BOUND, || kg.get_with_key("/v1/me", KEY).status
             == 401)
@@ -102,7 +110,7 @@ fn a_broken_edit_keeps_the_last_good_snapshot_and_says_why() {
 #[test]
 fn a_malformed_entry_is_skipped_and_the_rest_load() {
     let up = Echo::start();
-    let bad = keys("")
+    let bad = keys(KeyStatus::Active)
         .raw_key("  - id: key_typo\n    hash: 00\n    workspace: ws\n")
         .raw_key("  - id: key_scope_typo\n    hash: a111111111111111111111111111111111111111111111111111111111111111\n    workspace: ws\n    scope: [a]\n")
         .raw_key("  - id: key_bad_scope\n    hash: a222222222222222222222222222222222222222222222222222222222222222\n    workspace: ws\n    scopes: [\"a::b\"]\n")

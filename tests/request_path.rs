@@ -18,55 +18,32 @@ const UNKNOWN: &str = "sk_live_UNKNOWN00000000000000000000000001";
 
 fn keys() -> Keys {
     Keys::new(7)
-        .workspace("ws_sandbox", "sandbox")
-        .workspace("ws_live", "live")
-        .workspace("ws_other", "live")
+        .workspace("ws_sandbox", WorkspaceKind::Sandbox)
+        .workspace("ws_live", WorkspaceKind::Live)
+        .workspace("ws_other", WorkspaceKind::Live)
         .key(
             "key_reader",
             READER,
             Some("ws_sandbox"),
             Some(&["products:read"]),
-            "",
         )
         .key(
             "key_writer",
             WRITER,
             Some("ws_live"),
             Some(&["products:*", "*:read"]),
-            "",
         )
-        .key("key_legacy", LEGACY, Some("ws_live"), None, "")
-        .key("key_basic", BASIC, Some("ws_live"), Some(&[]), "")
-        .key(
-            "key_revoked",
-            REVOKED,
-            Some("ws_live"),
-            Some(&["*"]),
-            "status: revoked",
-        )
-        .key(
-            "key_expired",
-            EXPIRED,
-            Some("ws_live"),
-            Some(&["*"]),
-            "expires_at: 2020-01-01T00:00:00Z",
-        )
-        .key(
-            "key_future",
-            FUTURE,
-            Some("ws_live"),
-            Some(&["*"]),
-            "expires_at: 2999-01-01T00:00:00Z",
-        )
-        .key("key_internal", INTERNAL, None, Some(&["*"]), "")
+        .key("key_legacy", LEGACY, Some("ws_live"), None)
+        .key("key_basic", BASIC, Some("ws_live"), Some(&[]))
+        .key("key_revoked", REVOKED, Some("ws_live"), Some(&["*"]))
+        .revoked()
+        .key("key_expired", EXPIRED, Some("ws_live"), Some(&["*"]))
+        .expires_at("2020-01-01T00:00:00Z")
+        .key("key_future", FUTURE, Some("ws_live"), Some(&["*"]))
+        .expires_at("2999-01-01T00:00:00Z")
+        .key("key_internal", INTERNAL, None, Some(&["*"]))
         // An sk_live_ secret registered to a sandbox workspace.
-        .key(
-            "key_wrong_env",
-            WRONG_ENV,
-            Some("ws_sandbox"),
-            Some(&["*"]),
-            "",
-        )
+        .key("key_wrong_env", WRONG_ENV, Some("ws_sandbox"), Some(&["*"]))
 }
 
 fn start(upstream: &Echo) -> Keygate {
@@ -230,12 +207,9 @@ fn unmatched_requests_get_the_configured_default() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "no_route");
 
-    let extra = format!("{ROUTES}\nunmatched: authenticate\n");
     let keys = keys();
-    let auth = Keygate::start(Setup {
-        extra: &extra,
-        ..Setup::new(&up, &keys)
-    });
+    let auth =
+        Keygate::start(Setup::new(&up, &keys).config(|c| c.unmatched = Unmatched::Authenticate));
     assert_eq!(auth.get("/v2/anything", &[]).status, 401);
     assert_eq!(auth.get_with_key("/v2/anything", UNKNOWN).status, 401);
     let r = auth.get_with_key("/v2/anything", BASIC);

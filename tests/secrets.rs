@@ -16,16 +16,16 @@ const SKIPPED: &str = "sk_live_LEAKCHECKskipped000000000000000001";
 #[test]
 fn secrets_and_hashes_never_appear_in_the_log() {
     let keys = Keys::new(1)
-        .workspace("ws", "live")
-        .key("key_good", GOOD, Some("ws"), Some(&["products:read"]), "")
-        .key("key_revoked", REVOKED, Some("ws"), None, "status: revoked")
+        .workspace("ws", WorkspaceKind::Live)
+        .key("key_good", GOOD, Some("ws"), Some(&["products:read"]))
+        .key("key_revoked", REVOKED, Some("ws"), None)
+        .revoked()
         // Skipped at load (bad scope): its hash is in the file and must not be echoed.
-        .key("key_skipped", SKIPPED, Some("ws"), Some(&["a::b"]), "");
+        .key("key_skipped", SKIPPED, Some("ws"), Some(&["a::b"]));
     let up = Echo::start();
     let kg = Keygate::start(Setup {
-        upstream_extra: "  forward_authorization: true\n",
         log_filter: "trace",
-        ..Setup::new(&up, &keys)
+        ..Setup::new(&up, &keys).config(|c| c.upstream.forward_authorization = true)
     });
     for secret in [GOOD, REVOKED, UNKNOWN, SKIPPED] {
         let auth = bearer(secret);

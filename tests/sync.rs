@@ -8,14 +8,27 @@ use common::http::Echo;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn start_keygate(up: &Echo, cp: &ControlPlane, extra: &str, port: Option<u16>) -> Keygate {
+/// keygate syncing from `cp`, its `snapshot:` section changed by `change`.
+fn start_keygate(
+    up: &Echo,
+    cp: &ControlPlane,
+    change: impl FnOnce(&mut SnapshotFile),
+    port: Option<u16>,
+) -> Keygate {
     let keys = Keys::new(0);
     Keygate::start(Setup {
-        snapshot: Some(cp.keygate_snapshot_section(extra)),
         env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
         port,
-        ..Setup::new(up, &keys)
+        ..Setup::new(up, &keys).config(|c| {
+            c.snapshot = from_control_plane(cp.url());
+            change(&mut c.snapshot);
+        })
     })
+}
+
+/// The control-plane part of a `snapshot:` section.
+fn cp_section(s: &mut SnapshotFile) -> &mut ControlPlaneFile {
+    s.control_plane.as_mut().unwrap()
 }
 
 fn wait_ready(kg: &Keygate) {
@@ -35,7 +48,7 @@ fn initial_sync_serves_the_control_planes_keys() {
     cp.create_workspace("ws_acme", "live");
     let (_, secret) = cp.create_key_in("ws_acme", "live", &["products:read"]);
     let up = Echo::start();
-    let kg = start_keygate(&up, &cp, "", None);
+    let kg = start_keygate(&up, &cp, |_| {}, None);
     wait_ready(&kg);
     let r = kg.get_with_key("/v1/products", &secret);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -76,12 +89,10 @@ fn before_the_first_snapshot_requests_fail_closed() {
     let kg = {
         let keys = Keys::new(0);
         Keygate::start(Setup {
-            snapshot: Some(format!(
-                "snapshot:\n  control_plane:\n    url: http://127.0.0.1:{}\n    token_env: KEYGATE_CP_TOKEN\n",
-                placeholder.0
-            )),
             env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
-            ..Setup::new(&up, &keys)
+            ..Setup::new(&up, &keys).config(|c| {
+                c.snapshot = from_control_plane(format!("http://127.0.0.1:{}", placeholder.0))
+            })
         })
     };
     let r = kg.get(
@@ -128,7 +139,7 @@ fn revocations_reach_keygate_within_a_second() {
         .map(|_| cp.create_key_in("ws", "live", &[]))
         .collect();
     let up = Echo::start();
-    let kg = start_keygate(&up, &cp, "", None);
+    let kg = start_keygate(&up, &cp, |_| {}, None);
     wait_ready(&kg);
     let mut latencies = Vec::new();
     for (id, secret) in &keys {
@@ -159,7 +170,15 @@ fn without_watch_revocations_take_at_most_the_poll_interval() {
         .map(|_| cp.create_key_in("ws", "live", &[]))
         .collect();
     let up = Echo::start();
-    let kg = start_keygate(&up, &cp, "    watch: false\n    poll_interval: 1s\n", None);
+    let kg = start_keygate(
+        &up,
+        &cp,
+        |s| {
+            cp_section(s).watch = Some(false);
+            cp_section(s).poll_interval = Some(Duration::from_secs(1));
+        },
+        None,
+    );
     wait_ready(&kg);
     let mut latencies = Vec::new();
     for (id, secret) in &keys {
@@ -190,9 +209,9 @@ fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
     let (revoked_id, revoked) = cp.create_key_in("ws", "live", &[]);
     cp.revoke(&revoked_id);
     let cache = dir.path().join("snapshot-cache.json");
-    let extra = format!("  cache_file: {}\n", cache.display());
+    let with_cache = |s: &mut SnapshotFile| s.cache_file = Some(cache.clone());
     let up = Echo::start();
-    let mut kg = start_keygate(&up, &cp, &extra, None);
+    let mut kg = start_keygate(&up, &cp, with_cache, None);
     wait_ready(&kg);
     assert!(
         within(Duration::from_secs(5), || cache.exists()).is_some(),
@@ -217,7 +236,7 @@ fn a_control_plane_outage_changes_nothing_and_the_cache_survives_a_restart() {
     // Restart keygate while the control plane is down: it serves from the cache.
     let port = kg.addr.port();
     drop(kg);
-    kg = start_keygate(&up, &cp, &extra, Some(port));
+    kg = start_keygate(&up, &cp, with_cache, Some(port));
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &good).status, 200);
     assert_eq!(kg.get_with_key("/v1/me", &revoked).status, 401);
@@ -248,12 +267,7 @@ fn a_corrupt_cache_is_reported_and_ignored() {
     let cache = dir.path().join("cache.json");
     std::fs::write(&cache, b"{\"version\": 1, \"keys\": [trunc").unwrap();
     let up = Echo::start();
-    let kg = start_keygate(
-        &up,
-        &cp,
-        &format!("  cache_file: {}\n", cache.display()),
-        None,
-    );
+    let kg = start_keygate(&up, &cp, |s| s.cache_file = Some(cache.clone()), None);
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
     assert!(
@@ -273,7 +287,15 @@ fn max_staleness_fails_closed_when_the_control_plane_is_gone_too_long() {
     cp.create_workspace("ws", "live");
     let (_, secret) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
-    let kg = start_keygate(&up, &cp, "    wait: 500ms\n  max_staleness: 2s\n", None);
+    let kg = start_keygate(
+        &up,
+        &cp,
+        |s| {
+            cp_section(s).wait = Some(Duration::from_millis(500));
+            s.max_staleness = Some(Duration::from_secs(2));
+        },
+        None,
+    );
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &secret).status, 200);
     cp.kill();
@@ -305,7 +327,7 @@ fn a_rollback_is_rejected_and_counted() {
     cp.restart();
     let (_, newer) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
-    let kg = start_keygate(&up, &cp, "", None);
+    let kg = start_keygate(&up, &cp, |_| {}, None);
     wait_ready(&kg);
     assert_eq!(kg.get_with_key("/v1/me", &newer).status, 200);
 
@@ -347,11 +369,21 @@ fn signatures_are_checked_when_a_public_key_is_configured() {
     let (_, secret) = cp.create_key_in("ws", "live", &[]);
     let up = Echo::start();
 
-    let good = start_keygate(&up, &cp, &format!("    public_key: {public}\n"), None);
+    let good = start_keygate(
+        &up,
+        &cp,
+        |s| cp_section(s).public_key = Some(public.clone()),
+        None,
+    );
     wait_ready(&good);
     assert_eq!(good.get_with_key("/v1/me", &secret).status, 200);
 
-    let wrong = start_keygate(&up, &cp, &format!("    public_key: {other}\n"), None);
+    let wrong = start_keygate(
+        &up,
+        &cp,
+        |s| cp_section(s).public_key = Some(other.clone()),
+        None,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         wrong.admin_get("/readyz").status,
@@ -373,20 +405,18 @@ fn the_control_plane_token_is_never_logged() {
     let up = Echo::start();
     let keys = Keys::new(0);
     let kg = Keygate::start(Setup {
-        snapshot: Some(cp.keygate_snapshot_section("")),
         env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
         log_filter: "trace",
-        ..Setup::new(&up, &keys)
+        ..Setup::new(&up, &keys).config(|c| c.snapshot = from_control_plane(cp.url()))
     });
     wait_ready(&kg);
     cp.create_key_in("ws", "live", &[]);
     std::thread::sleep(Duration::from_millis(500));
     // And a wrong token: refused, logged as refused, still not printed.
     let bad = Keygate::start(Setup {
-        snapshot: Some(cp.keygate_snapshot_section("")),
         env: vec![("KEYGATE_CP_TOKEN", "wrong-token-value-123".to_owned())],
         log_filter: "trace",
-        ..Setup::new(&up, &keys)
+        ..Setup::new(&up, &keys).config(|c| c.snapshot = from_control_plane(cp.url()))
     });
     let refused = within(Duration::from_secs(5), || {
         bad.log().contains("refused the token")
@@ -421,14 +451,15 @@ fn key_usage_reaches_the_control_plane_on_an_interval_and_at_every_kind_of_stop(
     let keys = Keys::new(0);
     let start = |flush: &str| {
         Keygate::start(Setup {
-            snapshot: Some(cp.keygate_snapshot_section("")),
             env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
-            more: if flush == "fast" {
-                "usage:\n  flush_interval: 200ms\n"
-            } else {
-                "usage:\n  flush_interval: 1h\n"
-            },
-            ..Setup::new(&up, &keys)
+            ..Setup::new(&up, &keys).config(|c| {
+                c.snapshot = from_control_plane(cp.url());
+                c.usage.flush_interval = Some(if flush == "fast" {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_secs(3600)
+                });
+            })
         })
     };
     let kg = start("fast");
@@ -472,11 +503,21 @@ fn not_modified_answers_keep_the_snapshot_and_its_freshness() {
     cp.create_workspace("ws_acme", "live");
     let (_, secret) = cp.create_key_in("ws_acme", "live", &["products:read"]);
     let up = Echo::start();
-    for (mode, extra) in [
-        ("long-poll", "    wait: 300ms\n"),
-        ("poll", "    watch: false\n    poll_interval: 200ms\n"),
-    ] {
-        let kg = start_keygate(&up, &cp, extra, None);
+    for (mode, poll) in [("long-poll", false), ("poll", true)] {
+        let kg = start_keygate(
+            &up,
+            &cp,
+            |s| {
+                let cp = cp_section(s);
+                if poll {
+                    cp.watch = Some(false);
+                    cp.poll_interval = Some(Duration::from_millis(200));
+                } else {
+                    cp.wait = Some(Duration::from_millis(300));
+                }
+            },
+            None,
+        );
         wait_ready(&kg);
         let version = kg.metric("keygate_snapshot_version");
         let series = r#"keygate_sync_responses_total{kind="delta",status="304"}"#;

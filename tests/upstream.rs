@@ -10,8 +10,8 @@ const KEY: &str = "sk_live_UPSTREAM0000000000000000000000001";
 
 fn keys() -> Keys {
     Keys::new(1)
-        .workspace("ws", "live")
-        .key("key_a", KEY, Some("ws"), None, "")
+        .workspace("ws", WorkspaceKind::Live)
+        .key("key_a", KEY, Some("ws"), None)
 }
 
 #[test]
@@ -49,10 +49,8 @@ fn a_slow_upstream_gives_504_json_after_the_read_timeout() {
 fn forward_authorization_passes_the_header_when_asked() {
     let up = Echo::start();
     let keys = keys();
-    let kg = Keygate::start(Setup {
-        upstream_extra: "  forward_authorization: true\n",
-        ..Setup::new(&up, &keys)
-    });
+    let kg =
+        Keygate::start(Setup::new(&up, &keys).config(|c| c.upstream.forward_authorization = true));
     let r = kg.get_with_key("/v1/me", KEY);
     assert_eq!(r.status, 200);
     assert_eq!(upstream_header(&r, "authorization"), Some(bearer(KEY)));

@@ -1,12 +1,13 @@
 //! The YAML configuration: its file schema, strict parsing, and validation into a [`Config`].
 //!
-//! Two layers, as in the file: `*File` structs mirror the YAML exactly (unknown fields are
+//! Two layers: the `*File` structs of [`file`] mirror the YAML exactly (unknown fields are
 //! errors); `validate` turns them into the checked values the server runs on. Every error names
 //! the config file, the field path and what is allowed.
 
+pub mod file;
 mod source;
 
-use source::SnapshotFile;
+use file::*;
 pub use source::{ControlPlaneConfig, Secret, SnapshotSource, SourceConfig};
 
 use crate::connections::ConnectionLimits;
@@ -14,7 +15,7 @@ use crate::limits::{Policy, RateHeaders};
 use crate::routes::{RouteSpec, RouteTable};
 use crate::scopes::RequiredScope;
 use pingora::server::configuration::ServerConf;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,204 +36,6 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
-}
-
-// ---------------------------------------------------------------------------------------------
-// The file as written.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    listen: ListenFile,
-    upstream: UpstreamFile,
-    #[serde(default)]
-    server: ServerFile,
-    snapshot: SnapshotFile,
-    #[serde(default)]
-    routes: Vec<RouteFile>,
-    #[serde(default)]
-    unmatched: Unmatched,
-    #[serde(default)]
-    limits: LimitsFile,
-    #[serde(default)]
-    admin: AdminFile,
-    #[serde(default)]
-    metrics: MetricsFile,
-    #[serde(default)]
-    access_log: AccessLogFile,
-    #[serde(default)]
-    usage: UsageFile,
-    #[serde(default)]
-    log: LogFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdminFile {
-    /// Serve /metrics, /healthz, /readyz and /status. Default true.
-    enabled: Option<bool>,
-    /// Default 127.0.0.1:9901 (loopback: these endpoints are for the host's own agents).
-    address: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetricsFile {
-    /// Export `keygate_workspace_requests_total` by workspace. Default false.
-    per_workspace: Option<bool>,
-    /// Workspaces given their own series before the rest count as `(other)`. Default 1000.
-    per_workspace_max: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccessLogFile {
-    /// One JSON line per request on stdout. Default true.
-    enabled: Option<bool>,
-    /// The level the lines are logged at. Default info.
-    level: Option<String>,
-    /// Share of requests logged, 0.0 to 1.0. Default 1.0.
-    sample_ratio: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageFile {
-    /// `status`: per-key request counts and last use shown on /status; `off`. Default status.
-    mode: Option<UsageMode>,
-    /// Keys tracked at most; further keys are not tracked (and counted as dropped). Default 100000.
-    max_keys: Option<usize>,
-    /// With a control-plane source: how often usage is reported to it. Default 60s.
-    #[serde(default, deserialize_with = "duration")]
-    flush_interval: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsFile {
-    /// Count requests and answer 429 over a limit. Default true.
-    enabled: Option<bool>,
-    /// Default 30/s and 3,000/min.
-    live: Option<PolicyFile>,
-    /// Default 5/s and 100/min.
-    sandbox: Option<PolicyFile>,
-    /// Limits per internal key. Absent: internal keys are not throttled.
-    internal: Option<PolicyFile>,
-    /// Which rate-limit headers responses carry: both (default), ietf, x-ratelimit or none.
-    headers: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    burst_per_second: Option<u32>,
-    sustained_per_minute: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListenFile {
-    /// `host:port` addresses to accept clients on.
-    addresses: Vec<String>,
-    /// How long an idle client connection is kept open. Default 60s.
-    #[serde(default, deserialize_with = "duration")]
-    keepalive_timeout: Option<Duration>,
-    /// Client connections open at once, over all proxy listeners' threads; more are closed on
-    /// arrival. Default 4096.
-    max_connections: Option<usize>,
-    /// How long a request head may take from its first byte to its last. Default 10s.
-    #[serde(default, deserialize_with = "duration")]
-    request_head_timeout: Option<Duration>,
-    /// The largest request head (request line and headers) accepted. Default 65536.
-    max_request_head_bytes: Option<usize>,
-    /// Above 90% of max_connections, how long a connection may stay idle. Default 1s.
-    #[serde(default, deserialize_with = "duration")]
-    idle_timeout_under_pressure: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamFile {
-    /// `host:port` of the protected service; resolved once at start.
-    address: String,
-    /// Default 1s.
-    #[serde(default, deserialize_with = "duration")]
-    connect_timeout: Option<Duration>,
-    /// Default 30s.
-    #[serde(default, deserialize_with = "duration")]
-    read_timeout: Option<Duration>,
-    /// Default 30s.
-    #[serde(default, deserialize_with = "duration")]
-    write_timeout: Option<Duration>,
-    /// How long a pooled upstream connection may idle; keep it below the upstream's own
-    /// keep-alive timeout. Default 4s.
-    #[serde(default, deserialize_with = "duration")]
-    idle_timeout: Option<Duration>,
-    /// Forward the client's `Authorization` header. Default false.
-    #[serde(default)]
-    forward_authorization: bool,
-    /// Remove `X-HTTP-Method-Override` and its variants from forwarded requests. Default true.
-    strip_method_override: Option<bool>,
-}
-
-/// The Pingora server settings keygate exposes, with keygate's defaults.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    /// Worker threads of the proxy service. Default 2.
-    threads: Option<usize>,
-    /// Let idle threads take work from busy ones. Default false: a sidecar shares its host's
-    /// cores, and stealing costs more CPU per request than it saves (see docs/performance.md).
-    work_stealing: Option<bool>,
-    /// Accept tasks per listening socket. Default 1.
-    listener_tasks_per_fd: Option<usize>,
-    /// Idle upstream connections kept per thread. Default 128.
-    upstream_keepalive_pool_size: Option<usize>,
-    /// Retries of a failed upstream connection. Default 16 (Pingora's).
-    max_retries: Option<usize>,
-    /// Seconds to keep serving after SIGTERM before shutting down. Default 5.
-    grace_period_seconds: Option<u64>,
-    /// Seconds to let runtimes finish after the grace period. Default 5.
-    graceful_shutdown_timeout_seconds: Option<u64>,
-    /// Run in the background (also `-d`). Default false.
-    daemon: Option<bool>,
-    /// Written when daemonised. Default /run/keygate/keygate.pid.
-    pid_file: Option<String>,
-    /// Socket for graceful upgrades (`-u`). Default /tmp/keygate_upgrade.sock.
-    upgrade_sock: Option<String>,
-    /// Error log file when daemonised.
-    error_log: Option<String>,
-    user: Option<String>,
-    group: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteFile {
-    name: String,
-    #[serde(default)]
-    methods: Option<Vec<String>>,
-    path: String,
-    #[serde(default)]
-    scopes: Option<Vec<String>>,
-    #[serde(default)]
-    auth: Option<AuthMode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum AuthMode {
-    /// Public: no key needed.
-    None,
-    /// A valid key holding the route's scopes.
-    Key,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogFile {
-    /// error | warn | info | debug | trace. Default info; `RUST_LOG` overrides it.
-    level: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,7 +81,7 @@ fn connection_limits(listen: &ListenFile) -> Result<ConnectionLimits, (String, S
 }
 
 /// What a request that matches no route gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unmatched {
     /// 404, before any authentication.
@@ -324,7 +127,7 @@ pub struct UpstreamConfig {
 }
 
 /// What happens to per-key usage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageMode {
     Status,
@@ -703,26 +506,6 @@ fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {
         group,
         ..defaults
     })
-}
-
-/// Durations are written as `500ms`, `2s`, `1m`. Parsed inside a visitor so that serde_yaml
-/// reports the error with the field's path and line.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    struct HumanDuration;
-    impl serde::de::Visitor<'_> for HumanDuration {
-        type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 500ms, 2s or 1m")
-        }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
-            humantime::parse_duration(s).map_err(|_| {
-                E::custom(format!(
-                    "invalid duration {s:?}: write a number and a unit, such as 500ms, 2s or 1m"
-                ))
-            })
-        }
-    }
-    d.deserialize_str(HumanDuration).map(Some)
 }
 
 #[cfg(test)]

@@ -1,54 +1,11 @@
 //! The `snapshot:` section: where keys come from (a keys file or a control plane), the
 //! last-known-good cache, and how stale a snapshot may get.
 
-use super::duration;
+use super::file::{ControlPlaneFile, SnapshotFile};
 use keygate_protocol::signature::Verifier;
-use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SnapshotFile {
-    /// The keys file, relative to this config file.
-    file: Option<PathBuf>,
-    /// How often the keys file is checked for changes. Default 250ms.
-    #[serde(default, deserialize_with = "duration")]
-    watch_interval: Option<Duration>,
-    control_plane: Option<ControlPlaneFile>,
-    /// Where the last accepted control-plane snapshot is kept, for starts while it is down.
-    cache_file: Option<PathBuf>,
-    /// Past this age without confirmation from the source, fail closed. Default: never.
-    #[serde(default, deserialize_with = "duration")]
-    max_staleness: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ControlPlaneFile {
-    /// Base URL, `http://` or `https://`.
-    url: String,
-    /// The environment variable holding the bearer token.
-    token_env: Option<String>,
-    /// A file holding the bearer token (relative to this config file).
-    token_file: Option<PathBuf>,
-    /// Long-poll for changes (default true); false: poll every `poll_interval`.
-    watch: Option<bool>,
-    /// How long a long-poll is held by the control plane. Default 30s.
-    #[serde(default, deserialize_with = "duration")]
-    wait: Option<Duration>,
-    /// Between polls when `watch` is false. Default 10s.
-    #[serde(default, deserialize_with = "duration")]
-    poll_interval: Option<Duration>,
-    /// Per request, on top of `wait`. Default 10s.
-    #[serde(default, deserialize_with = "duration")]
-    timeout: Option<Duration>,
-    /// Base64 Ed25519 public key: when set, every snapshot must carry a valid signature.
-    public_key: Option<String>,
-    /// PEM CA certificate(s) to trust for an `https://` control plane with a private CA.
-    ca_file: Option<PathBuf>,
-}
 
 /// A secret read from the environment or a file: never printed.
 #[derive(Clone, PartialEq, Eq)]

@@ -249,15 +249,6 @@ impl ControlPlane {
         format!("http://{}", self.addr)
     }
 
-    /// The `snapshot:` section of a keygate config pointing here, the sync token read from
-    /// `KEYGATE_CP_TOKEN`; `extra` is appended (indented lines of `snapshot:`).
-    pub fn keygate_snapshot_section(&self, extra: &str) -> String {
-        format!(
-            "snapshot:\n  control_plane:\n    url: {}\n    token_env: KEYGATE_CP_TOKEN\n{extra}",
-            self.url()
-        )
-    }
-
     /// Any request, on its own connection. Every response but a 304 must carry a
     /// `Content-Length` equal to its body's length, and no `Transfer-Encoding`: checked here,
     /// for every test.

@@ -7,8 +7,15 @@
 pub use keygate_test_support::{cp, http};
 
 use self::http::{Echo, Response};
+// Each test file uses a different part of the config schema.
+#[allow(unused_imports)]
+pub use keygate::config::file::*;
+#[allow(unused_imports)]
+pub use keygate::config::{Unmatched, UsageMode};
 use keygate::secret::KeyHash;
-use std::fmt::Write as _;
+pub use keygate_protocol::wire::{
+    KeyDoc, KeyStatus, LimitsDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -31,97 +38,196 @@ pub fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
 
-/// Builds a keys file entry by entry.
+/// Builds a keys file entry by entry, from the wire schema's own types.
 #[derive(Clone)]
 pub struct Keys {
-    version: u64,
-    workspaces: String,
-    keys: String,
+    doc: SnapshotDoc,
+    /// Entries written as given, after the typed ones: the malformed ones a test needs.
+    raw_keys: Vec<serde_yaml::Value>,
 }
 
 impl Keys {
     pub fn new(version: u64) -> Keys {
         Keys {
-            version,
-            workspaces: String::new(),
-            keys: String::new(),
+            doc: SnapshotDoc {
+                version,
+                workspaces: Vec::new(),
+                keys: Vec::new(),
+            },
+            raw_keys: Vec::new(),
         }
     }
 
-    pub fn workspace(mut self, id: &str, kind: &str) -> Keys {
-        writeln!(self.workspaces, "  - {{ id: {id}, type: {kind} }}").unwrap();
+    pub fn workspace(self, id: &str, kind: WorkspaceKind) -> Keys {
+        self.workspace_with_limits(id, kind, None)
+    }
+
+    /// A workspace whose limits override the configured ones.
+    pub fn workspace_with_limits(
+        mut self,
+        id: &str,
+        kind: WorkspaceKind,
+        limits: Option<LimitsDoc>,
+    ) -> Keys {
+        self.doc.workspaces.push(WorkspaceDoc {
+            id: id.into(),
+            kind,
+            limits,
+        });
         self
     }
 
-    /// A workspace entry written as given (for limits and other optional fields).
-    pub fn workspace_raw(mut self, yaml: &str) -> Keys {
-        self.workspaces.push_str(yaml);
-        self
-    }
-
-    /// A key for `workspace` (`None`: internal). `scopes: None` leaves the field out (legacy);
-    /// `extra` is appended verbatim as more YAML fields.
+    /// An active key for `workspace` (`None`: internal). `scopes: None` leaves the field out
+    /// (a legacy key).
     pub fn key(
         mut self,
         id: &str,
         secret: &str,
         workspace: Option<&str>,
         scopes: Option<&[&str]>,
-        extra: &str,
     ) -> Keys {
-        let hash = KeyHash::of(secret).to_hex();
-        write!(self.keys, "  - id: {id}\n    hash: {hash}\n").unwrap();
-        match workspace {
-            Some(w) => writeln!(self.keys, "    workspace: {w}").unwrap(),
-            None => writeln!(self.keys, "    internal: true").unwrap(),
-        }
-        if let Some(scopes) = scopes {
-            let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
-            writeln!(self.keys, "    scopes: [{}]", quoted.join(", ")).unwrap();
-        }
-        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-            writeln!(self.keys, "    {}", line.trim()).unwrap();
-        }
+        self.doc.keys.push(KeyDoc {
+            id: id.into(),
+            name: String::new(),
+            hash: KeyHash::of(secret).to_hex(),
+            workspace: workspace.map(str::to_owned),
+            internal: workspace.is_none(),
+            scopes: scopes.map(|s| Some(s.iter().map(|s| s.to_string()).collect())),
+            status: KeyStatus::Active,
+            expires_at: None,
+            restrictions: None,
+        });
         self
     }
 
-    /// Appends raw YAML lines to the `keys:` list (for malformed entries).
+    /// Marks the last key revoked.
+    pub fn revoked(mut self) -> Keys {
+        self.last_key().status = KeyStatus::Revoked;
+        self
+    }
+
+    /// Gives the last key an expiry (RFC 3339).
+    pub fn expires_at(mut self, at: &str) -> Keys {
+        self.last_key().expires_at = Some(at.into());
+        self
+    }
+
+    fn last_key(&mut self) -> &mut KeyDoc {
+        self.doc.keys.last_mut().expect("no key to change")
+    }
+
+    /// Appends key entries written as YAML list items (`- id: …`), for malformed entries
+    /// the typed schema cannot express.
     pub fn raw_key(mut self, yaml: &str) -> Keys {
-        self.keys.push_str(yaml);
+        let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).expect("not a YAML list");
+        self.raw_keys.extend(entries);
         self
     }
 
     pub fn yaml(&self) -> String {
-        format!(
-            "version: {}\nworkspaces:\n{}keys:\n{}",
-            self.version, self.workspaces, self.keys
-        )
+        let mut doc = serde_yaml::to_value(&self.doc).unwrap();
+        doc["keys"]
+            .as_sequence_mut()
+            .unwrap()
+            .extend(self.raw_keys.iter().cloned());
+        serde_yaml::to_string(&doc).unwrap()
+    }
+}
+
+/// A route that needs a key holding `scopes` (`&[]`: any valid key); `methods` empty: any.
+pub fn route(name: &str, methods: &[&str], path: &str, scopes: &[&str]) -> RouteFile {
+    RouteFile {
+        name: name.into(),
+        methods: (!methods.is_empty()).then(|| methods.iter().map(|m| m.to_string()).collect()),
+        path: path.into(),
+        scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+        auth: None,
+    }
+}
+
+/// A route anyone may call, without a key.
+pub fn public_route(name: &str, methods: &[&str], path: &str) -> RouteFile {
+    RouteFile {
+        scopes: None,
+        auth: Some(AuthMode::None),
+        ..route(name, methods, path, &[])
     }
 }
 
 /// The route table most tests use.
-pub const ROUTES: &str = r#"
-routes:
-  - name: health
-    methods: [GET]
-    path: /health
-    auth: none
-  - name: whoami
-    path: /v1/me
-    scopes: []
-  - name: products-read
-    methods: [GET, HEAD]
-    path: /v1/products/**
-    scopes: [products:read]
-  - name: products-write
-    methods: [POST, PUT, PATCH, DELETE]
-    path: /v1/products/**
-    scopes: [products:write]
-  - name: geo
-    methods: [GET]
-    path: /v1/data/geo/**
-    scopes: [data:geo:read]
-"#;
+pub fn routes() -> Vec<RouteFile> {
+    vec![
+        public_route("health", &["GET"], "/health"),
+        route("whoami", &[], "/v1/me", &[]),
+        route(
+            "products-read",
+            &["GET", "HEAD"],
+            "/v1/products/**",
+            &["products:read"],
+        ),
+        route(
+            "products-write",
+            &["POST", "PUT", "PATCH", "DELETE"],
+            "/v1/products/**",
+            &["products:write"],
+        ),
+        route("geo", &["GET"], "/v1/data/geo/**", &["data:geo:read"]),
+    ]
+}
+
+/// A burst and sustained limit, either of which may be left to its default.
+pub fn policy(
+    burst_per_second: Option<u32>,
+    sustained_per_minute: Option<u32>,
+) -> Option<PolicyFile> {
+    Some(PolicyFile {
+        burst_per_second,
+        sustained_per_minute,
+    })
+}
+
+/// A `snapshot:` section syncing from `cp`, with the token in `KEYGATE_CP_TOKEN`.
+pub fn from_control_plane(url: String) -> SnapshotFile {
+    SnapshotFile {
+        control_plane: Some(ControlPlaneFile {
+            url,
+            token_env: Some("KEYGATE_CP_TOKEN".into()),
+            ..ControlPlaneFile::default()
+        }),
+        ..SnapshotFile::default()
+    }
+}
+
+/// The config every test starts from: keygate in front of `upstream`, keys from `keys.yaml`
+/// (checked every 50 ms), the usual routes, limits off (most tests send bursts that are not
+/// about limits), two threads and no shutdown grace. The listen and admin addresses are filled
+/// in when keygate starts.
+pub fn base_config(upstream: SocketAddr) -> ConfigFile {
+    ConfigFile {
+        upstream: UpstreamFile {
+            address: upstream.to_string(),
+            read_timeout: Some(Duration::from_secs(2)),
+            ..UpstreamFile::default()
+        },
+        server: ServerFile {
+            threads: Some(2),
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerFile::default()
+        },
+        snapshot: SnapshotFile {
+            file: Some("keys.yaml".into()),
+            watch_interval: Some(Duration::from_millis(50)),
+            ..SnapshotFile::default()
+        },
+        routes: routes(),
+        limits: LimitsFile {
+            enabled: Some(false),
+            ..LimitsFile::default()
+        },
+        ..ConfigFile::default()
+    }
+}
 
 /// A running keygate process; killed on drop.
 pub struct Keygate {
@@ -136,42 +242,32 @@ pub struct Keygate {
 }
 
 pub struct Setup<'a> {
-    pub upstream: SocketAddr,
+    /// The config file, typed; `listen.addresses` and `admin.address` are set at start.
+    pub config: ConfigFile,
     pub keys: &'a Keys,
-    /// YAML appended to the config after the upstream and snapshot sections.
-    pub extra: &'a str,
-    pub upstream_extra: &'a str,
     /// `RUST_LOG` for the keygate process.
     pub log_filter: &'a str,
-    /// The `limits:` section. Off by default: most tests send bursts that are not about limits.
-    pub limits: &'a str,
-    /// More top-level YAML (metrics, access_log, usage sections).
-    pub more: &'a str,
-    /// Replaces the `snapshot:` section (default: the keys file, watched every 50 ms).
-    pub snapshot: Option<String>,
     /// Environment for the keygate process (e.g. the control-plane token).
     pub env: Vec<(&'a str, String)>,
     /// A fixed listen port instead of a free one (for restarts on the same address).
     pub port: Option<u16>,
-    /// More `listen:` fields, each line indented by two spaces.
-    pub listen_extra: &'a str,
 }
 
 impl<'a> Setup<'a> {
     pub fn new(upstream: &Echo, keys: &'a Keys) -> Setup<'a> {
         Setup {
-            upstream: upstream.addr,
+            config: base_config(upstream.addr),
             keys,
-            extra: ROUTES,
-            upstream_extra: "",
             log_filter: "info",
-            limits: "limits:\n  enabled: false\n",
-            more: "",
-            snapshot: None,
             env: Vec::new(),
             port: None,
-            listen_extra: "",
         }
+    }
+
+    /// Changes the config: `Setup::new(&up, &keys).config(|c| c.metrics.per_workspace = Some(true))`.
+    pub fn config(mut self, change: impl FnOnce(&mut ConfigFile)) -> Setup<'a> {
+        change(&mut self.config);
+        self
     }
 }
 
@@ -194,23 +290,10 @@ impl Keygate {
         let admin: SocketAddr = format!("127.0.0.1:{}", http::free_port()).parse().unwrap();
         let keys_path = dir.path().join("keys.yaml");
         std::fs::write(&keys_path, setup.keys.yaml()).unwrap();
-        let config = format!(
-            "listen:\n  addresses: [\"{addr}\"]\n{}\
-             upstream:\n  address: \"{}\"\n  read_timeout: 2s\n{}\
-             server:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
-             {}\
-             admin:\n  address: \"{admin}\"\n{}{}{}",
-            setup.listen_extra,
-            setup.upstream,
-            setup.upstream_extra,
-            setup
-                .snapshot
-                .as_deref()
-                .unwrap_or("snapshot:\n  file: keys.yaml\n  watch_interval: 50ms\n"),
-            setup.extra,
-            setup.limits,
-            setup.more
-        );
+        let mut config = setup.config.clone();
+        config.listen.addresses = vec![addr.to_string()];
+        config.admin.address = Some(admin.to_string());
+        let config = serde_yaml::to_string(&config).unwrap();
         let config_path = dir.path().join("keygate.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("keygate.log");
