@@ -80,6 +80,7 @@ pub enum ScopeError {
 
 impl ScopeError {
     /// The scope text that was rejected.
+    #[inline]
     pub fn scope(&self) -> &str {
         match self {
             Self::Empty { scope }
@@ -182,6 +183,7 @@ impl RequiredScope {
     }
 
     /// The scope as written.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -210,6 +212,7 @@ impl ScopePattern {
     }
 
     /// The scope as written.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -220,6 +223,7 @@ impl ScopePattern {
     /// backtrack point (the most recent `*`), so it runs in O(pattern × required) worst case
     /// and never recurses: a later `*` can absorb anything an earlier one could, so earlier
     /// backtrack points never need revisiting.
+    #[inline]
     pub fn grants(&self, required: &RequiredScope) -> bool {
         let pat = &*self.segments;
         let txt = &*required.segments;
@@ -288,6 +292,7 @@ impl KeyScopes {
     }
 
     /// Whether this key may use `required`.
+    #[inline]
     pub fn grants(&self, required: &RequiredScope) -> bool {
         match self {
             Self::Legacy => true,
@@ -296,6 +301,7 @@ impl KeyScopes {
     }
 
     /// true when every required scope is granted (an empty requirement is always satisfied)
+    #[inline]
     pub fn grants_all(&self, required: &[RequiredScope]) -> bool {
         required.iter().all(|r| self.grants(r))
     }

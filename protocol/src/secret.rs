@@ -23,6 +23,7 @@ pub enum Env {
 }
 
 impl Env {
+    #[inline]
     pub fn prefix(self) -> &'static str {
         match self {
             Env::Live => "sk_live_",
@@ -37,6 +38,7 @@ impl Env {
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
+    #[inline]
     pub fn of(secret: &str) -> Self {
         KeyHash(Sha256::digest(secret.as_bytes()).into())
     }
@@ -88,6 +90,7 @@ impl fmt::Debug for KeyHash {
 /// Checks a presented token's shape and returns the environment it names.
 ///
 /// Done before hashing: a malformed token is answered without touching the index.
+#[inline]
 pub fn parse_token(token: &str) -> Option<Env> {
     let (env, body) = if let Some(body) = token.strip_prefix("sk_live_") {
         (Env::Live, body)
