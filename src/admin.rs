@@ -71,7 +71,18 @@ impl Admin {
             "ready": self.ready(),
             "snapshot": snapshot,
             "config": { "path": self.config_path, "sha256": self.config_checksum },
-            "limiter": self.limiter.as_ref().map(|l| json!({ "active_subjects": l.active() })),
+            "limiter": self.limiter.as_ref().map(|l| json!({
+                "active_subjects": l.active(),
+                // Where the limits are held: this host, or the fleet through Redis (and whether
+                // Redis answers; while it does not, `on_outage` decides).
+                "scope": if l.fleet().is_some() { "fleet" } else { "host" },
+                "fleet": l.fleet().map(|f| json!({
+                    "backend": "redis",
+                    "state": if f.is_up() { "connected" } else { "degraded" },
+                    "on_outage": f.config.on_outage.as_str(),
+                    "local_share": f.config.local_share,
+                })),
+            })),
             "usage": self.usage.as_ref().map(|u| u.report()),
         })
     }

@@ -42,6 +42,8 @@ pub enum Rejection {
         /// `live`, `sandbox` or `internal`, for metrics.
         subject_type: SubjectKind,
     },
+    /// Fleet-wide limits could not be consulted and `on_outage` is `deny`.
+    LimitsUnavailable,
 }
 
 #[derive(Debug)]
@@ -53,6 +55,8 @@ pub enum Verdict<'r> {
         path: Cow<'r, str>,
     },
     Reject(Rejection),
+    /// Fleet-wide limits: wait for Redis (bounded), then decide again with how the wait ended.
+    Wait(limits::Waiter),
 }
 
 /// The outcome with the route it was decided on (absent when no route matched) and, for an
@@ -190,6 +194,27 @@ impl Gate {
         headers: &HeaderMap,
         now_unix: i64,
     ) -> Decision<'g, 'r> {
+        self.decide_with(
+            snapshot,
+            method,
+            raw_path,
+            headers,
+            now_unix,
+            limits::Attempt::First,
+        )
+    }
+
+    /// As [`decide`](Self::decide), for a request's `attempt` (after a wait for Redis: how the
+    /// wait ended).
+    pub fn decide_with<'g, 'r>(
+        &'g self,
+        snapshot: Option<&Snapshot>,
+        method: &str,
+        raw_path: &'r str,
+        headers: &HeaderMap,
+        now_unix: i64,
+        attempt: limits::Attempt,
+    ) -> Decision<'g, 'r> {
         let reject = |route, r| Decision {
             route,
             verdict: Verdict::Reject(r),
@@ -245,8 +270,24 @@ impl Gate {
             .as_ref()
             .and_then(|l| Some((l, l.subject(key)?)));
         if let Some((limits, (subject, policy, subject_type))) = limited {
-            match limits.limiter.check(subject, policy) {
+            match limits.limiter.check_with(subject, policy, attempt) {
                 limits::Verdict::Admitted(usage) => rate = Some(usage),
+                limits::Verdict::Wait(waiter) => {
+                    return Decision {
+                        route,
+                        verdict: Verdict::Wait(waiter),
+                        rate: None,
+                        key: Some(key.clone()),
+                    };
+                }
+                limits::Verdict::Unavailable => {
+                    return Decision {
+                        route,
+                        verdict: Verdict::Reject(Rejection::LimitsUnavailable),
+                        rate: None,
+                        key: Some(key.clone()),
+                    };
+                }
                 limits::Verdict::Limited {
                     limit,
                     retry_after_secs,
@@ -335,6 +376,7 @@ mod tests {
         match g.decide(None, method, path, &HeaderMap::new(), 0).verdict {
             Verdict::Reject(r) => Some(r),
             Verdict::Forward { .. } => None,
+            Verdict::Wait(_) => panic!("no fleet-wide limits here"),
         }
     }
 
@@ -506,6 +548,7 @@ routes:
         match &d.verdict {
             Verdict::Reject(r) => Some(r.clone()),
             Verdict::Forward { .. } => None,
+            Verdict::Wait(_) => panic!("no fleet-wide limits here"),
         }
     }
 
@@ -525,6 +568,7 @@ routes:
             } => Ok((i.key.id().to_owned(), i.workspace.id.to_string())),
             Verdict::Forward { identity: None, .. } => panic!("forwarded without an identity"),
             Verdict::Reject(r) => Err(r.clone()),
+            Verdict::Wait(_) => panic!("no fleet-wide limits here"),
         }
     }
 

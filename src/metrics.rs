@@ -395,6 +395,11 @@ impl Metrics {
         self.sync_responses.with_label_values(&[kind, status]).inc();
     }
 
+    /// The registry, for parts that register metrics of their own (the fleet-wide limits).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric; the snapshot's age is read off `store`.
     pub fn render(&self, store: &SnapshotStore) -> Vec<u8> {
         self.snapshot_age

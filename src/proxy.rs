@@ -5,7 +5,7 @@ use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
 use crate::gate::{Decision, Gate, Identity, Rejection, Verdict};
-use crate::limits::{self, Usage};
+use crate::limits::{self, Attempt, Usage, Waiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
 use crate::respond::{self, Answer};
@@ -71,8 +71,9 @@ impl Keygate {
 
     /// The synchronous half of `request_filter`: the snapshot guard lives only in here, never
     /// across an `.await`. Returns how the request must be rewritten before it is forwarded
-    /// (when the bytes Pingora would send are not the canonical target), or the answer.
-    fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Option<Rewrite>, Answer> {
+    /// (when the bytes Pingora would send are not the canonical target), the answer, or (with
+    /// fleet-wide limits) that it must wait for Redis and be decided again.
+    fn decide(&self, req: &RequestHeader, ctx: &mut RequestCtx, attempt: Attempt) -> Decided {
         let snapshot = self.store.load();
         // Fail closed on a snapshot too old to trust (when a maximum is configured).
         let snapshot = match self.max_staleness {
@@ -81,12 +82,13 @@ impl Keygate {
         };
         let target = target::of(req);
         let decision = match &target {
-            Ok(t) => self.gate.decide(
+            Ok(t) => self.gate.decide_with(
                 snapshot,
                 req.method.as_str(),
                 t.path,
                 &req.headers,
                 unix_now(),
+                attempt,
             ),
             Err(e) => Decision::rejected(Rejection::BadPath(*e)),
         };
@@ -100,11 +102,12 @@ impl Keygate {
         }
         record.key = decision.key;
         match decision.verdict {
+            Verdict::Wait(waiter) => Decided::Wait(waiter),
             Verdict::Reject(r) => {
                 let (outcome, reason) = observe::classify(&r, &self.metrics);
                 record.outcome = outcome;
                 record.reason = Some(reason);
-                Err(respond::for_rejection(&r))
+                Decided::Answer(respond::for_rejection(&r))
             }
             Verdict::Forward { identity, path } => {
                 if let Some(id) = &identity {
@@ -113,15 +116,27 @@ impl Keygate {
                 ctx.identity = identity;
                 // A forwarded request always has a target that passed `target::of`.
                 let Ok(target) = target else {
-                    return Err(respond::for_proxy_failure(400));
+                    return Decided::Answer(respond::for_proxy_failure(400));
                 };
                 if target.forwards_as(req, &path) {
-                    return Ok(None);
+                    return Decided::Forward(None);
                 }
-                Rewrite::to(&path, target.query, target.authority).map(Some)
+                match Rewrite::to(&path, target.query, target.authority) {
+                    Ok(rewrite) => Decided::Forward(Some(rewrite)),
+                    Err(answer) => Decided::Answer(answer),
+                }
             }
         }
     }
+}
+
+/// What `Keygate::decide` concluded.
+enum Decided {
+    /// Forward, rewritten first when the target must be.
+    Forward(Option<Rewrite>),
+    Answer(Answer),
+    /// Wait for Redis (fleet-wide limits), then decide again.
+    Wait(Waiter),
 }
 
 /// What the forwarded request needs so that the upstream receives the path keygate matched, in
@@ -190,17 +205,37 @@ impl ProxyHttp for Keygate {
             session.set_keepalive((!pressure).then_some(self.client_keepalive_secs));
         }
         let started = Instant::now();
-        let decided = self.decide(session.req_header(), ctx);
+        let mut decided = self.decide(session.req_header(), ctx, Attempt::First);
+        if let Decided::Wait(waiter) = decided {
+            // Bounded by `command_timeout`; then the request is decided without waiting again.
+            let attempt = if waiter.wait().await {
+                Attempt::Answered
+            } else {
+                Attempt::TimedOut
+            };
+            decided = self.decide(session.req_header(), ctx, attempt);
+        }
         self.metrics
             .decision_duration
             .observe(started.elapsed().as_secs_f64());
         match decided {
-            Ok(None) => Ok(false),
-            Ok(Some(rewrite)) => {
+            Decided::Forward(None) => Ok(false),
+            Decided::Forward(Some(rewrite)) => {
                 rewrite.apply(session.req_header_mut())?;
                 Ok(false)
             }
-            Err(answer) => {
+            Decided::Wait(_) => {
+                // A second attempt never asks to wait; answer as an outage would, to be safe.
+                respond::send(
+                    session,
+                    respond::for_rejection(&Rejection::LimitsUnavailable),
+                    None,
+                    self.gate.rate_headers(),
+                )
+                .await?;
+                Ok(true)
+            }
+            Decided::Answer(answer) => {
                 respond::send(session, answer, ctx.rate.as_ref(), self.gate.rate_headers()).await?;
                 Ok(true)
             }

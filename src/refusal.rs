@@ -39,6 +39,9 @@ impl Rejection {
             Rejection::RateLimited { limit, .. } => {
                 (429, "rate_limited", RateLimited, limit.as_str())
             }
+            Rejection::LimitsUnavailable => {
+                (429, "limits_unavailable", RateLimited, "limits_unavailable")
+            }
         };
         Refusal {
             status,

@@ -43,6 +43,7 @@ const NO_SNAPSHOT: &str = r#"{"error":"Service Unavailable","code":"no_snapshot"
 const UPSTREAM_TIMEOUT: &str = r#"{"error":"Gateway Timeout","code":"upstream_timeout","message":"The upstream service did not answer in time."}"#;
 const UPSTREAM_FAILED: &str = r#"{"error":"Bad Gateway","code":"upstream_unavailable","message":"The upstream service could not be reached."}"#;
 const INTERNAL: &str = r#"{"error":"Internal Server Error","code":"internal_error","message":"keygate could not handle this request."}"#;
+const LIMITS_UNAVAILABLE: &str = r#"{"error":"rate_limited","code":"limits_unavailable","retry_after":1,"message":"The workspace's limits cannot be checked right now; retry after 1 s."}"#;
 const BAD_REQUEST: &str =
     r#"{"error":"Bad Request","code":"bad_request","message":"The request could not be read."}"#;
 
@@ -86,6 +87,10 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             }
         }
         Rejection::WorkspaceRequired => fixed(WORKSPACE_REQUIRED),
+        Rejection::LimitsUnavailable => Answer {
+            retry_after: Some(1),
+            ..fixed(LIMITS_UNAVAILABLE)
+        },
         Rejection::UnknownWorkspace => fixed(UNKNOWN_WORKSPACE),
         Rejection::RateLimited {
             limit,
@@ -185,6 +190,7 @@ mod tests {
                 retry_after_secs: 1,
                 subject_type: limits::SubjectKind::Live,
             },
+            Rejection::LimitsUnavailable,
         ]
     }
 

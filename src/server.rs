@@ -5,7 +5,8 @@ use crate::admin::Admin;
 use crate::config::{Config, SourceConfig};
 use crate::connections::Bounded;
 use crate::gate::{Gate, RateLimits};
-use crate::limits::{Limiter, MonotonicClock};
+use crate::limits::fleet::FleetMetrics;
+use crate::limits::{Clock, Fleet, Limiter, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::proxy::{Keygate, Observers};
 use crate::sync::cache::CacheWriter;
@@ -43,6 +44,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         routes,
         unmatched,
         limits,
+        fleet,
         observability,
         access_log,
         log_level: _,
@@ -79,7 +81,17 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     }
 
     let limits = limits.map(|config| {
-        let limiter = Arc::new(Limiter::new(Arc::new(MonotonicClock::new())));
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+        let limiter = match fleet {
+            None => Limiter::new(clock),
+            Some(fleet_config) => {
+                let metrics = FleetMetrics::register(metrics.registry());
+                let (fleet, worker) = Fleet::new(fleet_config, clock.clone(), metrics);
+                server.add_service(background_service("fleet-wide limits", worker));
+                Limiter::with_fleet(clock, fleet)
+            }
+        };
+        let limiter = Arc::new(limiter);
         server.add_service(background_service(
             "idle limit eviction",
             Eviction {

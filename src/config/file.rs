@@ -5,6 +5,7 @@
 //! written as `null`.
 
 use super::{Unmatched, UsageMode};
+use crate::limits::OnOutage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,6 +90,37 @@ pub struct LimitsFile {
     pub internal: Option<PolicyFile>,
     /// Which rate-limit headers responses carry: both (default), ietf, x-ratelimit or none.
     pub headers: Option<String>,
+    /// Hold the limits across every sidecar through Redis. Absent: each host enforces them alone.
+    pub global: Option<GlobalLimitsFile>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalLimitsFile {
+    pub redis: RedisFile,
+    /// What a request beyond the leased tokens gets while Redis is unreachable: local
+    /// (default), allow or deny.
+    pub on_outage: Option<OnOutage>,
+    /// With `on_outage: local`: each sidecar's share of each limit while Redis is out. Default 1.0;
+    /// set it to 1/N for N sidecars.
+    pub local_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// The environment variable holding Redis's password (never the config itself).
+    pub password_env: Option<String>,
+    /// A file holding Redis's password (relative to this config file).
+    pub password_file: Option<PathBuf>,
+    /// Default 250ms.
+    #[serde(default, with = "human_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// The longest a request waits on Redis. Default 50ms.
+    #[serde(default, with = "human_duration")]
+    pub command_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

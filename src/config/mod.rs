@@ -5,6 +5,7 @@
 //! the config file, the field path and what is allowed.
 
 pub mod file;
+mod global;
 mod source;
 
 use file::*;
@@ -185,6 +186,8 @@ pub struct Config {
     pub unmatched: Unmatched,
     /// `None` when limits are disabled.
     pub limits: Option<LimitsConfig>,
+    /// `Some` when limits hold across the fleet (`limits.global`).
+    pub fleet: Option<crate::limits::FleetConfig>,
     pub observability: ObservabilityConfig,
     /// `None` when access logs are off.
     pub access_log: Option<AccessLogConfig>,
@@ -328,7 +331,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     }
     let routes = RouteTable::build(specs).map_err(|e| invalid("routes".into(), e.to_string()))?;
 
-    let limits = limits_config(limits).map_err(|(f, m)| invalid(f, m))?;
+    let (limits, fleet) = limits_config(limits, base).map_err(|(f, m)| invalid(f, m))?;
 
     let log_level = log.level.unwrap_or_else(|| "info".into());
     parse_level(&log_level).map_err(|m| invalid("log.level".into(), m))?;
@@ -394,6 +397,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         routes,
         unmatched,
         limits,
+        fleet,
         observability: ObservabilityConfig {
             admin: admin_addr,
             per_workspace_metrics,
@@ -411,13 +415,16 @@ fn parse_level(level: &str) -> Result<tracing::Level, String> {
         .map_err(|_| format!("{level:?} is not one of error, warn, info, debug, trace"))
 }
 
-fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)> {
+type Limits = (Option<LimitsConfig>, Option<crate::limits::FleetConfig>);
+
+fn limits_config(l: LimitsFile, base: &Path) -> Result<Limits, (String, String)> {
     let LimitsFile {
         enabled,
         live,
         sandbox,
         internal,
         headers,
+        global,
     } = l;
     let headers = match headers.as_deref() {
         None => RateHeaders::BOTH,
@@ -458,7 +465,17 @@ fn limits_config(l: LimitsFile) -> Result<Option<LimitsConfig>, (String, String)
         },
         headers,
     };
-    Ok(enabled.unwrap_or(true).then_some(config))
+    if !enabled.unwrap_or(true) {
+        if global.is_some() {
+            return Err((
+                "limits.global".into(),
+                "fleet-wide limits need limits on: remove `enabled: false` or this section".into(),
+            ));
+        }
+        return Ok((None, None));
+    }
+    let fleet = global.map(|g| global::validate(g, base)).transpose()?;
+    Ok((Some(config), fleet))
 }
 
 fn server_conf(s: ServerFile) -> Result<ServerConf, (String, String)> {
@@ -1160,6 +1177,105 @@ snapshot:
             })
         );
         assert_eq!(accepted(&with("limits", "enabled: false")).limits, None);
+    }
+
+    /// `limits.global` written inline after `redis:`'s url.
+    fn global(url: &str, more: &str) -> String {
+        with(
+            "limits",
+            &format!("global: {{ redis: {{ url: {url:?} }}{more} }}"),
+        )
+    }
+
+    #[test]
+    fn fleet_limits_take_their_defaults() {
+        let c = accepted(&global("redis://127.0.0.1:6379/0", ""));
+        let f = c.fleet.expect("fleet limits");
+        assert_eq!(f.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(f.command_timeout, Duration::from_millis(50));
+        assert_eq!(f.connect_timeout, Duration::from_millis(250));
+        assert_eq!(f.on_outage, crate::limits::OnOutage::Local);
+        assert_eq!(f.local_share, 1.0);
+        assert!(f.password.is_none());
+        assert!(accepted(MINIMAL).fleet.is_none());
+        let c = accepted(&global(
+            "redis://cache:6379",
+            ", on_outage: deny, local_share: 0.25",
+        ));
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            (f.on_outage, f.local_share),
+            (crate::limits::OnOutage::Deny, 0.25)
+        );
+    }
+
+    #[test]
+    fn a_bad_fleet_limits_section_names_its_field_and_the_fix() {
+        for (url, fix) in [
+            ("http://127.0.0.1:6379", "write it as redis://host:port/db"),
+            (
+                "rediss://127.0.0.1:6379",
+                "TLS to Redis (rediss://) is not supported",
+            ),
+            (
+                "redis://:hunter2@127.0.0.1:6379",
+                "use `password_env` or `password_file`",
+            ),
+            ("redis://", "is not redis://host:port/db"),
+            ("redis://127.0.0.1:6379/zero", "is not redis://host:port/db"),
+        ] {
+            assert_invalid(&global(url, ""), "limits.global.redis.url", fix);
+        }
+        let (_, message) = invalid(&global("redis://:hunter2@127.0.0.1:6379", ""));
+        assert!(!message.contains("hunter2"), "{message}");
+        for share in ["0", "1.5", "-1", ".nan"] {
+            assert_invalid(
+                &global("redis://h:1", &format!(", local_share: {share}")),
+                "limits.global.local_share",
+                "1/N for N sidecars",
+            );
+        }
+        assert_invalid(
+            &with(
+                "limits",
+                "global: { redis: { url: redis://h:1, command_timeout: 5s } }",
+            ),
+            "limits.global.redis.command_timeout",
+            "between 1ms and 1s",
+        );
+        assert_invalid(
+            &with(
+                "limits",
+                "global: { redis: { url: redis://h:1, password_env: KEYGATE_TEST_NO_SUCH_VAR } }",
+            ),
+            "limits.global.redis.password_env",
+            "KEYGATE_TEST_NO_SUCH_VAR is not set",
+        );
+        assert_invalid(
+            &format!(
+                "{}  enabled: false\n  global: {{ redis: {{ url: redis://h:1 }} }}\n",
+                MINIMAL.to_owned() + "limits:\n"
+            ),
+            "limits.global",
+            "need limits on",
+        );
+        assert_schema_error(
+            &global("redis://h:1", ", on_outage: ignore"),
+            &[
+                "limits.global.on_outage",
+                "unknown variant `ignore`",
+                "local",
+                "allow",
+                "deny",
+            ],
+        );
+        assert_schema_error(
+            &with(
+                "limits",
+                "global: { redis: { url: redis://h:1, pasword_env: X } }",
+            ),
+            &["unknown field `pasword_env`"],
+        );
     }
 
     #[test]

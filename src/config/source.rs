@@ -12,6 +12,10 @@ use std::time::Duration;
 pub struct Secret(String);
 
 impl Secret {
+    pub(crate) fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

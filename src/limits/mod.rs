@@ -12,11 +12,13 @@
 
 mod cache;
 mod clock;
+pub mod fleet;
 mod headers;
 mod subject_key;
 mod window;
 
 pub use cache::StateCache;
+pub use fleet::{Attempt, Fleet, FleetConfig, OnOutage, Waiter};
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use headers::{RateHeaders, rate_headers};
@@ -111,7 +113,7 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Admitted(Usage),
     /// Refused, and not counted. `retry_after_secs` is when a request would be admitted.
@@ -120,6 +122,11 @@ pub enum Verdict {
         retry_after_secs: u32,
         usage: Usage,
     },
+    /// Fleet-wide limits: no token on hand; wait for Redis (at most `command_timeout`), then
+    /// decide again with the [`Attempt`] the wait ended in.
+    Wait(Waiter),
+    /// Fleet-wide limits with `on_outage: deny`: Redis cannot say, so the request is refused.
+    Unavailable,
 }
 
 /// Who a request is counted against.
@@ -142,6 +149,9 @@ struct State {
     /// Set, under the lock, when the map drops this state: a cache that still holds it must
     /// look the subject up again rather than count into a state nobody else sees.
     evicted: bool,
+    /// With fleet-wide limits: this sidecar's leases for the subject (boxed: most subjects of a
+    /// local-only limiter never need one).
+    lease: Option<Box<fleet::LeaseBook>>,
 }
 
 impl State {
@@ -177,7 +187,26 @@ impl State {
     }
 
     fn is_idle(&self, now: Millis) -> bool {
-        self.burst.is_idle(now) && self.sustained.is_idle(now)
+        self.burst.is_idle(now)
+            && self.sustained.is_idle(now)
+            && self.lease.as_ref().is_none_or(|b| b.is_idle())
+    }
+
+    /// Counts an admission decided elsewhere (by the fleet): the local windows see every
+    /// admission, so that an outage's local share starts from this sidecar's real recent load.
+    fn count_local(&mut self, now: Millis) {
+        self.burst.has_room(now, u32::MAX);
+        self.sustained.has_room(now, u32::MAX);
+        self.burst.count();
+        self.sustained.count();
+    }
+
+    /// The local windows' view, under `p`.
+    fn local_usage(&self, now: Millis, p: Policy) -> Usage {
+        Usage {
+            burst: self.burst.standing(now, p.burst_per_second),
+            sustained: self.sustained.standing(now, p.sustained_per_minute),
+        }
     }
 }
 
@@ -186,6 +215,32 @@ struct Slot {
     /// The limiter it belongs to: a cache is trusted only by that limiter.
     limiter: u64,
     state: Mutex<State>,
+}
+
+impl Slot {
+    /// How many exchanges with Redis this subject has had: what a waiting request watches.
+    fn generation(&self) -> u64 {
+        lock(&self.state)
+            .lease
+            .as_ref()
+            .map_or(0, |b| b.generation())
+    }
+}
+
+/// Which map a subject lives in: also its Redis key's kind.
+#[derive(Clone, Copy)]
+enum Class {
+    Workspace,
+    InternalKey,
+}
+
+impl Class {
+    fn as_str(self) -> &'static str {
+        match self {
+            Class::Workspace => "ws",
+            Class::InternalKey => "key",
+        }
+    }
 }
 
 type Subjects = DashMap<SubjectKey, Arc<Slot>, foldhash::fast::RandomState>;
@@ -198,6 +253,8 @@ pub struct Limiter {
     clock: Arc<dyn Clock>,
     workspaces: Subjects,
     internal_keys: Subjects,
+    /// Fleet-wide limits through Redis; `None`: this host's limits alone.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Limiter {
@@ -207,29 +264,134 @@ impl Limiter {
             clock,
             workspaces: DashMap::default(),
             internal_keys: DashMap::default(),
+            fleet: None,
         }
+    }
+
+    /// A limiter whose limits hold across the fleet (see [`fleet`]); `fleet` must run on `clock`.
+    pub fn with_fleet(clock: Arc<dyn Clock>, fleet: Arc<Fleet>) -> Limiter {
+        Limiter {
+            fleet: Some(fleet),
+            ..Limiter::new(clock)
+        }
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// Decides one request and, when admitted, counts it.
     pub fn check(&self, subject: Subject<'_>, policy: Policy) -> Verdict {
+        self.check_with(subject, policy, Attempt::First)
+    }
+
+    /// As [`check`](Self::check), for a request's `attempt`: after a [`Verdict::Wait`], the
+    /// outcome of the wait, so that a request waits for Redis at most once.
+    pub fn check_with(&self, subject: Subject<'_>, policy: Policy, attempt: Attempt) -> Verdict {
         let now = self.clock.now_ms();
+        let d = Decide {
+            now,
+            policy,
+            attempt,
+        };
         match subject {
             Subject::Workspace(id) => {
-                self.decide_in(&self.workspaces, id.as_bytes(), None, now, policy)
+                self.decide_in(&self.workspaces, Class::Workspace, id.as_bytes(), None, d)
             }
             Subject::CachedWorkspace(key, cache) => {
                 if let Some(slot) = cache.get().as_ref() {
                     if slot.limiter == self.id {
                         let mut state = lock(&slot.state);
                         if !state.evicted {
-                            return state.decide(now, policy);
+                            return self.decide(
+                                &mut state,
+                                slot,
+                                Class::Workspace,
+                                key.as_bytes(),
+                                d,
+                            );
                         }
                     }
                 }
-                self.decide_in(&self.workspaces, key.as_bytes(), Some(cache), now, policy)
+                self.decide_in(
+                    &self.workspaces,
+                    Class::Workspace,
+                    key.as_bytes(),
+                    Some(cache),
+                    d,
+                )
             }
-            Subject::InternalKey(id) => {
-                self.decide_in(&self.internal_keys, id.as_bytes(), None, now, policy)
+            Subject::InternalKey(id) => self.decide_in(
+                &self.internal_keys,
+                Class::InternalKey,
+                id.as_bytes(),
+                None,
+                d,
+            ),
+        }
+    }
+
+    /// One decision on a locked state: this host's windows, or the fleet's leases.
+    fn decide(
+        &self,
+        state: &mut State,
+        slot: &Arc<Slot>,
+        class: Class,
+        id: &[u8],
+        d: Decide,
+    ) -> Verdict {
+        let Some(fleet) = &self.fleet else {
+            return state.decide(d.now, d.policy);
+        };
+        let book = state.lease.get_or_insert_with(Box::default);
+        if let Some(refill) = book.take(d.now) {
+            if refill {
+                fleet::need(fleet, slot, class.as_str(), id, d.policy);
+            }
+            let usage = book.usage(d.now, d.policy);
+            state.count_local(d.now);
+            fleet.metrics.decided(if d.attempt == Attempt::First {
+                fleet::DecisionPath::Lease
+            } else {
+                fleet::DecisionPath::Waited
+            });
+            return Verdict::Admitted(usage);
+        }
+        match book.shortfall(d.now, fleet.is_up(), d.attempt) {
+            (fleet::Shortfall::Wait(generation), start) => {
+                if start {
+                    fleet::need(fleet, slot, class.as_str(), id, d.policy);
+                }
+                Verdict::Wait(fleet::waiter(fleet, slot, generation))
+            }
+            (fleet::Shortfall::Full, _) => {
+                fleet.metrics.decided(fleet::DecisionPath::Refused);
+                let usage = book.usage(d.now, d.policy);
+                let limit = if usage.burst.remaining == 0 {
+                    LimitName::Burst
+                } else {
+                    LimitName::Sustained
+                };
+                let retry_ms = match limit {
+                    LimitName::Burst => usage.burst.retry_ms,
+                    LimitName::Sustained => usage.sustained.retry_ms,
+                };
+                Verdict::Limited {
+                    limit,
+                    retry_after_secs: retry_ms.div_ceil(SECOND_MS).max(1) as u32,
+                    usage,
+                }
+            }
+            (fleet::Shortfall::Outage, _) => {
+                fleet.metrics.decided(fleet::DecisionPath::Outage);
+                match fleet.config.on_outage {
+                    OnOutage::Local => state.decide(d.now, fleet.config.local_policy(d.policy)),
+                    OnOutage::Allow => {
+                        state.count_local(d.now);
+                        Verdict::Admitted(state.local_usage(d.now, d.policy))
+                    }
+                    OnOutage::Deny => Verdict::Unavailable,
+                }
             }
         }
     }
@@ -240,17 +402,17 @@ impl Limiter {
     fn decide_in(
         &self,
         map: &Subjects,
+        class: Class,
         id: &[u8],
         cache: Option<&StateCache>,
-        now: Millis,
-        policy: Policy,
+        d: Decide,
     ) -> Verdict {
         // The common case holds only a shard read lock; a new subject takes the write lock once.
         if let Some(slot) = map.get(id) {
             if let Some(cache) = cache {
                 cache.set(&slot);
             }
-            return lock(&slot.state).decide(now, policy);
+            return self.decide(&mut lock(&slot.state), &slot, class, id, d);
         }
         let slot = map.entry(SubjectKey::from_bytes(id)).or_insert_with(|| {
             Arc::new(Slot {
@@ -261,7 +423,7 @@ impl Limiter {
         if let Some(cache) = cache {
             cache.set(&slot);
         }
-        lock(&slot.state).decide(now, policy)
+        self.decide(&mut lock(&slot.state), &slot, class, id, d)
     }
 
     /// Drops the state of subjects with nothing left in either window; returns how many.
@@ -282,6 +444,14 @@ impl Limiter {
     pub fn active(&self) -> usize {
         self.workspaces.len() + self.internal_keys.len()
     }
+}
+
+/// What one decision is asked.
+#[derive(Clone, Copy)]
+struct Decide {
+    now: Millis,
+    policy: Policy,
+    attempt: Attempt,
 }
 
 /// A panic while a state was locked leaves only counters behind, which stay consistent enough

@@ -251,6 +251,7 @@ fn retry_after_is_when_a_request_is_admitted_again() {
                     assert_eq!(limit, LimitName::Burst);
                     break retry_after_secs;
                 }
+                other => panic!("a local limiter never answers {other:?}"),
             }
         };
         assert!(retry >= 1);

@@ -5,7 +5,8 @@
 //! - [`cp`]: the reference control plane as a fixture ([`ControlPlane`]), run from the binary
 //!   it is given;
 //! - [`metrics`]: assertions on a `/metrics` page, `metric("name").label(..).value(..)`;
-//! - [`prometheus`]: a real Prometheus server scraping one endpoint.
+//! - [`prometheus`]: a real Prometheus server scraping one endpoint;
+//! - [`redis`]: a real `redis-server` on a loopback port, for the fleet-wide limits.
 //!
 //! It depends on neither keygate nor its control plane (nor SQLite): it drives their binaries.
 
@@ -13,7 +14,9 @@ pub mod cp;
 pub mod http;
 pub mod metrics;
 pub mod prometheus;
+pub mod redis;
 
 pub use cp::ControlPlane;
 pub use http::{Echo, Request, Response, free_port, wait_for_port};
 pub use metrics::metric;
+pub use redis::Redis;

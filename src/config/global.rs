@@ -1,0 +1,125 @@
+//! The `limits.global` section: fleet-wide limits through Redis, checked.
+
+use super::Secret;
+use super::file::{GlobalLimitsFile, RedisFile};
+use crate::limits::FleetConfig;
+use std::path::Path;
+use std::time::Duration;
+
+type Invalid = (String, String);
+
+fn err(field: &str, message: impl Into<String>) -> Invalid {
+    (format!("limits.global.{field}"), message.into())
+}
+
+pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, Invalid> {
+    let GlobalLimitsFile {
+        redis,
+        on_outage,
+        local_share,
+    } = g;
+    let RedisFile {
+        url,
+        password_env,
+        password_file,
+        connect_timeout,
+        command_timeout,
+    } = redis;
+    let url = redis_url(&url)?;
+    let password = match (password_env, password_file) {
+        (None, None) => None,
+        (Some(var), None) => Some(std::env::var(&var).map_err(|_| {
+            err(
+                "redis.password_env",
+                format!("the environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?),
+        (None, Some(file)) => {
+            let path = base.join(file);
+            Some(std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "redis.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?)
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "redis.password_env",
+                "give at most one of `password_env` and `password_file`",
+            ));
+        }
+    };
+    let password = password.map(|p| p.trim().to_owned());
+    if password.as_deref() == Some("") {
+        return Err(err("redis.password_env", "the password is empty"));
+    }
+    let connect_timeout = connect_timeout.unwrap_or(Duration::from_millis(250));
+    let command_timeout = command_timeout.unwrap_or(Duration::from_millis(50));
+    for (field, d, max) in [
+        (
+            "redis.connect_timeout",
+            connect_timeout,
+            Duration::from_secs(10),
+        ),
+        (
+            "redis.command_timeout",
+            command_timeout,
+            Duration::from_secs(1),
+        ),
+    ] {
+        if d < Duration::from_millis(1) || d > max {
+            return Err(err(
+                field,
+                format!(
+                    "must be between 1ms and {}: it bounds how long a request can wait",
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+    }
+    let local_share = local_share.unwrap_or(1.0);
+    if !(local_share > 0.0 && local_share <= 1.0) {
+        return Err(err(
+            "local_share",
+            "must be more than 0 and at most 1: each sidecar's share of a limit during an outage (1/N for N sidecars)",
+        ));
+    }
+    Ok(FleetConfig {
+        url,
+        password: password.map(Secret::new),
+        connect_timeout,
+        command_timeout,
+        on_outage: on_outage.unwrap_or_default(),
+        local_share,
+    })
+}
+
+/// `redis://host[:port][/db]`: plain TCP, no credentials in the URL.
+fn redis_url(url: &str) -> Result<String, Invalid> {
+    let field = "redis.url";
+    let Some(rest) = url.strip_prefix("redis://") else {
+        let hint = if url.starts_with("rediss://") {
+            "TLS to Redis (rediss://) is not supported by this build: reach Redis over loopback or a private network, or through a TLS tunnel such as stunnel"
+        } else {
+            "write it as redis://host:port/db, such as redis://127.0.0.1:6379/0"
+        };
+        return Err(err(field, format!("{url:?}: {hint}")));
+    };
+    if rest.contains('@') {
+        return Err(err(
+            field,
+            "holds credentials: a password is never written in the config; use `password_env` or `password_file`",
+        ));
+    }
+    let (host_port, db) = rest.split_once('/').unwrap_or((rest, ""));
+    if host_port.is_empty() || (!db.is_empty() && db.parse::<u32>().is_err()) {
+        return Err(err(
+            field,
+            format!("{url:?} is not redis://host:port/db, such as redis://127.0.0.1:6379/0"),
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| err(field, format!("{url:?}: {e}")))?;
+    Ok(url.to_owned())
+}

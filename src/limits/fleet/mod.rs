@@ -1,0 +1,802 @@
+//! Fleet-wide limits (`limits.global`): a workspace's burst and sustained limits held across
+//! every sidecar, through Redis, without a round trip on most requests.
+//!
+//! # The algorithm: leases of admissions, charged when Redis learns of them
+//!
+//! Redis keeps, per subject, bucketed windows like the local limiter's (41 buckets of 25 ms for
+//! the burst limit, finer than the local 50 ms because leases add their own slack; 61 of 1 s for
+//! the sustained one) and the **leases** outstanding. A
+//! sidecar takes a lease of `k` admissions in one atomic script call and admits locally against
+//! it; when it is done with the lease (used up, idle, or near its end) it returns it and says how
+//! many it used, and when, to within 5 ms (as ages: "3 used 120 ms ago"). Redis charges
+//! each to the bucket of its last use in that run, which by Redis's clock is never before the use
+//! (the age is measured before the call is sent), and charges a lease never returned in full at
+//! its expiry. A grant is made only while
+//! `admissions in the window + every outstanding lease + k ≤ limit`.
+//!
+//! **The bound.** Take any window `[a, a + W)` and the last grant `g` whose tokens were used in
+//! it, made at `t ≤ a + W`. An admission in `[a, t]` was either returned before `t` (and charged
+//! between its use and `t`, so inside the buckets Redis summed at `t`), or its lease was still
+//! outstanding at `t` (and counted in full). An admission after `t` comes from a lease granted
+//! no later than `t`, so outstanding at `t`, or from `g` itself. So every admission in the window
+//! was counted when `g` was granted, and the fleet never admits more than the limit in any
+//! window of length W, as the local limiter does on one host. A sidecar stops using a lease at
+//! `sent + lifetime` by its own monotonic clock, which is no later than Redis's expiry
+//! (`Redis's now + lifetime`, and Redis's now is after the send).
+//!
+//! **What it costs.** Leases are sized to the sidecar's own rate (about 100 ms of its traffic)
+//! and refilled ahead of need, so a busy workspace costs each sidecar a few Redis calls per
+//! second and its requests never wait. Near the limit, tokens held by one sidecar would refuse
+//! another's requests, so a lease beyond what is needed now is granted only while a fifth of the
+//! burst limit stays free; past that, a request with no token waits for Redis (one round trip,
+//! at most `command_timeout`) and takes exactly one admission. Exactness costs a round trip
+//! only at the margin.
+//!
+//! **Outage.** When Redis does not answer, tokens already leased are still used (Redis counted
+//! them), and requests beyond them are decided by `on_outage`: `local` (each sidecar enforces
+//! `local_share` of each limit on its own), `allow` (admitted), or `deny` (429
+//! `limits_unavailable`). A waiting request never waits past `command_timeout`.
+
+mod worker;
+
+pub use worker::FleetWorker;
+
+use super::window::Standing;
+use super::{Clock, Millis, Policy, Slot, Usage};
+use crate::config::Secret;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+/// A lease's lifetime in Redis. The sidecar stops using one a little earlier (see
+/// [`LOCAL_MARGIN_MS`]) and returns it sooner when it goes idle.
+pub const LEASE_LIFETIME_MS: Millis = 1_000;
+/// How much earlier than `sent + lifetime` a sidecar stops using a lease: slack for the clocks
+/// of two processes ticking at slightly different rates.
+const LOCAL_MARGIN_MS: Millis = 25;
+/// A lease unused for this long is returned, so that idle sidecars hold nothing back.
+const IDLE_RETURN_MS: Millis = 150;
+/// How much traffic a lease is sized for.
+const HORIZON_MS: f64 = 100.0;
+
+/// What happens to a request with no leased token while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOutage {
+    /// Each sidecar enforces `local_share` of each limit by itself.
+    #[default]
+    Local,
+    /// Admitted: availability over limits.
+    Allow,
+    /// Refused with 429 `limits_unavailable`.
+    Deny,
+}
+
+impl OnOutage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOutage::Local => "local",
+            OnOutage::Allow => "allow",
+            OnOutage::Deny => "deny",
+        }
+    }
+}
+
+/// `limits.global`, validated.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `redis://host:port/db`, without credentials.
+    pub url: String,
+    pub password: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub on_outage: OnOutage,
+    pub local_share: f64,
+}
+
+impl FleetConfig {
+    /// The limits a sidecar enforces alone during an outage in `local` mode.
+    pub fn local_policy(&self, p: Policy) -> Policy {
+        let share = |limit: u32| ((f64::from(limit) * self.local_share).floor() as u32).max(1);
+        Policy {
+            burst_per_second: share(p.burst_per_second),
+            sustained_per_minute: share(p.sustained_per_minute),
+        }
+    }
+}
+
+/// How a request's fleet-wide decision was made: the `path` label of
+/// `keygate_fleet_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionPath {
+    /// From a token already leased: no wait.
+    Lease,
+    /// After waiting for Redis.
+    Waited,
+    /// Refused: the fleet is at its limit.
+    Refused,
+    /// By `on_outage`: Redis unreachable, or too slow for this request.
+    Outage,
+}
+
+impl DecisionPath {
+    const ALL: [DecisionPath; 4] = [
+        DecisionPath::Lease,
+        DecisionPath::Waited,
+        DecisionPath::Refused,
+        DecisionPath::Outage,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DecisionPath::Lease => "lease",
+            DecisionPath::Waited => "waited",
+            DecisionPath::Refused => "refused",
+            DecisionPath::Outage => "outage",
+        }
+    }
+}
+
+/// What the fleet-wide limits export.
+pub struct FleetMetrics {
+    pub up: IntGauge,
+    calls: [IntCounter; 3],
+    pub call_duration: Histogram,
+    pub leases: IntCounter,
+    pub leased_tokens: IntCounter,
+    decisions: [IntCounter; 4],
+}
+
+impl FleetMetrics {
+    pub fn register(registry: &Registry) -> FleetMetrics {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let up = IntGauge::new(
+            "keygate_fleet_backend_up",
+            "1 while Redis answers; 0 while fleet-wide limits are degraded to on_outage.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(up.clone()))
+            .expect("unique metric");
+        let calls = vec(
+            "keygate_fleet_redis_calls_total",
+            "Redis calls by result: ok, error, timeout.",
+            "result",
+        );
+        let call_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_fleet_redis_call_duration_seconds",
+                "Time of one batch of Redis calls.",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 14).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(call_duration.clone()))
+            .expect("unique metric");
+        let decisions = vec(
+            "keygate_fleet_decisions_total",
+            "Fleet-limited requests by how they were decided: lease (no wait), waited, refused, outage.",
+            "path",
+        );
+        FleetMetrics {
+            up,
+            calls: ["ok", "error", "timeout"].map(|r| calls.with_label_values(&[r])),
+            call_duration,
+            leases: counter(
+                "keygate_fleet_leases_total",
+                "Leases of admissions granted by Redis.",
+            ),
+            leased_tokens: counter(
+                "keygate_fleet_leased_tokens_total",
+                "Admissions granted in leases.",
+            ),
+            decisions: DecisionPath::ALL.map(|p| decisions.with_label_values(&[p.as_str()])),
+        }
+    }
+
+    pub fn decided(&self, path: DecisionPath) {
+        self.decisions[path as usize].inc();
+    }
+
+    fn call(&self, result: CallResult) {
+        self.calls[result as usize].inc();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallResult {
+    Ok,
+    Error,
+    Timeout,
+}
+
+/// The fleet-wide limits as the request path sees them: whether Redis answers, the queue to the
+/// worker that talks to it, and the signal that an exchange has ended.
+pub struct Fleet {
+    pub config: FleetConfig,
+    /// The limiter's clock: leases end by it.
+    clock: Arc<dyn Clock>,
+    up: AtomicBool,
+    queue: mpsc::UnboundedSender<Need>,
+    exchanged: Notify,
+    /// Lease ids: unique per process; the process id and start time make them unique per fleet.
+    next_lease: AtomicU64,
+    instance: String,
+    pub metrics: FleetMetrics,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("up", &self.is_up())
+            .field("on_outage", &self.config.on_outage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subject whose leases need an exchange with Redis.
+struct Need {
+    slot: Arc<Slot>,
+    /// The subject's Redis key prefix, hash-tagged: `keygate:{ws:<id>}`.
+    key: Arc<str>,
+    policy: Policy,
+}
+
+impl Fleet {
+    /// The fleet handle and the worker to run as a background service.
+    pub fn new(
+        config: FleetConfig,
+        clock: Arc<dyn Clock>,
+        metrics: FleetMetrics,
+    ) -> (Arc<Fleet>, FleetWorker) {
+        let (queue, needs) = mpsc::unbounded_channel();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let fleet = Arc::new(Fleet {
+            config,
+            clock,
+            up: AtomicBool::new(false),
+            queue,
+            exchanged: Notify::new(),
+            next_lease: AtomicU64::new(1),
+            instance: format!("{}-{started}", std::process::id()),
+            metrics,
+        });
+        fleet.metrics.up.set(0);
+        let worker = FleetWorker::new(fleet.clone(), needs);
+        (fleet, worker)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            self.metrics.up.set(i64::from(up));
+            if up {
+                tracing::info!("fleet-wide limits: Redis answers; limits are fleet-wide again");
+            } else {
+                tracing::warn!(
+                    on_outage = self.config.on_outage.as_str(),
+                    "fleet-wide limits degraded: Redis does not answer"
+                );
+            }
+        }
+    }
+
+    fn lease_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.instance,
+            self.next_lease.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// One lease this sidecar holds.
+#[derive(Debug)]
+struct Held {
+    id: String,
+    granted: u32,
+    left: u32,
+    granted_at: Millis,
+    /// When this sidecar stops using it (its own clock).
+    until: Millis,
+    uses: Uses,
+}
+
+/// When a lease's tokens were used, in runs of 5 ms: `(last use, count)`. Redis charges each run
+/// at its last use (never before any use in it), so the windows it sums see admissions within
+/// 5 ms of when they happened, not when the lease came back: a later charge would stretch the
+/// window a steady client is measured over, and refuse it below its limit.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Uses(Vec<(Millis, u32)>);
+
+impl Uses {
+    fn record(&mut self, now: Millis) {
+        match self.0.last_mut() {
+            Some((last, n)) if *last / 5 == now / 5 => {
+                *last = now;
+                *n += 1;
+            }
+            _ => self.0.push((now, 1)),
+        }
+    }
+
+    /// `age:count,…` with ages in ms before `now`, as `lease.lua` reads them.
+    pub(super) fn encode(&self, now: Millis) -> String {
+        let mut out = String::new();
+        for (i, (at, n)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("{}:{n}", now.saturating_sub(*at)));
+        }
+        out
+    }
+}
+
+/// A lease this sidecar is done with, to return on the next exchange.
+#[derive(Debug)]
+pub(super) struct Returned {
+    pub(super) id: String,
+    pub(super) used: u32,
+    pub(super) uses: Uses,
+}
+
+impl Held {
+    fn returned(self) -> Returned {
+        Returned {
+            id: self.id,
+            used: self.granted - self.left,
+            uses: self.uses,
+        }
+    }
+}
+
+/// The fleet as Redis last described it to this sidecar, in this sidecar's clock.
+#[derive(Debug, Default, Clone, Copy)]
+struct FleetView {
+    burst: u32,
+    sustained: u32,
+    burst_retry_at: Millis,
+    sustained_retry_at: Millis,
+    burst_reset_at: Millis,
+    sustained_reset_at: Millis,
+}
+
+/// A subject's leases on this sidecar, kept beside its local windows.
+#[derive(Debug, Default)]
+pub(super) struct LeaseBook {
+    held: Vec<Held>,
+    /// Leases this sidecar is done with, to return on the next exchange.
+    done: Vec<Returned>,
+    view: FleetView,
+    /// Until when the fleet is known to have no room, even for a waiting request.
+    full_until: Millis,
+    /// Requests waiting for the next exchange.
+    waiting: u32,
+    /// Handed to the worker, not yet prepared: a later need joins it.
+    pub(super) queued: bool,
+    /// An exchange is on its way: a need that arises now waits for the one after.
+    pub(super) in_flight: bool,
+    /// Bumped at the end of every exchange, answered or not.
+    generation: u64,
+    /// Admissions since `rate_since`, and the rate they smooth into: the next lease's size.
+    admitted: u32,
+    rate_since: Millis,
+    rate_per_ms: f64,
+    last_take: Millis,
+}
+
+/// Which decision of a request this is: fleet-wide limits may make it wait for Redis once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// May wait for Redis.
+    First,
+    /// After waiting, with Redis's answer in: no token now means no room.
+    Answered,
+    /// After waiting `command_timeout` in vain: `on_outage` decides.
+    TimedOut,
+}
+
+/// What a request with no token of its own does next.
+pub(super) enum Shortfall {
+    /// The fleet is full: refuse, with the fleet's view.
+    Full,
+    /// Wait for the exchange that will bring tokens (the generation to wait for).
+    Wait(u64),
+    /// Decide by `on_outage`.
+    Outage,
+}
+
+impl LeaseBook {
+    fn tokens_left(&self) -> u32 {
+        self.held.iter().map(|h| h.left).sum()
+    }
+
+    /// Retires leases past their time or idle too long: they are returned on the next exchange.
+    fn retire(&mut self, now: Millis) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = &self.held[i];
+            let idle = now.saturating_sub(self.last_take.max(h.granted_at)) >= IDLE_RETURN_MS;
+            if h.until <= now || h.left == 0 || idle {
+                let h = self.held.remove(i);
+                self.done.push(h.returned());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Takes one token, oldest lease first. Returns whether an exchange should be started: the
+    /// tokens are running low.
+    pub(super) fn take(&mut self, now: Millis) -> Option<bool> {
+        self.retire_expired(now);
+        let h = self.held.iter_mut().find(|h| h.left > 0)?;
+        h.left -= 1;
+        h.uses.record(now);
+        self.admitted += 1;
+        self.last_take = now;
+        // Refill ahead of need: when a third of the newest lease is left.
+        let last = self.held.last().map_or(0, |h| h.granted);
+        let refill = !self.queued && !self.in_flight && self.tokens_left() <= last / 3;
+        self.queued |= refill;
+        Some(refill)
+    }
+
+    fn retire_expired(&mut self, now: Millis) {
+        if self.held.iter().any(|h| h.until <= now) {
+            let mut i = 0;
+            while i < self.held.len() {
+                if self.held[i].until <= now {
+                    let h = self.held.remove(i);
+                    self.done.push(h.returned());
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// A request found no token: what it should do, registering it as waiting when it may.
+    pub(super) fn shortfall(
+        &mut self,
+        now: Millis,
+        up: bool,
+        attempt: Attempt,
+    ) -> (Shortfall, bool) {
+        if !up || attempt == Attempt::TimedOut {
+            return (Shortfall::Outage, false);
+        }
+        // Told there is no room a moment ago, or just answered and still without a token (the
+        // answer held none for this request): no room.
+        if now < self.full_until || attempt == Attempt::Answered {
+            return (Shortfall::Full, false);
+        }
+        self.waiting += 1;
+        // An exchange already on its way was sent without this request's need: wait for the next.
+        let target = self.generation + if self.in_flight { 2 } else { 1 };
+        let start = !self.queued && !self.in_flight;
+        self.queued |= start;
+        (Shortfall::Wait(target), start)
+    }
+
+    /// Where the limits stand as this sidecar knows the fleet: the count Redis reported at the
+    /// last exchange (every sidecar's outstanding leases counted as spent), less the tokens this
+    /// sidecar still holds.
+    pub(super) fn usage(&self, now: Millis, p: Policy) -> Usage {
+        let left = self.tokens_left();
+        let standing = |limit: u32, count: u32, retry_at: Millis, reset_at: Millis| Standing {
+            limit,
+            remaining: limit.saturating_sub(count).saturating_add(left).min(limit),
+            reset_ms: reset_at.saturating_sub(now),
+            retry_ms: retry_at.saturating_sub(now),
+        };
+        let v = &self.view;
+        Usage {
+            burst: standing(
+                p.burst_per_second,
+                v.burst,
+                v.burst_retry_at,
+                v.burst_reset_at,
+            ),
+            sustained: standing(
+                p.sustained_per_minute,
+                v.sustained,
+                v.sustained_retry_at,
+                v.sustained_reset_at,
+            ),
+        }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Nothing held, owed or on its way: the subject's state may be dropped.
+    pub(super) fn is_idle(&self) -> bool {
+        self.held.is_empty()
+            && self.done.is_empty()
+            && self.waiting == 0
+            && !self.in_flight
+            && !self.queued
+    }
+
+    /// Folds the admissions since the last exchange into the smoothed rate.
+    fn rate_sample(&mut self, now: Millis) {
+        let elapsed = now.saturating_sub(self.rate_since);
+        if elapsed >= 50 {
+            let sample = f64::from(self.admitted) / elapsed as f64;
+            self.rate_per_ms = if self.rate_since == 0 {
+                sample
+            } else {
+                0.5 * self.rate_per_ms + 0.5 * sample
+            };
+            self.admitted = 0;
+            self.rate_since = now;
+        }
+    }
+
+    /// How many tokens to ask for: what waiting requests need, plus about `HORIZON_MS` of this
+    /// sidecar's recent rate; never more than half a limit.
+    fn want(&self, now: Millis, p: Policy) -> u32 {
+        let elapsed = now.saturating_sub(self.rate_since).max(50) as f64;
+        let recent = f64::from(self.admitted) / elapsed;
+        let ahead = (recent.max(self.rate_per_ms) * HORIZON_MS).ceil() as u32;
+        let cap = (p.burst_per_second / 2)
+            .min(p.sustained_per_minute / 4)
+            .max(1);
+        (self.waiting + ahead.max(1)).min(cap.max(self.waiting))
+    }
+}
+
+/// Who waits for an exchange with Redis, and for which one.
+#[derive(Clone)]
+pub struct Waiter {
+    fleet: Arc<Fleet>,
+    slot: Arc<Slot>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.slot, &other.slot) && self.generation == other.generation
+    }
+}
+
+impl Eq for Waiter {}
+
+impl Waiter {
+    /// Waits until the exchange this request needs has ended, at most `command_timeout`.
+    /// Returns whether it ended in time.
+    pub async fn wait(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.fleet.config.command_timeout;
+        loop {
+            let notified = self.fleet.exchanged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.slot.generation() >= self.generation {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.slot.generation() >= self.generation;
+            }
+        }
+    }
+}
+
+/// Builds what the request path hands the worker.
+pub(super) fn need(
+    fleet: &Fleet,
+    slot: &Arc<Slot>,
+    kind: &str,
+    id: &[u8],
+    policy: Policy,
+) -> Option<()> {
+    let key: Arc<str> = format!("keygate:{{{kind}:{}}}", String::from_utf8_lossy(id)).into();
+    fleet
+        .queue
+        .send(Need {
+            slot: slot.clone(),
+            key,
+            policy,
+        })
+        .ok()
+}
+
+pub(super) fn waiter(fleet: &Arc<Fleet>, slot: &Arc<Slot>, generation: u64) -> Waiter {
+    Waiter {
+        fleet: fleet.clone(),
+        slot: slot.clone(),
+        generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Policy = Policy {
+        burst_per_second: 30,
+        sustained_per_minute: 300,
+    };
+
+    fn book_with(tokens: u32, now: Millis) -> LeaseBook {
+        let mut book = LeaseBook::default();
+        book.held.push(Held {
+            id: "l1".into(),
+            granted: tokens,
+            left: tokens,
+            granted_at: now,
+            until: now + 900,
+            uses: Uses::default(),
+        });
+        book
+    }
+
+    #[test]
+    fn tokens_are_taken_until_gone_and_a_refill_is_asked_for_once() {
+        let mut book = book_with(6, 1_000);
+        let refills: Vec<bool> = (0..6).map(|i| book.take(1_000 + i).unwrap()).collect();
+        // A third of 6 left after the fourth take: one refill, not one per request.
+        assert_eq!(refills, [false, false, false, true, false, false]);
+        assert!(book.take(1_010).is_none(), "no token left");
+        assert_eq!(book.tokens_left(), 0);
+    }
+
+    #[test]
+    fn a_lease_is_not_used_past_its_end_and_is_returned_with_when_it_was_used() {
+        let mut book = book_with(5, 1_000);
+        book.take(1_000);
+        book.take(1_003);
+        book.take(1_020);
+        assert!(book.take(1_900).is_none(), "expired at 1900");
+        let returned = &book.done[0];
+        assert_eq!((returned.id.as_str(), returned.used), ("l1", 3));
+        // Two runs: 1000–1003 (charged at 1003) and 1020.
+        assert_eq!(returned.uses.encode(1_100), "97:2,80:1");
+    }
+
+    #[test]
+    fn an_idle_lease_goes_back_early() {
+        let mut book = book_with(5, 1_000);
+        book.take(1_000);
+        book.retire(1_100);
+        assert_eq!(book.held.len(), 1, "idle for 100 ms: kept");
+        book.retire(1_000 + IDLE_RETURN_MS);
+        assert!(book.held.is_empty());
+        assert_eq!(book.done[0].used, 1);
+    }
+
+    #[test]
+    fn without_a_token_a_request_waits_once_then_is_refused_or_falls_to_the_outage_mode() {
+        use Attempt::*;
+        let mut book = LeaseBook::default();
+        let wait = |s: (Shortfall, bool)| match s {
+            (Shortfall::Wait(g), start) => Some((g, start)),
+            _ => None,
+        };
+        // Redis up, first wait: the request starts the exchange and waits for the next generation.
+        assert_eq!(wait(book.shortfall(0, true, First)), Some((1, true)));
+        // A second request joins the queued exchange.
+        assert_eq!(wait(book.shortfall(0, true, First)), Some((1, false)));
+        assert_eq!(book.waiting, 2);
+        // One arriving while an exchange is in flight waits for the one after.
+        book.queued = false;
+        book.in_flight = true;
+        assert_eq!(wait(book.shortfall(0, true, First)), Some((2, false)));
+        // Answered without a token for it: no room, whatever the time.
+        assert!(matches!(
+            book.shortfall(0, true, Answered).0,
+            Shortfall::Full
+        ));
+        // A wait in vain, or Redis down: the outage mode.
+        assert!(matches!(
+            book.shortfall(0, true, TimedOut).0,
+            Shortfall::Outage
+        ));
+        assert!(matches!(
+            book.shortfall(0, false, First).0,
+            Shortfall::Outage
+        ));
+        // The fleet said it is full: refused without asking again, for a moment.
+        book.full_until = 50;
+        assert!(matches!(book.shortfall(10, true, First).0, Shortfall::Full));
+        assert!(wait(book.shortfall(50, true, First)).is_some());
+    }
+
+    #[test]
+    fn remaining_is_the_fleets_count_less_the_tokens_this_sidecar_holds() {
+        let mut book = book_with(4, 1_000);
+        book.view = FleetView {
+            burst: 20,
+            sustained: 100,
+            burst_reset_at: 1_800,
+            sustained_reset_at: 60_000,
+            ..FleetView::default()
+        };
+        book.take(1_000);
+        let u = book.usage(1_000, P);
+        // 20 counted (this sidecar's 4 among them), 3 of those 4 still here to use.
+        assert_eq!((u.burst.remaining, u.sustained.remaining), (13, 203));
+        assert_eq!((u.burst.reset_ms, u.burst.retry_ms), (800, 0));
+    }
+
+    #[test]
+    fn a_lease_is_sized_to_the_recent_rate_and_never_more_than_half_a_limit() {
+        let mut book = LeaseBook::default();
+        assert_eq!(book.want(0, P), 1, "no history: one");
+        book.rate_since = 1_000;
+        book.admitted = 100;
+        // 100 in 1 s: 10 in the next 100 ms...
+        assert_eq!(book.want(2_000, P), 10);
+        // ...but never more than half the burst limit, however fast.
+        book.admitted = 10_000;
+        assert_eq!(book.want(2_000, P), 15);
+        book.waiting = 40;
+        assert_eq!(
+            book.want(2_000, P),
+            40,
+            "every waiting request gets its token"
+        );
+    }
+
+    #[test]
+    fn the_local_share_is_floored_and_never_zero() {
+        let config = FleetConfig {
+            url: String::new(),
+            password: None,
+            connect_timeout: Duration::from_millis(1),
+            command_timeout: Duration::from_millis(1),
+            on_outage: OnOutage::Local,
+            local_share: 0.34,
+        };
+        assert_eq!(
+            config.local_policy(P),
+            Policy {
+                burst_per_second: 10,
+                sustained_per_minute: 102
+            }
+        );
+        let tiny = Policy {
+            burst_per_second: 1,
+            sustained_per_minute: 2,
+        };
+        // 0.34 of 1 and of 2 floor to 0: one request is still allowed, never none.
+        assert_eq!(
+            config.local_policy(tiny),
+            Policy {
+                burst_per_second: 1,
+                sustained_per_minute: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! The one task that talks to Redis for the fleet-wide limits: it takes the subjects whose
+//! leases need an exchange (from the request path, and from its own rounds every 50 ms), sends
+//! one script call per subject over one multiplexed connection, and hands the answers back. The
+//! request path never does I/O; at most it waits for this task, bounded by `command_timeout`.
+
+use super::{
+    CallResult, Fleet, FleetView, Held, LEASE_LIFETIME_MS, LOCAL_MARGIN_MS, LeaseBook, Need,
+    Returned, Uses,
+};
+use crate::limits::{Millis, Policy, Slot, lock};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const SCRIPT: &str = include_str!("lease.lua");
+/// How often held leases are looked at (returned when idle or old) and a lost Redis is retried.
+const ROUND: Duration = Duration::from_millis(50);
+/// Between two connection attempts while Redis is unreachable.
+const RECONNECT_EVERY: Duration = Duration::from_millis(200);
+
+pub struct FleetWorker {
+    fleet: Arc<Fleet>,
+    needs: Mutex<Option<mpsc::UnboundedReceiver<Need>>>,
+    script: redis::Script,
+}
+
+/// A subject the worker keeps on its rounds while it holds or owes anything.
+struct Tracked {
+    slot: Arc<Slot>,
+    policy: Policy,
+}
+
+/// One call prepared under the subject's lock.
+struct Call {
+    key: Arc<str>,
+    lease_id: String,
+    need: u32,
+    /// `need` plus what is asked for ahead of need.
+    want: u32,
+    releases: Vec<Returned>,
+    sent: Millis,
+}
+
+/// What Redis answered: see `lease.lua`.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    granted: u32,
+    burst: u32,
+    sustained: u32,
+    burst_retry_ms: u64,
+    sustained_retry_ms: u64,
+    burst_reset_ms: u64,
+    sustained_reset_ms: u64,
+}
+
+impl Answer {
+    /// Anything but seven non-negative integers is a broken answer, never a panic.
+    fn parse(v: Vec<i64>) -> Option<Answer> {
+        let [g, b, s, br, sr, bz, sz] = <[i64; 7]>::try_from(v).ok()?;
+        let n = |x: i64| u32::try_from(x).ok();
+        let ms = |x: i64| u64::try_from(x).ok();
+        Some(Answer {
+            granted: n(g)?,
+            burst: n(b)?,
+            sustained: n(s)?,
+            burst_retry_ms: ms(br)?,
+            sustained_retry_ms: ms(sr)?,
+            burst_reset_ms: ms(bz)?,
+            sustained_reset_ms: ms(sz)?,
+        })
+    }
+}
+
+struct Connection {
+    conn: Option<MultiplexedConnection>,
+    last_attempt: Option<Instant>,
+}
+
+impl FleetWorker {
+    pub(super) fn new(fleet: Arc<Fleet>, needs: mpsc::UnboundedReceiver<Need>) -> FleetWorker {
+        FleetWorker {
+            fleet,
+            needs: Mutex::new(Some(needs)),
+            script: redis::Script::new(SCRIPT),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.fleet.clock.now_ms()
+    }
+
+    /// A connection, opening one if there is none and the last attempt is old enough.
+    async fn connection(&self, c: &mut Connection) -> Option<MultiplexedConnection> {
+        if let Some(conn) = &c.conn {
+            return Some(conn.clone());
+        }
+        if c.last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_EVERY)
+        {
+            return None;
+        }
+        c.last_attempt = Some(Instant::now());
+        let config = &self.fleet.config;
+        let opened = async {
+            let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
+            if let Some(password) = &config.password {
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_password(password.expose());
+                info = info.set_redis_settings(settings);
+            }
+            let client = redis::Client::open(info)?;
+            let settings = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.command_timeout));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match tokio::time::timeout(config.connect_timeout + config.command_timeout, opened).await {
+            Ok(Ok(conn)) => {
+                c.conn = Some(conn.clone());
+                self.fleet.set_up(true);
+                Some(conn)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("fleet-wide limits: cannot connect to Redis: {e}");
+                self.fleet.set_up(false);
+                None
+            }
+            Err(_) => {
+                tracing::debug!("fleet-wide limits: connecting to Redis timed out");
+                self.fleet.set_up(false);
+                None
+            }
+        }
+    }
+
+    /// Prepares a subject's call under its lock; `None` when it has nothing to send.
+    fn prepare(&self, key: &Arc<str>, t: &Tracked, now: Millis) -> Option<Call> {
+        let mut state = lock(&t.slot.state);
+        let book = state.lease.get_or_insert_with(Box::default);
+        book.queued = false;
+        if book.in_flight {
+            return None;
+        }
+        book.retire(now);
+        let need = book.waiting;
+        let active = now.saturating_sub(book.last_take) < super::IDLE_RETURN_MS;
+        let low = book.tokens_left() <= book.held.last().map_or(0, |h| h.granted) / 3;
+        let want = if need > 0 || (active && low) {
+            book.want(now, t.policy)
+        } else {
+            0
+        };
+        if want == 0 && book.done.is_empty() {
+            return None;
+        }
+        book.waiting = 0;
+        book.in_flight = true;
+        book.rate_sample(now);
+        Some(Call {
+            key: key.clone(),
+            lease_id: if want > 0 {
+                self.fleet.lease_id()
+            } else {
+                String::new()
+            },
+            need,
+            want: want.max(need),
+            releases: std::mem::take(&mut book.done),
+            sent: now,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        conn: &mut MultiplexedConnection,
+        call: &Call,
+        policy: Policy,
+    ) -> Result<Answer, CallResult> {
+        // Tokens ahead of need only while a fifth of the burst limit stays free: near the
+        // limit, tokens parked on one sidecar would refuse another's requests.
+        let reserve = policy.burst_per_second.div_ceil(5).max(1);
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{}:b", call.key))
+            .key(format!("{}:s", call.key))
+            .key(format!("{}:l", call.key))
+            .arg(policy.burst_per_second)
+            .arg(policy.sustained_per_minute)
+            .arg(&call.lease_id)
+            .arg(call.need)
+            .arg(call.want)
+            .arg(reserve)
+            .arg(LEASE_LIFETIME_MS);
+        for r in &call.releases {
+            invocation
+                .arg(&r.id)
+                .arg(r.used)
+                .arg(r.uses.encode(self.now()));
+        }
+        match tokio::time::timeout(
+            self.fleet.config.command_timeout,
+            invocation.invoke_async::<Vec<i64>>(conn),
+        )
+        .await
+        {
+            Err(_) => Err(CallResult::Timeout),
+            Ok(Err(e)) => {
+                tracing::debug!("fleet-wide limits: Redis call failed: {e}");
+                Err(CallResult::Error)
+            }
+            Ok(Ok(v)) => Answer::parse(v).ok_or_else(|| {
+                tracing::warn!("fleet-wide limits: Redis answered something unexpected");
+                CallResult::Error
+            }),
+        }
+    }
+
+    /// Exchanges for `keys`; subjects that gained waiting requests meanwhile go round again at
+    /// once.
+    async fn exchange_keys(
+        &self,
+        c: &mut Connection,
+        tracked: &HashMap<Arc<str>, Tracked>,
+        keys: &mut Vec<Arc<str>>,
+    ) {
+        // Bounded: each pass either answers the waiting requests or fails them into on_outage.
+        for _ in 0..4 {
+            if keys.is_empty() {
+                return;
+            }
+            let now = self.now();
+            let calls: Vec<(Call, &Tracked)> = keys
+                .drain(..)
+                .filter_map(|k| {
+                    let t = tracked.get(&k)?;
+                    Some((self.prepare(&k, t, now)?, t))
+                })
+                .collect();
+            if calls.is_empty() {
+                return;
+            }
+            let conn = self.connection(c).await;
+            let started = Instant::now();
+            let answers: Vec<Result<Answer, CallResult>> = match conn {
+                // Polled together on one multiplexed connection, the calls are pipelined.
+                Some(conn) => {
+                    futures_util::future::join_all(calls.iter().map(|(call, t)| {
+                        let mut conn = conn.clone();
+                        async move { self.invoke(&mut conn, call, t.policy).await }
+                    }))
+                    .await
+                }
+                None => calls.iter().map(|_| Err(CallResult::Error)).collect(),
+            };
+            if c.conn.is_some() {
+                self.fleet
+                    .metrics
+                    .call_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let received = self.now();
+            let mut failed = false;
+            for ((call, t), answer) in calls.into_iter().zip(answers) {
+                let mut state = lock(&t.slot.state);
+                let book = state.lease.get_or_insert_with(Box::default);
+                book.in_flight = false;
+                book.generation += 1;
+                match answer {
+                    Ok(a) => {
+                        self.fleet.metrics.call(CallResult::Ok);
+                        apply(book, &call, a, received, &self.fleet);
+                    }
+                    Err(result) => {
+                        if c.conn.is_some() {
+                            self.fleet.metrics.call(result);
+                        }
+                        failed = true;
+                        // Returned again next time: an id Redis has already seen is ignored.
+                        book.done.extend(call.releases);
+                    }
+                }
+                if book.waiting > 0 {
+                    keys.push(call.key.clone());
+                }
+            }
+            if failed {
+                c.conn = None;
+                self.fleet.set_up(false);
+            } else if c.conn.is_some() {
+                self.fleet.set_up(true);
+            }
+            self.fleet.exchanged.notify_waiters();
+            if failed {
+                // Waiting requests have been told; they fall to on_outage without another try.
+                return;
+            }
+        }
+    }
+
+    /// The round every 50 ms: leases gone idle or old are returned, subjects with nothing left
+    /// are dropped from the rounds.
+    fn sweep(&self, tracked: &mut HashMap<Arc<str>, Tracked>) -> Vec<Arc<str>> {
+        let now = self.now();
+        let mut due = Vec::new();
+        tracked.retain(|key, t| {
+            let mut state = lock(&t.slot.state);
+            let Some(book) = state.lease.as_mut() else {
+                return false;
+            };
+            book.retire(now);
+            if !book.done.is_empty() || book.waiting > 0 {
+                book.queued = true;
+                due.push(key.clone());
+            }
+            !book.is_idle()
+        });
+        due
+    }
+
+    /// At shutdown: every lease goes back, so that the rest of the fleet can use what this
+    /// sidecar will not.
+    async fn return_all(&self, c: &mut Connection, tracked: &mut HashMap<Arc<str>, Tracked>) {
+        let mut keys = Vec::new();
+        for (key, t) in tracked.iter() {
+            let mut state = lock(&t.slot.state);
+            if let Some(book) = state.lease.as_mut() {
+                book.retire(Millis::MAX);
+                book.waiting = 0;
+                book.last_take = 0;
+                if !book.done.is_empty() {
+                    keys.push(key.clone());
+                }
+            }
+        }
+        if !keys.is_empty() && self.fleet.is_up() {
+            self.exchange_keys(c, tracked, &mut keys).await;
+        }
+    }
+}
+
+/// Applies an answer to the subject's book.
+fn apply(book: &mut LeaseBook, call: &Call, a: Answer, received: Millis, fleet: &Fleet) {
+    book.view = FleetView {
+        burst: a.burst,
+        sustained: a.sustained,
+        burst_retry_at: received + a.burst_retry_ms,
+        sustained_retry_at: received + a.sustained_retry_ms,
+        burst_reset_at: received + a.burst_reset_ms,
+        sustained_reset_at: received + a.sustained_reset_ms,
+    };
+    if a.granted > 0 {
+        fleet.metrics.leases.inc();
+        fleet.metrics.leased_tokens.inc_by(u64::from(a.granted));
+        book.held.push(Held {
+            id: call.lease_id.clone(),
+            granted: a.granted,
+            left: a.granted,
+            granted_at: received,
+            until: call.sent + LEASE_LIFETIME_MS - LOCAL_MARGIN_MS,
+            uses: Uses::default(),
+        });
+    }
+    if call.need > 0 && a.granted < call.need {
+        // No room even for the requests that waited: say so for a moment instead of asking
+        // again for each of them. A moment is at most one burst bucket: a bucket leaving the
+        // window, or a lease coming back, makes room again.
+        let retry = a.burst_retry_ms.max(a.sustained_retry_ms).clamp(1, 25);
+        book.full_until = received + retry;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FleetWorker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut needs) = self.needs.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut c = Connection {
+            conn: None,
+            last_attempt: None,
+        };
+        let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
+        self.connection(&mut c).await;
+        let mut round = tokio::time::interval(ROUND);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.return_all(&mut c, &mut tracked).await;
+                    return;
+                }
+                need = needs.recv() => {
+                    let Some(first) = need else { return };
+                    let mut keys = Vec::new();
+                    for n in std::iter::once(first).chain(std::iter::from_fn(|| needs.try_recv().ok())) {
+                        let t = tracked.entry(n.key.clone()).or_insert_with(|| Tracked {
+                            slot: n.slot.clone(),
+                            policy: n.policy,
+                        });
+                        t.policy = n.policy;
+                        keys.push(n.key);
+                    }
+                    keys.sort_unstable();
+                    keys.dedup();
+                    self.exchange_keys(&mut c, &tracked, &mut keys).await;
+                }
+                _ = round.tick() => {
+                    let mut due = self.sweep(&mut tracked);
+                    if !due.is_empty() {
+                        self.exchange_keys(&mut c, &tracked, &mut due).await;
+                    } else if !self.fleet.is_up() {
+                        self.connection(&mut c).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answer;
+
+    #[test]
+    fn only_seven_non_negative_integers_make_an_answer() {
+        let a = Answer::parse(vec![3, 20, 100, 0, 0, 800, 59_000]).unwrap();
+        assert_eq!((a.granted, a.burst, a.sustained_reset_ms), (3, 20, 59_000));
+        for bad in [
+            vec![],
+            vec![1, 2, 3],
+            vec![1, 2, 3, 4, 5, 6, 7, 8],
+            vec![-1, 0, 0, 0, 0, 0, 0],
+            vec![0, i64::MAX, 0, 0, 0, 0, 0],
+            vec![0, 0, 0, -5, 0, 0, 0],
+        ] {
+            assert!(Answer::parse(bad.clone()).is_none(), "{bad:?}");
+        }
+    }
+}
