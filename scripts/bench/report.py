@@ -5,7 +5,7 @@
 
 Each line of RESULTS_TSV is one run (a target may have several), tab-separated: NAME LABEL
 REQUESTS_PER_SEC P50_MS P99_MS REQUESTS SERVER_CPU_US UPSTREAM_CPU_US WRK_CPU_US OTHER_CPU_PCT
-(CPU per request; the last in percent of one CPU). NAMEs compared: nginx, nginx_proxy, bare, keygate, keygate_log (any may be missing).
+(CPU per request; the last in percent of one CPU). NAMEs compared: nginx, nginx_proxy, bare, keygate, keygate_log, keygate_redis (any may be missing).
 """
 
 import statistics
@@ -55,6 +55,7 @@ def main() -> None:
     ratio("keygate", "nginx_proxy", "keygate / nginx proxy:")
     ratio("keygate_log", "keygate", "keygate access log on / off:")
     ratio("keygate_log", "bare", "keygate (access log on) / bare:")
+    ratio("keygate_redis", "keygate", "keygate fleet limits (Redis) / local:")
 
     busy = [r["label"] for r in rows.values() if r["other"] > OTHER_LOAD_WARNING_PCT]
     if busy:
