@@ -513,6 +513,10 @@ stop "$kg_pid"
 if [ "$redis_run" = 1 ]; then
   curl -s "http://127.0.0.1:$p_kg3_admin/metrics" | grep -E '^keygate_fleet_(decisions|redis_calls)_total' |
     sed 's/^/   /'
+  # Redis's own cost, all rounds and warm-ups together: its CPU time and the script's time per call.
+  redis_ticks=$(awk '{print $14 + $15}' "/proc/$redis_pid/stat")
+  echo "   redis-server: $(awk -v t="$redis_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", t/hz}') s of CPU;" \
+    "$(redis-cli -p "$p_redis" info commandstats | tr -d '\r' | grep -E '^cmdstat_evalsha' || echo 'no evalsha calls')"
   stop "$kg3_pid"
   stop "$redis_pid"
 fi
