@@ -584,3 +584,40 @@ fn a_password_protected_redis_is_reached_and_its_password_never_printed() {
         assert!(!seen.contains(PASSWORD) && !seen.contains("not-the-password"));
     }
 }
+
+/// The lease script itself, run by a real Redis: the running totals it keeps per window follow
+/// its buckets as they leave the window, charge unreturned leases at their expiry, and survive a
+/// corrupted total. (The three-sidecar test checks the bound end to end; this one pins the
+/// bookkeeping that bound rests on.)
+#[test]
+fn the_lease_scripts_running_totals_follow_the_window() {
+    const SCRIPT: &str = include_str!("../src/limits/fleet/lease.lua");
+    let redis = Redis::start();
+    // granted, burst count, sustained count (the first three numbers of the answer).
+    let call = |lease: &str, need: u32, lifetime_ms: u32, release: &[&str]| -> Vec<i64> {
+        let (need, lifetime) = (need.to_string(), lifetime_ms.to_string());
+        let mut args = vec![
+            "EVAL", SCRIPT, "3", "{w}:b", "{w}:s", "{w}:l", "30", "300", lease, &need, &need, "0",
+            &lifetime, "3000",
+        ];
+        args.extend_from_slice(release);
+        let out = redis.cli(&args);
+        let numbers: Vec<i64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(numbers.len(), 7, "the script answered {out:?}");
+        numbers[..3].to_vec()
+    };
+    // 10 leased: counted in both windows while outstanding.
+    assert_eq!(call("a", 10, 1_000, &[]), [10, 10, 10]);
+    // Returned having used 4 just now: 4 charged, 6 free again.
+    assert_eq!(call("", 0, 1_000, &["a", "4", "0:4"]), [0, 4, 4]);
+    // 5 leased for 100 ms and never returned: charged in full at their expiry.
+    assert_eq!(call("b", 5, 100, &[]), [5, 9, 9]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(call("", 0, 1_000, &[]), [0, 9, 9]);
+    // A second later, all of it has left the burst window, none of it the sustained one.
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(call("", 0, 1_000, &[]), [0, 0, 9]);
+    // A total that is not a number (a stray write) starts that window afresh, with no error.
+    redis.cli(&["HSET", "{w}:s", "t", "garbage"]);
+    assert_eq!(call("c", 2, 1_000, &[]), [2, 2, 2]);
+}

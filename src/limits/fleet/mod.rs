@@ -24,9 +24,15 @@
 //! `sent + lifetime` by its own monotonic clock, which is no later than Redis's expiry
 //! (`Redis's now + lifetime`, and Redis's now is after the send).
 //!
-//! **What it costs.** Leases are sized to the sidecar's own rate (about 100 ms of its traffic)
-//! and refilled ahead of need, so a busy workspace costs each sidecar a few Redis calls per
-//! second and its requests never wait. Near the limit, tokens held by one sidecar would refuse
+//! Redis keeps a running total per window and drops buckets as they leave it, so a call costs
+//! what changed since the last one. A charge to a bucket already out of the window is dropped:
+//! it lies more than W before Redis's now, so in no window that a grant made now could touch.
+//!
+//! **What it costs.** Leases are sized to the sidecar's own rate and refilled ahead of need, so
+//! a busy workspace costs each sidecar a few Redis calls per second and its requests never
+//! wait. Far from both limits (the fleet's count at most half of each) a lease lives 3 s, covers
+//! that long of traffic within a quarter of the room left, and is kept while idle; nearer, it
+//! lives 1 s, covers about 100 ms and goes back when idle. Near the limit, tokens held by one sidecar would refuse
 //! another's requests, so a lease beyond what is needed now is granted only while a fifth of the
 //! burst limit stays free; past that, a request with no token waits for Redis (one round trip,
 //! at most `command_timeout`) and takes exactly one admission. Exactness costs a round trip
@@ -50,16 +56,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
-/// A lease's lifetime in Redis. The sidecar stops using one a little earlier (see
+/// A lease's lifetime in Redis near a limit. The sidecar stops using one a little earlier (see
 /// [`LOCAL_MARGIN_MS`]) and returns it sooner when it goes idle.
 pub const LEASE_LIFETIME_MS: Millis = 1_000;
+/// A lease's lifetime far from both limits, where tokens parked on a sidecar refuse no one: a
+/// busy workspace then costs each sidecar one Redis call every few seconds.
+pub const RELAXED_LEASE_LIFETIME_MS: Millis = 3_000;
 /// How much earlier than `sent + lifetime` a sidecar stops using a lease: slack for the clocks
 /// of two processes ticking at slightly different rates.
 const LOCAL_MARGIN_MS: Millis = 25;
 /// A lease unused for this long is returned, so that idle sidecars hold nothing back.
 const IDLE_RETURN_MS: Millis = 150;
-/// How much traffic a lease is sized for.
+/// How much traffic a lease is sized for near a limit...
 const HORIZON_MS: f64 = 100.0;
+/// ...and far from both limits, where a lease may cover its whole lifetime, within a quarter
+/// of the room left (so that leases alone never fill the window).
+const RELAXED_HORIZON_MS: f64 = (RELAXED_LEASE_LIFETIME_MS - LOCAL_MARGIN_MS) as f64;
+/// A lease this close to its end is replaced ahead of time while the subject is active, so
+/// that its requests do not wait for the next.
+const RENEW_BEFORE_END_MS: Millis = 150;
 
 /// What happens to a request with no leased token while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -405,6 +420,8 @@ pub(super) struct LeaseBook {
     rate_since: Millis,
     rate_per_ms: f64,
     last_take: Millis,
+    /// Redis's last answer put the fleet below half of both limits.
+    relaxed: bool,
 }
 
 /// Which decision of a request this is: fleet-wide limits may make it wait for Redis once.
@@ -438,7 +455,8 @@ impl LeaseBook {
         let mut i = 0;
         while i < self.held.len() {
             let h = &self.held[i];
-            let idle = now.saturating_sub(self.last_take.max(h.granted_at)) >= IDLE_RETURN_MS;
+            let idle = !self.relaxed
+                && now.saturating_sub(self.last_take.max(h.granted_at)) >= IDLE_RETURN_MS;
             if h.until <= now || h.left == 0 || idle {
                 let h = self.held.remove(i);
                 self.done.push(h.returned());
@@ -457,11 +475,37 @@ impl LeaseBook {
         h.uses.record(now);
         self.admitted += 1;
         self.last_take = now;
-        // Refill ahead of need: when a third of the newest lease is left.
-        let last = self.held.last().map_or(0, |h| h.granted);
-        let refill = !self.queued && !self.in_flight && self.tokens_left() <= last / 3;
+        let refill = !self.queued && !self.in_flight && self.running_low(now);
         self.queued |= refill;
         Some(refill)
+    }
+
+    /// Refill ahead of need: when a third of the newest lease is left, or it nears its end.
+    fn running_low(&self, now: Millis) -> bool {
+        let Some(newest) = self.held.last() else {
+            return true;
+        };
+        self.tokens_left() <= newest.granted / 3
+            || newest.until.saturating_sub(now) <= RENEW_BEFORE_END_MS
+    }
+
+    /// How long without a request before the subject counts as idle: no lease is renewed for
+    /// it ahead of need.
+    pub(super) fn idle_after(&self) -> Millis {
+        if self.relaxed {
+            LEASE_LIFETIME_MS
+        } else {
+            IDLE_RETURN_MS
+        }
+    }
+
+    /// The lifetime to ask for a new lease.
+    pub(super) fn lifetime(&self) -> Millis {
+        if self.relaxed {
+            RELAXED_LEASE_LIFETIME_MS
+        } else {
+            LEASE_LIFETIME_MS
+        }
     }
 
     fn retire_expired(&mut self, now: Millis) {
@@ -558,11 +602,23 @@ impl LeaseBook {
     }
 
     /// How many tokens to ask for: what waiting requests need, plus about `HORIZON_MS` of this
-    /// sidecar's recent rate; never more than half a limit.
+    /// sidecar's recent rate (a lease's lifetime of it when relaxed); never more than half a
+    /// limit.
     fn want(&self, now: Millis, p: Policy) -> u32 {
         let elapsed = now.saturating_sub(self.rate_since).max(50) as f64;
         let recent = f64::from(self.admitted) / elapsed;
-        let ahead = (recent.max(self.rate_per_ms) * HORIZON_MS).ceil() as u32;
+        let horizon = if self.relaxed {
+            RELAXED_HORIZON_MS
+        } else {
+            HORIZON_MS
+        };
+        let mut ahead = (recent.max(self.rate_per_ms) * horizon).ceil() as u32;
+        if self.relaxed {
+            let room = |limit: u32, count: u32| limit.saturating_sub(count) / 4;
+            ahead = ahead
+                .min(room(p.burst_per_second, self.view.burst))
+                .min(room(p.sustained_per_minute, self.view.sustained));
+        }
         let cap = (p.burst_per_second / 2)
             .min(p.sustained_per_minute / 4)
             .max(1);
@@ -766,6 +822,32 @@ mod tests {
             book.want(2_000, P),
             40,
             "every waiting request gets its token"
+        );
+    }
+
+    #[test]
+    fn far_from_the_limits_a_lease_covers_its_lifetime_stays_while_idle_and_is_renewed_before_its_end()
+     {
+        let mut book = book_with(20, 1_000);
+        book.relaxed = true;
+        book.rate_since = 1_000;
+        book.admitted = 10;
+        // 10 in 1 s: a lifetime's worth (2,975 ms: 30), not 100 ms's (1), within a quarter of
+        // the room the fleet has left (30 of the burst limit: 7)...
+        assert_eq!(book.want(2_000, P), 7);
+        // ...which shrinks as the fleet's count grows.
+        book.view.burst = 10;
+        assert_eq!(book.want(2_000, P), 5);
+        book.take(1_000);
+        book.retire(1_000 + IDLE_RETURN_MS);
+        assert_eq!(book.held.len(), 1, "idle, but relaxed: kept");
+        assert!(!book.running_low(1_700), "19 of 20 left, 200 ms to go");
+        assert!(book.running_low(1_750), "150 ms before its end: renew");
+        book.relaxed = false;
+        book.retire(1_000 + IDLE_RETURN_MS);
+        assert!(
+            book.held.is_empty(),
+            "near a limit, an idle lease goes back"
         );
     }
 

@@ -4,8 +4,8 @@
 //! request path never does I/O; at most it waits for this task, bounded by `command_timeout`.
 
 use super::{
-    CallResult, Fleet, FleetView, Held, LEASE_LIFETIME_MS, LOCAL_MARGIN_MS, LeaseBook, Need,
-    Returned, Uses,
+    CallResult, Fleet, FleetView, Held, LOCAL_MARGIN_MS, LeaseBook, Need,
+    RELAXED_LEASE_LIFETIME_MS, Returned, Uses,
 };
 use crate::limits::{Millis, Policy, Slot, lock};
 use async_trait::async_trait;
@@ -44,6 +44,8 @@ struct Call {
     want: u32,
     releases: Vec<Returned>,
     sent: Millis,
+    /// The new lease's lifetime in Redis.
+    lifetime: Millis,
 }
 
 /// What Redis answered: see `lease.lua`.
@@ -154,8 +156,8 @@ impl FleetWorker {
         }
         book.retire(now);
         let need = book.waiting;
-        let active = now.saturating_sub(book.last_take) < super::IDLE_RETURN_MS;
-        let low = book.tokens_left() <= book.held.last().map_or(0, |h| h.granted) / 3;
+        let active = now.saturating_sub(book.last_take) < book.idle_after();
+        let low = book.running_low(now);
         let want = if need > 0 || (active && low) {
             book.want(now, t.policy)
         } else {
@@ -178,6 +180,7 @@ impl FleetWorker {
             want: want.max(need),
             releases: std::mem::take(&mut book.done),
             sent: now,
+            lifetime: book.lifetime(),
         })
     }
 
@@ -186,7 +189,7 @@ impl FleetWorker {
         conn: &mut MultiplexedConnection,
         call: &Call,
         policy: Policy,
-    ) -> Result<Answer, CallResult> {
+    ) -> Result<Answer, Failure> {
         // Tokens ahead of need only while a fifth of the burst limit stays free: near the
         // limit, tokens parked on one sidecar would refuse another's requests.
         let reserve = policy.burst_per_second.div_ceil(5).max(1);
@@ -201,7 +204,8 @@ impl FleetWorker {
             .arg(call.need)
             .arg(call.want)
             .arg(reserve)
-            .arg(LEASE_LIFETIME_MS);
+            .arg(call.lifetime)
+            .arg(RELAXED_LEASE_LIFETIME_MS);
         for r in &call.releases {
             invocation
                 .arg(&r.id)
@@ -214,14 +218,29 @@ impl FleetWorker {
         )
         .await
         {
-            Err(_) => Err(CallResult::Timeout),
+            Err(_) => Err(Failure {
+                result: CallResult::Timeout,
+                broken: false,
+            }),
             Ok(Err(e)) => {
                 tracing::debug!("fleet-wide limits: Redis call failed: {e}");
-                Err(CallResult::Error)
+                Err(Failure {
+                    result: if e.is_timeout() {
+                        CallResult::Timeout
+                    } else {
+                        CallResult::Error
+                    },
+                    broken: e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error(),
+                })
             }
             Ok(Ok(v)) => Answer::parse(v).ok_or_else(|| {
                 tracing::warn!("fleet-wide limits: Redis answered something unexpected");
-                CallResult::Error
+                Failure {
+                    result: CallResult::Error,
+                    broken: false,
+                }
             }),
         }
     }
@@ -252,7 +271,7 @@ impl FleetWorker {
             }
             let conn = self.connection(c).await;
             let started = Instant::now();
-            let answers: Vec<Result<Answer, CallResult>> = match conn {
+            let answers: Vec<Result<Answer, Failure>> = match conn {
                 // Polled together on one multiplexed connection, the calls are pipelined.
                 Some(conn) => {
                     futures_util::future::join_all(calls.iter().map(|(call, t)| {
@@ -261,7 +280,15 @@ impl FleetWorker {
                     }))
                     .await
                 }
-                None => calls.iter().map(|_| Err(CallResult::Error)).collect(),
+                None => calls
+                    .iter()
+                    .map(|_| {
+                        Err(Failure {
+                            result: CallResult::Error,
+                            broken: true,
+                        })
+                    })
+                    .collect(),
             };
             if c.conn.is_some() {
                 self.fleet
@@ -270,7 +297,7 @@ impl FleetWorker {
                     .observe(started.elapsed().as_secs_f64());
             }
             let received = self.now();
-            let mut failed = false;
+            let (mut failed, mut answered, mut broken) = (false, false, false);
             for ((call, t), answer) in calls.into_iter().zip(answers) {
                 let mut state = lock(&t.slot.state);
                 let book = state.lease.get_or_insert_with(Box::default);
@@ -279,13 +306,15 @@ impl FleetWorker {
                 match answer {
                     Ok(a) => {
                         self.fleet.metrics.call(CallResult::Ok);
-                        apply(book, &call, a, received, &self.fleet);
+                        apply(book, &call, a, t.policy, received, &self.fleet);
+                        answered = true;
                     }
-                    Err(result) => {
+                    Err(f) => {
                         if c.conn.is_some() {
-                            self.fleet.metrics.call(result);
+                            self.fleet.metrics.call(f.result);
                         }
                         failed = true;
+                        broken |= f.broken;
                         // Returned again next time: an id Redis has already seen is ignored.
                         book.done.extend(call.releases);
                     }
@@ -294,7 +323,9 @@ impl FleetWorker {
                     keys.push(call.key.clone());
                 }
             }
-            if failed {
+            // One slow call among many answered (a busy moment) keeps the connection; a lost
+            // connection, or a round with no answer at all, is an outage.
+            if broken || (failed && !answered) {
                 c.conn = None;
                 self.fleet.set_up(false);
             } else if c.conn.is_some() {
@@ -302,7 +333,8 @@ impl FleetWorker {
             }
             self.fleet.exchanged.notify_waiters();
             if failed {
-                // Waiting requests have been told; they fall to on_outage without another try.
+                // Waiting requests have been told; those whose call failed fall to on_outage
+                // without another try.
                 return;
             }
         }
@@ -349,8 +381,21 @@ impl FleetWorker {
     }
 }
 
+/// Why a call brought no answer: its metric label, and whether the connection is lost with it.
+struct Failure {
+    result: CallResult,
+    broken: bool,
+}
+
 /// Applies an answer to the subject's book.
-fn apply(book: &mut LeaseBook, call: &Call, a: Answer, received: Millis, fleet: &Fleet) {
+fn apply(
+    book: &mut LeaseBook,
+    call: &Call,
+    a: Answer,
+    policy: Policy,
+    received: Millis,
+    fleet: &Fleet,
+) {
     book.view = FleetView {
         burst: a.burst,
         sustained: a.sustained,
@@ -359,6 +404,10 @@ fn apply(book: &mut LeaseBook, call: &Call, a: Answer, received: Millis, fleet: 
         burst_reset_at: received + a.burst_reset_ms,
         sustained_reset_at: received + a.sustained_reset_ms,
     };
+    // Far from both limits (the counts include every outstanding lease), tokens parked here
+    // cannot refuse anyone: leases may cover their whole lifetime and stay while idle.
+    book.relaxed = u64::from(a.burst) * 2 <= u64::from(policy.burst_per_second)
+        && u64::from(a.sustained) * 2 <= u64::from(policy.sustained_per_minute);
     if a.granted > 0 {
         fleet.metrics.leases.inc();
         fleet.metrics.leased_tokens.inc_by(u64::from(a.granted));
@@ -367,7 +416,7 @@ fn apply(book: &mut LeaseBook, call: &Call, a: Answer, received: Millis, fleet: 
             granted: a.granted,
             left: a.granted,
             granted_at: received,
-            until: call.sent + LEASE_LIFETIME_MS - LOCAL_MARGIN_MS,
+            until: call.sent + call.lifetime - LOCAL_MARGIN_MS,
             uses: Uses::default(),
         });
     }
