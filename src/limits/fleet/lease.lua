@@ -55,7 +55,7 @@ local function window(key, g, nb)
     oldest = cutoff + 1
   end
   if total == 0 then charged = nil end
-  return {key = key, g = g, nb = nb, total = total, oldest = oldest, newest = charged}
+  return {key = key, g = g, nb = nb, total = total, oldest = oldest, newest = charged, pending = {}}
 end
 
 local burst_w = window(KEYS[1], BG, BN)
@@ -69,7 +69,7 @@ local function charge(at, n)
     for _, w in ipairs({burst_w, sustained_w}) do
       local b = math.floor(at / w.g)
       if b >= w.oldest then
-        redis.call('HINCRBY', w.key, b, n)
+        w.pending[b] = (w.pending[b] or 0) + n
         w.total = w.total + n
         if w.newest == nil or b > w.newest then w.newest = b end
       end
@@ -110,8 +110,23 @@ for i = 1, #leases, 2 do
   end
 end
 
+-- The charges, a bucket at a time, and the window's running figures: one read and one write
+-- per window, however many uses were returned.
 for _, w in ipairs({burst_w, sustained_w}) do
-  redis.call('HSET', w.key, 't', w.total, 'o', w.oldest, 'n', w.newest or w.oldest)
+  local fields, adds = {}, {}
+  for b, n in pairs(w.pending) do
+    fields[#fields + 1] = b
+    adds[#adds + 1] = n
+  end
+  local set = {'t', w.total, 'o', w.oldest, 'n', w.newest or w.oldest}
+  if #fields > 0 then
+    local current = redis.call('HMGET', w.key, unpack(fields))
+    for i, b in ipairs(fields) do
+      set[#set + 1] = b
+      set[#set + 1] = (tonumber(current[i]) or 0) + adds[i]
+    end
+  end
+  redis.call('HSET', w.key, unpack(set))
 end
 
 -- When `need` more would fit under the window's limit (ms from now), and when it empties.
