@@ -30,8 +30,9 @@
 //!
 //! **What it costs.** Leases are sized to the sidecar's own rate and refilled ahead of need, so
 //! a busy workspace costs each sidecar a few Redis calls per second and its requests never
-//! wait. Far from both limits (the fleet's count at most half of each) a lease lives 3 s, covers
-//! that long of traffic within a quarter of the room left, and is kept while idle; nearer, it
+//! wait. Far from both limits (the fleet's count at most half of each) a lease lives 6 s, covers
+//! about 3 s of traffic within a quarter of the room left, is kept while idle, and once spent
+//! goes back with the call that takes the lease after next (one call per lease); nearer, it
 //! lives 1 s, covers about 100 ms and goes back when idle. Near the limit, tokens held by one sidecar would refuse
 //! another's requests, so a lease beyond what is needed now is granted only while a fifth of the
 //! burst limit stays free; past that, a request with no token waits for Redis (one round trip,
@@ -61,7 +62,7 @@ use tokio::sync::{Notify, mpsc};
 pub const LEASE_LIFETIME_MS: Millis = 1_000;
 /// A lease's lifetime far from both limits, where tokens parked on a sidecar refuse no one: a
 /// busy workspace then costs each sidecar one Redis call every few seconds.
-pub const RELAXED_LEASE_LIFETIME_MS: Millis = 3_000;
+pub const RELAXED_LEASE_LIFETIME_MS: Millis = 6_000;
 /// How much earlier than `sent + lifetime` a sidecar stops using a lease: slack for the clocks
 /// of two processes ticking at slightly different rates.
 const LOCAL_MARGIN_MS: Millis = 25;
@@ -69,9 +70,14 @@ const LOCAL_MARGIN_MS: Millis = 25;
 const IDLE_RETURN_MS: Millis = 150;
 /// How much traffic a lease is sized for near a limit...
 const HORIZON_MS: f64 = 100.0;
-/// ...and far from both limits, where a lease may cover its whole lifetime, within a quarter
-/// of the room left (so that leases alone never fill the window).
-const RELAXED_HORIZON_MS: f64 = (RELAXED_LEASE_LIFETIME_MS - LOCAL_MARGIN_MS) as f64;
+/// ...and far from both limits, within a quarter of the room left (so that leases alone never
+/// fill the window): half a relaxed lease's lifetime. A lease is then used up while the next one
+/// is, and goes back with the call for the one after, which comes before Redis would charge it
+/// in full at its expiry: one call per lease, not one to take it and another to return it.
+const RELAXED_HORIZON_MS: f64 = 2_900.0;
+// Taken a third before its predecessor runs out, a lease is spent by 4/3 of a horizon after
+// its grant, and the call that returns it goes out 2 horizons after: before its end here.
+const _: () = assert!(2 * 2_900 + LOCAL_MARGIN_MS + 50 <= RELAXED_LEASE_LIFETIME_MS);
 /// A lease this close to its end is replaced ahead of time while the subject is active, so
 /// that its requests do not wait for the next.
 const RENEW_BEFORE_END_MS: Millis = 150;
@@ -450,14 +456,31 @@ impl LeaseBook {
         self.held.iter().map(|h| h.left).sum()
     }
 
-    /// Retires leases past their time or idle too long: they are returned on the next exchange.
+    /// Retires leases past their time, spent, or idle too long: they are returned on the next
+    /// exchange. Far from the limits a spent lease holds nothing back from anyone, so it waits
+    /// for an exchange that happens anyway ([`LeaseBook::hand_back_spent`]) rather than making
+    /// one of its own.
     fn retire(&mut self, now: Millis) {
         let mut i = 0;
         while i < self.held.len() {
             let h = &self.held[i];
             let idle = !self.relaxed
                 && now.saturating_sub(self.last_take.max(h.granted_at)) >= IDLE_RETURN_MS;
-            if h.until <= now || h.left == 0 || idle {
+            let spent = h.left == 0 && !self.relaxed;
+            if h.until <= now || spent || idle {
+                let h = self.held.remove(i);
+                self.done.push(h.returned());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Moves spent leases to the returns of an exchange that is going out anyway.
+    fn hand_back_spent(&mut self) {
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].left == 0 {
                 let h = self.held.remove(i);
                 self.done.push(h.returned());
             } else {
@@ -849,6 +872,29 @@ mod tests {
             book.held.is_empty(),
             "near a limit, an idle lease goes back"
         );
+    }
+
+    #[test]
+    fn far_from_the_limits_a_spent_lease_waits_for_the_next_exchange_and_nearer_it_goes_back_at_once()
+     {
+        let mut book = book_with(2, 1_000);
+        book.relaxed = true;
+        book.take(1_000);
+        book.take(1_001);
+        book.retire(1_050);
+        assert_eq!(
+            (book.held.len(), book.done.len()),
+            (1, 0),
+            "spent, but relaxed: no call of its own"
+        );
+        book.hand_back_spent();
+        assert_eq!((book.held.len(), book.done.len()), (0, 1));
+        assert_eq!(book.done[0].used, 2, "returned with its uses");
+
+        let mut book = book_with(1, 1_000);
+        book.take(1_000);
+        book.retire(1_001);
+        assert_eq!(book.done.len(), 1, "near a limit, spent means returned");
     }
 
     #[test]

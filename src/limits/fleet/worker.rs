@@ -166,6 +166,7 @@ impl FleetWorker {
         if want == 0 && book.done.is_empty() {
             return None;
         }
+        book.hand_back_spent();
         book.waiting = 0;
         book.in_flight = true;
         book.rate_sample(now);
