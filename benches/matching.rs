@@ -19,6 +19,10 @@
 //! to `/v1/{r}/**`), `POST` four segments deep below a resource (`/v1/{r}/**`), and a path no
 //! route matches (a 404).
 //!
+//! Token shape: `secret::parse_token` on a first-format secret (`sk_live_` and 40 characters), a
+//! checksummed one (CRC32 checked), and a checksummed one with a wrong checksum; beside them,
+//! the SHA-256 every well-formed token then costs, for scale.
+//!
 //! Case names spell out `*` and `:` because criterion turns them into `_` in its directory
 //! names, which `scripts/bench-medians.py` prints. Every case is checked once (granted or not,
 //! which route) before it is timed.
@@ -237,5 +241,29 @@ fn routes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scopes, routes);
+fn token_shape(c: &mut Criterion) {
+    use keygate::secret::{Env, KeyHash, generate, parse_token};
+    let checksummed = generate(Env::Live);
+    let mut wrong = checksummed.clone().into_bytes();
+    let last = wrong.len() - 1;
+    wrong[last] = if wrong[last] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let first_format = format!("sk_live_{}", "Ab3".repeat(13) + "x");
+    let cases = [
+        ("first format", first_format.as_str(), true),
+        ("checksummed", checksummed.as_str(), true),
+        ("checksummed, wrong checksum", wrong.as_str(), false),
+    ];
+    let mut group = c.benchmark_group("token shape");
+    for (name, token, good) in cases {
+        assert_eq!(parse_token(token).is_some(), good, "{name}");
+        group.bench_function(name, |b| b.iter(|| parse_token(black_box(token))));
+    }
+    group.bench_function("sha-256 of a checksummed secret", |b| {
+        b.iter(|| KeyHash::of(black_box(&checksummed)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scopes, routes, token_shape);
 criterion_main!(benches);

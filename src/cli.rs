@@ -164,7 +164,7 @@ pub fn hash_key() -> anyhow::Result<()> {
     anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
     if secret::parse_token(secret).is_none() {
         eprintln!(
-            "warning: this is not shaped like a keygate secret (sk_live_/sk_test_ and 32-128 letters or digits); requests with it will be refused"
+            "warning: this is not shaped like a keygate secret (sk_live_kg_/sk_test_kg_ with a valid checksum, or sk_live_/sk_test_ and 32-128 letters or digits); requests with it will be refused"
         );
     }
     println!("{}", KeyHash::of(secret).to_hex());

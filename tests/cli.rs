@@ -226,7 +226,14 @@ fn a_key_from_keys_new_works_once_pasted() {
         .find(|w| w.starts_with("sk_live_"))
         .expect("no secret printed")
         .to_owned();
-    assert_eq!(secret.len(), "sk_live_".len() + 40);
+    // Checksummed: the format's prefix and a valid checksum (any one character changed fails:
+    // keygate-protocol's tests; refused before lookup: tests/request_path.rs).
+    assert!(secret.starts_with("sk_live_kg_"), "{}", &secret[..11]);
+    assert_eq!(secret.len(), keygate::secret::CHECKSUMMED_LEN);
+    assert_eq!(
+        keygate::secret::parse_token(&secret),
+        Some(keygate::secret::Env::Live)
+    );
     let entry = &text[text.find("- id:").expect("no entry printed")..];
     assert!(!entry.contains(&secret), "the entry holds the secret");
     let keys_yaml = format!(

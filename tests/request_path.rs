@@ -120,6 +120,65 @@ fn refused_credentials_get_401_and_look_alike() {
 }
 
 #[test]
+fn a_checksummed_key_works_and_one_changed_character_is_refused_before_lookup() {
+    use keygate::secret::{Env, generate};
+    let checksummed = generate(Env::Live);
+    // The same secret with one random character changed, registered as a key of its own: a
+    // lookup would find it, so only the checksum can refuse it.
+    let mut altered = checksummed.clone().into_bytes();
+    altered[20] = if altered[20] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let keys = keys()
+        .key(
+            "key_checksummed",
+            &checksummed,
+            Some("ws_live"),
+            Some(&["*"]),
+        )
+        .key("key_altered", &altered, Some("ws_live"), Some(&["*"]));
+    let up = Echo::start();
+    let kg = Keygate::start(Setup::new(&up, &keys));
+    let failures = |reason: &str| {
+        kg.metric(&format!(
+            r#"keygate_auth_failures_total{{reason="{reason}"}}"#
+        ))
+        .unwrap_or(0.0)
+    };
+
+    let r = kg.get_with_key("/v1/products", &checksummed);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        upstream_header(&r, "x-api-key-id").as_deref(),
+        Some("key_checksummed")
+    );
+    assert_eq!(
+        kg.get_with_key("/v1/products", WRITER).status,
+        200,
+        "a key of the first format still works"
+    );
+
+    let (malformed, unknown) = (failures("malformed"), failures("unknown"));
+    let refused = kg.get_with_key("/v1/products", &altered);
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let unknown_key = kg.get_with_key("/v1/products", UNKNOWN);
+    assert_eq!(
+        refused.body, unknown_key.body,
+        "the same 401 as any refused key"
+    );
+    assert_eq!(
+        failures("malformed"),
+        malformed + 1.0,
+        "counted as malformed"
+    );
+    assert_eq!(
+        failures("unknown"),
+        unknown + 1.0,
+        "only the unknown key was looked up"
+    );
+    assert_eq!(up.requests_seen(), 2);
+}
+
+#[test]
 fn scheme_is_case_insensitive() {
     let up = Echo::start();
     let kg = start(&up);

@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
     hash        TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the secret; the secret is never stored
-    prefix      TEXT NOT NULL,          -- the secret's first 12 characters, for people
+    prefix      TEXT NOT NULL,          -- secret::display_prefix, for people
     workspace   TEXT REFERENCES workspaces (id),
     internal    INTEGER NOT NULL,
     environment TEXT NOT NULL CHECK (environment IN ('live', 'test')),
@@ -703,7 +703,7 @@ fn insert_key(
     });
     let id = secret::generate_key_id();
     let hash = KeyHash::of(&secret).to_hex();
-    let prefix: String = secret.chars().take(12).collect();
+    let prefix = secret::display_prefix(&secret).to_owned();
     let scopes_json = scopes
         .map(serde_json::to_string)
         .transpose()

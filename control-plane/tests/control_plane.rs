@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use keygate::secret::KeyHash;
+use keygate::secret::{self, KeyHash};
 use keygate_test_support::cp::{ADMIN_TOKEN, ControlPlane, SYNC_TOKEN};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -549,7 +549,10 @@ fn the_secret_is_shown_once_and_never_stored() {
         let (_, data) = cp
             .create_key(json!({"name": format!("k{i}"), "workspace": "ws", "scopes": ["p:read"]}));
         let secret = data["secret"].as_str().unwrap().to_owned();
-        assert_eq!(data["prefix"], secret[..12]);
+        // Checksummed, and shown as its format and 4 random characters.
+        assert!(secret.starts_with("sk_live_kg_"), "{}", &secret[..11]);
+        assert_eq!(secret::parse_token(&secret), Some(secret::Env::Live));
+        assert_eq!(data["prefix"], secret[..15]);
         secrets.push((data["id"].as_str().unwrap().to_owned(), secret));
     }
     let (id, _) = &secrets[0];
@@ -572,9 +575,9 @@ fn the_secret_is_shown_once_and_never_stored() {
         let one = cp.admin("GET", &format!("/v1/api-keys/{id}"), None).text();
         for text in [&listed.text(), &one, &snapshot] {
             assert!(!text.contains(secret.as_str()));
-            assert!(!text.contains(&secret[12..]));
+            assert!(!text.contains(&secret[15..]));
         }
-        assert!(one.contains(&secret[..12]), "the prefix is listed");
+        assert!(one.contains(&secret[..15]), "the prefix is listed");
         assert!(snapshot.contains(&KeyHash::of(secret).to_hex()));
     }
     let item = find(&listed.json()["data"], &secrets[1].0).clone();
@@ -603,7 +606,7 @@ fn the_secret_is_shown_once_and_never_stored() {
             };
             files += 1;
             for (_, secret) in &secrets {
-                let body = &secret.as_bytes()[12..];
+                let body = &secret.as_bytes()[15..];
                 assert!(
                     !bytes.windows(body.len()).any(|w| w == body),
                     "a secret is in {path}"
