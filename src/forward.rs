@@ -1,17 +1,24 @@
 //! What the upstream receives: client-sent identity headers removed, keygate's own set.
 
+use crate::client_address::ClientAddress;
 use crate::config::UpstreamConfig;
 use crate::gate::Identity;
 use pingora::http::RequestHeader;
 
 /// The headers keygate sets from its decision. The upstream trusts them, so a client's own copy,
 /// in any letter case or with `_` for `-`, must never get through.
-pub const IDENTITY_HEADERS: [&str; 4] = [
+pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-workspace-id",
     "x-workspace-type",
     "x-api-key-id",
     "x-api-key-scopes",
+    "x-client-ip",
 ];
+
+/// Where proxies say whom they forward for. Believed only from a trusted proxy (see
+/// [`crate::client_address`]); from anyone else, dropped in every spelling, so that the
+/// upstream never reads a client's claim about itself.
+pub const FORWARDING_HEADERS: [&str; 2] = ["x-forwarded-for", "forwarded"];
 
 /// Headers that ask the upstream to run another method than the request line's (Rails, Express,
 /// Spring and others honour one or more of them). keygate checks scopes for the request line's
@@ -39,16 +46,18 @@ fn is_spelling_of(name: &str, headers: &[&str]) -> bool {
 }
 
 /// Rewrites the upstream request: strips credentials and spoofable identity, then sets the
-/// identity keygate decided (none on a public route).
+/// identity keygate decided (none on a public route) and the client's address.
 pub fn prepare(
     req: &mut RequestHeader,
     identity: Option<&Identity>,
+    client: Option<&ClientAddress>,
     upstream: &UpstreamConfig,
 ) -> pingora::Result<()> {
     if !upstream.forward_authorization {
         req.remove_header(&http::header::AUTHORIZATION);
     }
     let strip_override = upstream.strip_method_override;
+    let peer_trusted = client.is_some_and(|c| c.peer_trusted);
     // Collected first: the map cannot change while it is read. Without spoofed headers (the
     // normal case) the vector stays empty and allocates nothing.
     let spoofed: Vec<http::HeaderName> = req
@@ -57,6 +66,9 @@ pub fn prepare(
         .filter(|name| {
             is_identity_header(name.as_str())
                 || (strip_override && is_spelling_of(name.as_str(), &METHOD_OVERRIDE_HEADERS))
+                // A trusted proxy's own spelling is kept; an underscore one never is.
+                || (is_spelling_of(name.as_str(), &FORWARDING_HEADERS)
+                    && (!peer_trusted || name.as_str().contains('_')))
         })
         .cloned()
         .collect();
@@ -70,6 +82,19 @@ pub fn prepare(
         req.insert_header("x-workspace-type", kind)?;
         req.insert_header("x-api-key-id", id.key.id_header())?;
         req.insert_header("x-api-key-scopes", id.key.scopes_header())?;
+    }
+    if let Some(c) = client {
+        // The chain as the upstream should read it: a trusted proxy's, then the peer.
+        let mut chain = Vec::new();
+        if c.peer_trusted {
+            for v in req.headers.get_all("x-forwarded-for") {
+                chain.extend_from_slice(v.as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+        }
+        chain.extend_from_slice(c.peer.to_string().as_bytes());
+        req.insert_header("x-forwarded-for", chain)?;
+        req.insert_header("x-client-ip", c.client.to_string())?;
     }
     Ok(())
 }
@@ -116,13 +141,15 @@ mod tests {
             "x_api_key_scopes",
             "x-workspace-type",
             "x_workspace_type",
+            "x-client-ip",
+            "X_Client_Ip",
         ];
         for n in names {
             req.append_header(n, "evil").unwrap();
         }
         req.append_header("authorization", "Bearer x").unwrap();
         req.append_header("x-other", "kept").unwrap();
-        prepare(&mut req, None, &upstream(true)).unwrap();
+        prepare(&mut req, None, None, &upstream(true)).unwrap();
         let left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(left, vec!["x-other".to_string()]);
     }
@@ -140,6 +167,57 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_headers_are_believed_only_from_a_trusted_peer() {
+        use crate::client_address::ClientAddress;
+        let build = || {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.append_header("X-Forwarded-For", "6.6.6.6").unwrap();
+            req.append_header("x-forwarded-for", "203.0.113.9").unwrap();
+            req.append_header("X_Forwarded_For", "7.7.7.7").unwrap();
+            req.append_header("Forwarded", "for=8.8.8.8").unwrap();
+            req.append_header("x_client_ip", "9.9.9.9").unwrap();
+            req.append_header("X-Client-IP", "9.9.9.9").unwrap();
+            req
+        };
+        let header = |req: &RequestHeader, name: &str| -> Vec<String> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        let ip = |s: &str| s.parse().unwrap();
+
+        let mut req = build();
+        let untrusted = ClientAddress {
+            peer: ip("192.0.2.1"),
+            client: ip("192.0.2.1"),
+            peer_trusted: false,
+        };
+        prepare(&mut req, None, Some(&untrusted), &upstream(true)).unwrap();
+        assert_eq!(header(&req, "x-forwarded-for"), ["192.0.2.1"]);
+        assert_eq!(header(&req, "x-client-ip"), ["192.0.2.1"]);
+        assert!(header(&req, "forwarded").is_empty());
+        assert_eq!(req.headers.len(), 2, "{:?}", req.headers);
+
+        let mut req = build();
+        let trusted = ClientAddress {
+            peer: ip("10.0.0.2"),
+            client: ip("203.0.113.9"),
+            peer_trusted: true,
+        };
+        prepare(&mut req, None, Some(&trusted), &upstream(true)).unwrap();
+        assert_eq!(
+            header(&req, "x-forwarded-for"),
+            ["6.6.6.6, 203.0.113.9, 10.0.0.2"],
+            "the proxy's chain, then the peer; never the underscore spelling"
+        );
+        assert_eq!(header(&req, "x-client-ip"), ["203.0.113.9"]);
+        assert_eq!(header(&req, "forwarded"), ["for=8.8.8.8"]);
+        assert_eq!(req.headers.len(), 3, "{:?}", req.headers);
+    }
+
+    #[test]
     fn method_overrides_are_removed_unless_configured_otherwise() {
         let build = || {
             let mut req = RequestHeader::build("GET", b"/", None).unwrap();
@@ -154,10 +232,10 @@ mod tests {
             req
         };
         let mut req = build();
-        prepare(&mut req, None, &upstream(true)).unwrap();
+        prepare(&mut req, None, None, &upstream(true)).unwrap();
         assert_eq!(req.headers.len(), 0, "{:?}", req.headers);
         let mut req = build();
-        prepare(&mut req, None, &upstream(false)).unwrap();
+        prepare(&mut req, None, None, &upstream(false)).unwrap();
         assert_eq!(req.headers.len(), 4);
     }
 }

@@ -75,6 +75,8 @@ pub struct Finish<'a> {
     pub path: &'a str,
     pub status: u16,
     pub client: Option<std::net::SocketAddr>,
+    /// The client behind a trusted proxy, when it is not the peer.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl Finish<'_> {
@@ -96,6 +98,7 @@ impl Finish<'_> {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let key_id = r.key.as_ref().map(|k| k.id());
         let client = self.client.map(|c| c.to_string());
+        let client_ip = self.client_ip.map(|c| c.to_string());
         // tracing fixes an event's level at compile time: one call per level.
         macro_rules! line {
             ($level:expr) => {
@@ -111,6 +114,7 @@ impl Finish<'_> {
                     workspace_id = r.workspace_id(),
                     key_id,
                     client = client.as_deref(),
+                    client_ip = client_ip.as_deref(),
                     duration_ms,
                     upstream_status = r.upstream_status,
                 )

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: thin glue that asks the gate, acts on its answer and
 //! records what happened.
 
+use crate::client_address::{ClientAddress, ClientAddressConfig};
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
@@ -30,12 +31,15 @@ pub struct Keygate {
     metrics: Arc<Metrics>,
     usage: Option<Arc<UsageTracker>>,
     access_log: Option<AccessLogConfig>,
+    client_address: ClientAddressConfig,
 }
 
 /// Per-request state carried from the decision to the upstream request and the log.
 #[derive(Default)]
 pub struct RequestCtx {
     identity: Option<Identity>,
+    /// Who sent the request (`None` on a socket with no IP peer).
+    client: Option<ClientAddress>,
     /// Where the caller's limits stand, for the response headers.
     rate: Option<Usage>,
     record: RequestRecord,
@@ -48,11 +52,17 @@ pub struct Observers {
     pub access_log: Option<AccessLogConfig>,
 }
 
+/// How a request reaches the upstream.
+pub struct Forwarding {
+    pub upstream: UpstreamConfig,
+    pub client_address: ClientAddressConfig,
+}
+
 impl Keygate {
     pub fn new(
         store: Arc<SnapshotStore>,
         gate: Gate,
-        upstream: UpstreamConfig,
+        forwarding: Forwarding,
         client_keepalive: Duration,
         max_staleness: Option<Duration>,
         observers: Observers,
@@ -60,7 +70,8 @@ impl Keygate {
         Keygate {
             store,
             gate,
-            upstream,
+            upstream: forwarding.upstream,
+            client_address: forwarding.client_address,
             client_keepalive_secs: client_keepalive.as_secs().max(1),
             max_staleness,
             metrics: observers.metrics,
@@ -205,6 +216,10 @@ impl ProxyHttp for Keygate {
             session.set_keepalive((!pressure).then_some(self.client_keepalive_secs));
         }
         let started = Instant::now();
+        ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            self.client_address
+                .resolve(peer.ip(), &session.req_header().headers)
+        });
         let mut decided = self.decide(session.req_header(), ctx, Attempt::First);
         if let Decided::Wait(waiter) = decided {
             // Bounded by `command_timeout`; then the request is decided without waiting again.
@@ -256,7 +271,12 @@ impl ProxyHttp for Keygate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::prepare(upstream_request, ctx.identity.as_ref(), &self.upstream)
+        forward::prepare(
+            upstream_request,
+            ctx.identity.as_ref(),
+            ctx.client.as_ref(),
+            &self.upstream,
+        )
     }
 
     async fn response_filter(
@@ -325,6 +345,8 @@ impl ProxyHttp for Keygate {
             path: req.uri.path(),
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            // Logged when it is not the peer: behind a trusted proxy.
+            client_ip: ctx.client.filter(|c| c.client != c.peer).map(|c| c.client),
         }
         .record(&ctx.record);
     }

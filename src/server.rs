@@ -8,7 +8,7 @@ use crate::gate::{Gate, RateLimits};
 use crate::limits::fleet::FleetMetrics;
 use crate::limits::{Clock, Fleet, Limiter, MonotonicClock};
 use crate::metrics::Metrics;
-use crate::proxy::{Keygate, Observers};
+use crate::proxy::{Forwarding, Keygate, Observers};
 use crate::sync::cache::CacheWriter;
 use crate::sync::control_plane::ControlPlaneSource;
 use crate::sync::usage_report::UsageReporter;
@@ -48,6 +48,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         observability,
         access_log,
         log_level: _,
+        client_address,
     } = config;
 
     let route_names: Vec<&str> = routes.routes().iter().map(|r| r.name()).collect();
@@ -143,7 +144,10 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     let keygate = Keygate::new(
         store,
         gate,
-        upstream,
+        Forwarding {
+            upstream,
+            client_address,
+        },
         keepalive_timeout,
         max_staleness,
         observers,

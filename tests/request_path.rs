@@ -338,6 +338,10 @@ fn spoofed_identity_headers_are_replaced_in_every_spelling() {
         "X_Api_Key_Scopes",
         "x-workspace-type",
         "X_WORKSPACE_TYPE",
+        "x-client-ip",
+        "X_Client_IP",
+        "X-Forwarded-For",
+        "x_forwarded_for",
     ];
     let mut req = Request::get("/v1/products").header("Authorization", &auth);
     for name in spoofed {
@@ -361,6 +365,9 @@ fn spoofed_identity_headers_are_replaced_in_every_spelling() {
             ("x-workspace-type".into(), "sandbox".into()),
             ("x-api-key-id".into(), "key_reader".into()),
             ("x-api-key-scopes".into(), "products:read".into()),
+            // With no trusted proxy configured, the peer is the client (tests/client_address.rs).
+            ("x-forwarded-for".into(), "127.0.0.1".into()),
+            ("x-client-ip".into(), "127.0.0.1".into()),
         ]
     );
 }

@@ -5,6 +5,7 @@
 //! written as `null`.
 
 use super::{Unmatched, UsageMode};
+use crate::client_address::ForwardedFrom;
 use crate::limits::OnOutage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -34,6 +35,20 @@ pub struct ConfigFile {
     pub usage: UsageFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub client_address: ClientAddressFile,
+}
+
+/// `client_address`: who the client is when keygate sits behind proxies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAddressFile {
+    /// Peers whose forwarding header is believed: addresses and CIDR blocks. Default none: the
+    /// TCP peer is the client, and forwarding headers from clients are dropped.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    pub from: Option<ForwardedFrom>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

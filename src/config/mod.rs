@@ -192,6 +192,8 @@ pub struct Config {
     /// `None` when access logs are off.
     pub access_log: Option<AccessLogConfig>,
     pub log_level: String,
+    /// Who the client is behind proxies.
+    pub client_address: crate::client_address::ClientAddressConfig,
 }
 
 impl Config {
@@ -235,6 +237,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         access_log,
         usage,
         log,
+        client_address,
     } = file;
 
     if listen.addresses.is_empty() {
@@ -385,6 +388,8 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         UsageMode::Status => Some(usage.max_keys.unwrap_or(100_000)),
     };
 
+    let client_address = client_address_config(client_address).map_err(|(f, m)| invalid(f, m))?;
+
     Ok(Config {
         path: path.to_owned(),
         checksum: String::new(),
@@ -406,6 +411,27 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         },
         access_log,
         log_level,
+        client_address,
+    })
+}
+
+/// `client_address`, checked: each trusted proxy block is named by its index when it is wrong.
+fn client_address_config(
+    c: ClientAddressFile,
+) -> Result<crate::client_address::ClientAddressConfig, (String, String)> {
+    use crate::client_address::CidrSet;
+    for (i, block) in c.trusted_proxies.iter().enumerate() {
+        CidrSet::parse(std::slice::from_ref(block)).map_err(|e| {
+            (
+                format!("client_address.trusted_proxies[{i}]"),
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(crate::client_address::ClientAddressConfig {
+        trusted_proxies: CidrSet::parse(&c.trusted_proxies)
+            .map_err(|e| ("client_address.trusted_proxies".into(), e.to_string()))?,
+        from: c.from.unwrap_or_default(),
     })
 }
 
@@ -844,6 +870,49 @@ snapshot:
                 "must be more than 0s",
             );
         }
+    }
+
+    #[test]
+    fn client_address_takes_trusted_blocks_and_names_a_bad_one_by_index() {
+        use crate::client_address::ForwardedFrom;
+        let c = accepted(&with(
+            "client_address",
+            "trusted_proxies: [10.0.0.0/8, '2001:db8::/32', 192.0.2.7]",
+        ));
+        assert!(
+            c.client_address
+                .trusted_proxies
+                .contains("10.9.9.9".parse().unwrap())
+        );
+        assert!(
+            !c.client_address
+                .trusted_proxies
+                .contains("11.0.0.1".parse().unwrap())
+        );
+        assert_eq!(c.client_address.from, ForwardedFrom::XForwardedFor);
+        let c = accepted(&with("client_address", "from: forwarded"));
+        assert_eq!(c.client_address.from, ForwardedFrom::Forwarded);
+        assert!(
+            c.client_address.trusted_proxies.is_empty(),
+            "none by default"
+        );
+        assert_invalid(
+            &with(
+                "client_address",
+                "trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]",
+            ),
+            "client_address.trusted_proxies[1]",
+            "prefix length outside 0..=32",
+        );
+        assert_invalid(
+            &with("client_address", "trusted_proxies: [loadbalancer]"),
+            "client_address.trusted_proxies[0]",
+            "CIDR block such as 10.0.0.0/8",
+        );
+        assert_schema_error(
+            &with("client_address", "from: x-real-ip"),
+            &["client_address.from", "x-forwarded-for", "forwarded"],
+        );
     }
 
     #[test]
