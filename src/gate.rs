@@ -7,10 +7,12 @@ use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
 use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage};
 use crate::path::{self, PathError};
+use crate::restrictions::RestrictionKind;
 use crate::routes::{Route, RouteTable};
 use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
 use http::HeaderMap;
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Who a forwarded request acts as.
@@ -44,6 +46,19 @@ pub enum Rejection {
     },
     /// Fleet-wide limits could not be consulted and `on_outage` is `deny`.
     LimitsUnavailable,
+    /// The key's restrictions refuse this request: which one failed.
+    KeyRestricted(RestrictionKind),
+}
+
+/// What the gate reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a, 'r> {
+    pub method: &'a str,
+    /// The path as the client sent it (normalised by the gate).
+    pub raw_path: &'r str,
+    pub headers: &'a HeaderMap,
+    /// The client's address ([`crate::client_address`]); `None` on a socket with no IP peer.
+    pub client: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -185,7 +200,8 @@ impl Gate {
             })
     }
 
-    /// Decides one request. `raw_path` is the URI path without the query.
+    /// Decides one request from an unknown address. `raw_path` is the URI path without the
+    /// query.
     pub fn decide<'g, 'r>(
         &'g self,
         snapshot: Option<&Snapshot>,
@@ -194,27 +210,29 @@ impl Gate {
         headers: &HeaderMap,
         now_unix: i64,
     ) -> Decision<'g, 'r> {
-        self.decide_with(
-            snapshot,
+        let req = Incoming {
             method,
             raw_path,
             headers,
-            now_unix,
-            limits::Attempt::First,
-        )
+            client: None,
+        };
+        self.decide_with(snapshot, req, now_unix, limits::Attempt::First)
     }
 
-    /// As [`decide`](Self::decide), for a request's `attempt` (after a wait for Redis: how the
-    /// wait ended).
+    /// Decides one request, for its `attempt` (after a wait for Redis: how the wait ended).
     pub fn decide_with<'g, 'r>(
         &'g self,
         snapshot: Option<&Snapshot>,
-        method: &str,
-        raw_path: &'r str,
-        headers: &HeaderMap,
+        req: Incoming<'_, 'r>,
         now_unix: i64,
         attempt: limits::Attempt,
     ) -> Decision<'g, 'r> {
+        let Incoming {
+            method,
+            raw_path,
+            headers,
+            client,
+        } = req;
         let reject = |route, r| Decision {
             route,
             verdict: Verdict::Reject(r),
@@ -317,6 +335,13 @@ impl Gate {
             rate,
             key: Some(key.clone()),
         };
+        // Restrictions come after the count (a refused request is still counted) and before
+        // scopes: a restricted key used from the wrong place learns nothing about its scopes.
+        if let Some(restrictions) = snapshot.restrictions(key) {
+            if let Err(kind) = restrictions.check(client, headers, route.map(|r| r.name())) {
+                return refuse(Rejection::KeyRestricted(kind));
+            }
+        }
         if !key.scopes.grants_all(required) {
             let missing = key.scopes.missing(required);
             let missing = missing.map(|s| s.as_str().to_owned()).collect();

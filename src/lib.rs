@@ -21,6 +21,7 @@ pub mod path;
 pub mod proxy;
 pub mod refusal;
 pub mod respond;
+pub mod restrictions;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

@@ -6,6 +6,7 @@
 
 use crate::auth::AuthFailure;
 use crate::limits::{LimitName, SubjectKind};
+use crate::restrictions::RestrictionKind;
 use crate::sync::{SnapshotStore, Source};
 use dashmap::DashMap;
 use prometheus::{
@@ -86,6 +87,8 @@ pub struct Metrics {
     pub decision_duration: Histogram,
     upstream_responses: [IntCounter; 5],
     auth_failures: [IntCounter; 6],
+    /// By [`RestrictionKind`], in its order.
+    key_restricted: [IntCounter; 3],
     /// `[limit][subject type]`.
     rate_limited: [[IntCounter; 3]; 2],
     pub snapshot_version: IntGauge,
@@ -177,6 +180,12 @@ impl Metrics {
             "Refused credentials by reason.",
             &["reason"],
         );
+        let restricted_vec = counter_vec(
+            &r,
+            "keygate_key_restricted_total",
+            "Requests refused by a key's restrictions, by the restriction that failed.",
+            &["restriction"],
+        );
         let limited_vec = counter_vec(
             &r,
             "keygate_rate_limited_total",
@@ -227,6 +236,8 @@ impl Metrics {
             upstream_responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| upstream_vec.with_label_values(&[c])),
             auth_failures: AUTH_REASONS.map(|reason| auth_vec.with_label_values(&[reason])),
+            key_restricted: RestrictionKind::ALL
+                .map(|k| restricted_vec.with_label_values(&[k.as_str()])),
             rate_limited: [LimitName::Burst, LimitName::Sustained].map(|l| {
                 SubjectKind::ALL.map(|t| limited_vec.with_label_values(&[l.as_str(), t.as_str()]))
             }),
@@ -366,6 +377,10 @@ impl Metrics {
     /// `None`: the credential was missing.
     pub fn auth_failure(&self, failure: Option<AuthFailure>) {
         self.auth_failures[auth_reason_index(failure)].inc();
+    }
+
+    pub fn key_restricted(&self, kind: RestrictionKind) {
+        self.key_restricted[kind as usize].inc();
     }
 
     pub fn rate_limited(&self, limit: LimitName, subject: SubjectKind) {

@@ -59,6 +59,7 @@ pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
             subject_type,
             ..
         } => metrics.rate_limited(*limit, *subject_type),
+        Rejection::KeyRestricted(kind) => metrics.key_restricted(*kind),
         _ => {}
     }
     let refusal = r.refusal();

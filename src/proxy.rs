@@ -5,7 +5,7 @@ use crate::client_address::{ClientAddress, ClientAddressConfig};
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
-use crate::gate::{Decision, Gate, Identity, Rejection, Verdict};
+use crate::gate::{Decision, Gate, Identity, Incoming, Rejection, Verdict};
 use crate::limits::{self, Attempt, Usage, Waiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
@@ -95,9 +95,12 @@ impl Keygate {
         let decision = match &target {
             Ok(t) => self.gate.decide_with(
                 snapshot,
-                req.method.as_str(),
-                t.path,
-                &req.headers,
+                Incoming {
+                    method: req.method.as_str(),
+                    raw_path: t.path,
+                    headers: &req.headers,
+                    client: ctx.client.map(|c| c.client),
+                },
                 unix_now(),
                 attempt,
             ),

@@ -33,6 +33,7 @@ impl Rejection {
             Rejection::WorkspaceRequired => {
                 (400, "workspace_required", BadRequest, "workspace_required")
             }
+            Rejection::KeyRestricted(kind) => (403, "key_restricted", Forbidden, kind.reason()),
             Rejection::UnknownWorkspace => {
                 (403, "unknown_workspace", Forbidden, "unknown_workspace")
             }

@@ -5,6 +5,7 @@
 
 use crate::gate::Rejection;
 use crate::limits::{self, LimitName, RateHeaders, Usage};
+use crate::restrictions::RestrictionKind;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -46,6 +47,11 @@ const INTERNAL: &str = r#"{"error":"Internal Server Error","code":"internal_erro
 const LIMITS_UNAVAILABLE: &str = r#"{"error":"rate_limited","code":"limits_unavailable","retry_after":1,"message":"The workspace's limits cannot be checked right now; retry after 1 s."}"#;
 const BAD_REQUEST: &str =
     r#"{"error":"Bad Request","code":"bad_request","message":"The request could not be read."}"#;
+
+// A key's restrictions: which one failed, never what it allows.
+const RESTRICTED_IP: &str = r#"{"error":"Forbidden","code":"key_restricted","restriction":"ip","message":"This API key is restricted to certain client addresses, and this request came from another."}"#;
+const RESTRICTED_REFERRER: &str = r#"{"error":"Forbidden","code":"key_restricted","restriction":"referrer","message":"This API key is restricted to certain referrers, and this request's Referer or Origin is not one of them."}"#;
+const RESTRICTED_ENDPOINT: &str = r#"{"error":"Forbidden","code":"key_restricted","restriction":"endpoint","message":"This API key is restricted to certain endpoints, and this is not one of them."}"#;
 
 /// The answer to a refusal; its status (and the `code` in each body) is [`Rejection::refusal`]'s.
 pub fn for_rejection(r: &Rejection) -> Answer {
@@ -92,6 +98,11 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             ..fixed(LIMITS_UNAVAILABLE)
         },
         Rejection::UnknownWorkspace => fixed(UNKNOWN_WORKSPACE),
+        Rejection::KeyRestricted(kind) => fixed(match kind {
+            RestrictionKind::Ip => RESTRICTED_IP,
+            RestrictionKind::Referrer => RESTRICTED_REFERRER,
+            RestrictionKind::Endpoint => RESTRICTED_ENDPOINT,
+        }),
         Rejection::RateLimited {
             limit,
             allowed,
@@ -183,6 +194,7 @@ mod tests {
             Rejection::InvalidCredentials(AuthFailure::Revoked),
             Rejection::InsufficientScope(vec!["products:write".into()]),
             Rejection::WorkspaceRequired,
+            Rejection::KeyRestricted(RestrictionKind::Referrer),
             Rejection::UnknownWorkspace,
             Rejection::RateLimited {
                 limit: LimitName::Burst,

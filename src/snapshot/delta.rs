@@ -19,7 +19,8 @@ use super::model::{
     self, EntryKind, KeyEntry, Owner, Skipped, Skips, Snapshot, TextArena, Workspace,
 };
 use super::raw::Raw;
-use super::wire::{Changes, DeltaDoc, KeyDoc, RestrictionsDoc, WorkspaceDoc};
+use super::wire::{Changes, DeltaDoc, KeyDoc, WorkspaceDoc};
+use crate::restrictions::KeyRestrictions;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::collections::{HashMap, HashSet};
@@ -334,7 +335,7 @@ impl Snapshot {
         }
     }
 
-    fn add_key(&mut self, entry: Arc<KeyEntry>, restrictions: Option<RestrictionsDoc>) {
+    fn add_key(&mut self, entry: Arc<KeyEntry>, restrictions: Option<Arc<KeyRestrictions>>) {
         if let Some(r) = restrictions {
             Arc::make_mut(&mut self.restrictions).insert(entry.id().into(), r);
         }
@@ -372,7 +373,7 @@ impl Snapshot {
                 &mut made,
             );
             match made_key {
-                Ok(()) => owners.push((doc.workspace.as_deref(), doc.restrictions.clone())),
+                Ok(restrictions) => owners.push((doc.workspace.as_deref(), restrictions)),
                 Err(reason) => self.skips.add(EntryKind::Key, doc.id.clone(), reason),
             }
         }

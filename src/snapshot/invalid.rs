@@ -34,12 +34,8 @@ pub enum InvalidEntry {
     Scope(#[from] ScopeError),
     #[error("expires_at {0:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")]
     ExpiresAt(String),
-    #[error("restrictions.ips: {0:?} is not an IP address or CIDR block")]
-    RestrictionIp(String),
-    #[error("restrictions.ips: {ip:?} has a prefix length outside 0..={max}")]
-    RestrictionPrefix { ip: String, max: u8 },
-    #[error("restrictions: empty referrer or endpoint")]
-    RestrictionBlank,
+    #[error(transparent)]
+    Restriction(#[from] crate::restrictions::RestrictionError),
     #[error("{}", ids::LIMIT_RULE)]
     ZeroLimit,
 }

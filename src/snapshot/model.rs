@@ -12,8 +12,9 @@
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::invalid::InvalidEntry;
-use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
+use super::wire::{KeyDoc, KeyStatus, LimitsDoc, WorkspaceDoc, WorkspaceKind};
 use crate::limits::{Policy, StateCache, SubjectKey};
+use crate::restrictions::KeyRestrictions;
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
 use crate::secret::KeyHash;
 use bytes::Bytes;
@@ -21,7 +22,6 @@ use http::HeaderValue;
 use keygate_protocol::ids;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -253,7 +253,7 @@ impl Skips {
 
 pub(crate) type Workspaces = HashMap<Box<str>, Arc<Workspace>>;
 /// Restrictions by key id.
-pub(crate) type Restrictions = HashMap<Box<str>, RestrictionsDoc, IdBuild>;
+pub(crate) type Restrictions = HashMap<Box<str>, Arc<KeyRestrictions>, IdBuild>;
 
 pub struct Snapshot {
     pub(crate) version: u64,
@@ -294,17 +294,18 @@ impl Snapshot {
     pub fn skipped(&self) -> &[Skipped] {
         &self.skips.kept
     }
-    /// Keys that carry restrictions this release does not enforce yet.
+    /// Keys that carry restrictions.
     pub fn restricted_keys(&self) -> usize {
         self.restrictions.len()
     }
-    /// The restrictions of a key of this snapshot, kept apart: they are rare, and not enforced
-    /// yet (see docs/snapshot.md).
-    pub fn restrictions(&self, key: &KeyEntry) -> Option<&RestrictionsDoc> {
+    /// The restrictions of a key of this snapshot, compiled at load and kept apart: they are
+    /// rare, and a key without them costs one bit test.
+    #[inline]
+    pub fn restrictions(&self, key: &KeyEntry) -> Option<&KeyRestrictions> {
         if !key.restricted() {
             return None;
         }
-        self.restrictions.get(key.id())
+        self.restrictions.get(key.id()).map(|r| &**r)
     }
     /// The request path's lookup: one probe of one hash table.
     pub fn key(&self, hash: &KeyHash) -> Option<&Arc<KeyEntry>> {
@@ -427,14 +428,14 @@ impl TextArena {
 
 /// Validates one key entry and makes its [`KeyEntry`] (owner still `Internal`), writing its
 /// text to `arena` and adding it to `made`. The one path every key takes, from a full document
-/// or a delta. On failure: why.
+/// or a delta. Returns its restrictions, compiled; on failure, why.
 pub(crate) fn make_key<S: AsRef<str>>(
     doc: &KeyDoc<S>,
     scope_sets: &mut Arc<ScopeInterner>,
     scratch: &mut Vec<u8>,
     arena: &mut TextArena,
     made: &mut Vec<Arc<KeyEntry>>,
-) -> Result<(), InvalidEntry> {
+) -> Result<Option<Arc<KeyRestrictions>>, InvalidEntry> {
     let id = doc.id.as_ref();
     check_id(id)?;
     let name = doc.name.as_ref();
@@ -462,9 +463,10 @@ pub(crate) fn make_key<S: AsRef<str>>(
             parsed.unix_timestamp()
         }
     };
-    if let Some(r) = &doc.restrictions {
-        check_restrictions(r)?;
-    }
+    let restrictions = match &doc.restrictions {
+        Some(r) => Some(Arc::new(KeyRestrictions::compile(r.clone())?)),
+        None => None,
+    };
     let text_at = arena.push(made, id, name);
     let restricted = if doc.restrictions.is_some() {
         RESTRICTED
@@ -482,7 +484,7 @@ pub(crate) fn make_key<S: AsRef<str>>(
         id_len: id.len() as u8,
         name_len: name.len() as u16 | restricted,
     }));
-    Ok(())
+    Ok(restrictions)
 }
 
 /// Sets the owner of a key no one else holds yet.
@@ -530,7 +532,7 @@ pub struct SnapshotBuilder {
     /// position in `keys`.
     unresolved: Vec<(usize, Box<str>)>,
     /// Restrictions by position in `keys`.
-    restricted: Vec<(usize, RestrictionsDoc)>,
+    restricted: Vec<(usize, Arc<KeyRestrictions>)>,
     skips: Skips,
 }
 
@@ -569,7 +571,7 @@ impl SnapshotBuilder {
         }
     }
 
-    pub fn add_key<S: AsRef<str>>(&mut self, mut doc: KeyDoc<S>) {
+    pub fn add_key<S: AsRef<str>>(&mut self, doc: KeyDoc<S>) {
         let made = make_key(
             &doc,
             &mut self.scope_sets,
@@ -577,11 +579,12 @@ impl SnapshotBuilder {
             &mut self.arena,
             &mut self.keys,
         );
-        if let Err(reason) = made {
-            return self.skip(EntryKind::Key, doc.id.as_ref().to_owned(), reason);
-        }
+        let restrictions = match made {
+            Ok(r) => r,
+            Err(reason) => return self.skip(EntryKind::Key, doc.id.as_ref().to_owned(), reason),
+        };
         let at = self.keys.len() - 1;
-        if let Some(r) = doc.restrictions.take() {
+        if let Some(r) = restrictions {
             self.restricted.push((at, r));
         }
         if let Some(ws) = &doc.workspace {
@@ -657,27 +660,6 @@ pub(crate) fn check_id(id: &str) -> Result<(), InvalidEntry> {
 fn header(s: &str) -> HeaderValue {
     // Callers pass only checked ids, which are visible ASCII.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn check_restrictions(r: &RestrictionsDoc) -> Result<(), InvalidEntry> {
-    for ip in &r.ips {
-        let (addr, len) = ip.split_once('/').unwrap_or((ip, ""));
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| InvalidEntry::RestrictionIp(ip.clone()))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if !len.is_empty() && len.parse::<u8>().map_or(true, |l| l > max) {
-            return Err(InvalidEntry::RestrictionPrefix {
-                ip: ip.clone(),
-                max,
-            });
-        }
-    }
-    let blank = |v: &Vec<String>| v.iter().any(|s| s.trim().is_empty());
-    if blank(&r.referrers) || blank(&r.endpoints) {
-        return Err(InvalidEntry::RestrictionBlank);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

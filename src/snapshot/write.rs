@@ -65,7 +65,7 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
                 KeyStatus::Active
             },
             expires_at: expires_at.as_deref(),
-            restrictions: snapshot.restrictions(key).cloned(),
+            restrictions: snapshot.restrictions(key).map(|r| r.doc().clone()),
         };
         serde_json::to_writer(&mut w, &doc)?;
     }

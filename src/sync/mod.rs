@@ -77,11 +77,4 @@ fn log_accepted(snapshot: &Snapshot, source: &str) {
             snapshot.skipped_count() - LOGGED_SKIPS
         );
     }
-    if snapshot.restricted_keys() > 0 {
-        tracing::warn!(
-            source,
-            keys = snapshot.restricted_keys(),
-            "keys carry restrictions (ips, referrers, endpoints) that this release does not enforce"
-        );
-    }
 }

@@ -14,7 +14,7 @@ pub use keygate::config::file::*;
 pub use keygate::config::{Unmatched, UsageMode};
 use keygate::secret::KeyHash;
 pub use keygate_protocol::wire::{
-    KeyDoc, KeyStatus, LimitsDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
+    KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,17 @@ impl Keys {
     /// Marks the last key revoked.
     pub fn revoked(mut self) -> Keys {
         self.last_key().status = KeyStatus::Revoked;
+        self
+    }
+
+    /// Restricts the last key: addresses or blocks, referrer patterns, route names.
+    pub fn restricted(mut self, ips: &[&str], referrers: &[&str], endpoints: &[&str]) -> Keys {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+        self.last_key().restrictions = Some(RestrictionsDoc {
+            ips: v(ips),
+            referrers: v(referrers),
+            endpoints: v(endpoints),
+        });
         self
     }
 
