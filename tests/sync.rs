@@ -537,3 +537,56 @@ fn not_modified_answers_keep_the_snapshot_and_its_freshness() {
         );
     }
 }
+
+/// Restrictions made and changed in the control plane reach a syncing keygate like any change:
+/// a key restricted elsewhere is refused, widened in place it works, removed it works anywhere.
+#[test]
+fn restrictions_changed_in_the_control_plane_are_enforced_within_a_second() {
+    let cp = control_plane().start();
+    cp.create_workspace("ws", "live");
+    let (_, created) = cp.create_key(serde_json::json!({
+        "name": "restricted", "workspace": "ws", "scopes": ["*"],
+        "restrictions": {"ips": ["192.0.2.0/24"]},
+    }));
+    let (id, secret) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    );
+    let up = Echo::start();
+    let kg = start_keygate(&up, &cp, |_| {}, None);
+    wait_ready(&kg);
+    let r = kg.get_with_key("/v1/me", &secret);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["restriction"], "ip");
+
+    let patch = |restrictions: serde_json::Value| {
+        let r = cp.admin(
+            "PATCH",
+            &format!("/v1/api-keys/{id}"),
+            Some(serde_json::json!({ "restrictions": restrictions })),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    patch(serde_json::json!({"ips": ["127.0.0.1"], "endpoints": ["whoami"]}));
+    let allowed = within(Duration::from_secs(1), || {
+        kg.get_with_key("/v1/me", &secret).status == 200
+    });
+    assert!(
+        allowed.is_some(),
+        "the widened restriction did not arrive within 1 s"
+    );
+    let r = kg.get_with_key("/v1/products", &secret);
+    assert_eq!(
+        (r.status, r.json()["restriction"].clone()),
+        (403, "endpoint".into())
+    );
+
+    patch(serde_json::Value::Null);
+    let unrestricted = within(Duration::from_secs(1), || {
+        kg.get_with_key("/v1/products", &secret).status == 200
+    });
+    assert!(
+        unrestricted.is_some(),
+        "removing the restrictions did not arrive within 1 s"
+    );
+}

@@ -5,7 +5,7 @@
 use http::StatusCode;
 use keygate_protocol::ids;
 use keygate_protocol::scopes::ScopePattern;
-use keygate_protocol::wire::{KeyDoc, KeyStatus, WorkspaceDoc};
+use keygate_protocol::wire::{KeyDoc, KeyStatus, RestrictionsDoc, WorkspaceDoc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use std::borrow::Cow;
@@ -16,6 +16,9 @@ use time::format_description::well_known::Rfc3339;
 const MAX_NAME_CHARS: usize = 256;
 /// Most scopes one key may hold.
 const MAX_SCOPES: usize = 100;
+/// Entries per restriction list: keygate matches any number without a scan, but a key's row
+/// and every snapshot carry them.
+const MAX_RESTRICTIONS: usize = 1000;
 /// Longest rotation grace accepted: ten years.
 const MAX_GRACE_SECONDS: u64 = 10 * 366 * 24 * 3600;
 
@@ -246,6 +249,8 @@ struct NewKeyBody {
     legacy: bool,
     #[serde(default)]
     expires_at: Option<String>,
+    #[serde(default)]
+    restrictions: Option<RestrictionsDoc>,
 }
 
 pub struct NewKey {
@@ -257,6 +262,56 @@ pub struct NewKey {
     /// `None`: a legacy key (every route).
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<i64>,
+    /// `None`: unrestricted.
+    pub restrictions: Option<RestrictionsDoc>,
+}
+
+/// Checks restrictions by the rules keygate enforces them with; an empty one is none.
+fn check_restrictions(r: Option<RestrictionsDoc>) -> Result<Option<RestrictionsDoc>, ApiError> {
+    let Some(r) = r else { return Ok(None) };
+    if r.ips.is_empty() && r.referrers.is_empty() && r.endpoints.is_empty() {
+        return Ok(None);
+    }
+    for (what, list) in [
+        ("ips", &r.ips),
+        ("referrers", &r.referrers),
+        ("endpoints", &r.endpoints),
+    ] {
+        if list.len() > MAX_RESTRICTIONS {
+            return Err(bad(format!(
+                "restrictions.{what}: at most {MAX_RESTRICTIONS} entries"
+            )));
+        }
+    }
+    keygate::restrictions::KeyRestrictions::compile(r.clone()).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(r))
+}
+
+/// `PATCH /v1/api-keys/{id}`: what may change on a key in place.
+pub struct KeyUpdate {
+    /// `Some(None)`: remove the key's restrictions.
+    pub restrictions: Option<Option<RestrictionsDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyUpdateBody {
+    #[serde(default, deserialize_with = "present")]
+    restrictions: Option<Option<RestrictionsDoc>>,
+}
+
+impl KeyUpdate {
+    pub fn parse(body: &[u8]) -> Result<KeyUpdate, ApiError> {
+        let b: KeyUpdateBody = parse_body(body)?;
+        let Some(restrictions) = b.restrictions else {
+            return Err(bad(
+                "nothing to change: give \"restrictions\" (an object, or null to remove them)",
+            ));
+        };
+        Ok(KeyUpdate {
+            restrictions: Some(check_restrictions(restrictions)?),
+        })
+    }
 }
 
 impl NewKey {
@@ -324,6 +379,7 @@ impl NewKey {
             environment: b.environment,
             scopes,
             expires_at,
+            restrictions: check_restrictions(b.restrictions)?,
         })
     }
 }
@@ -448,6 +504,8 @@ pub struct KeyRow {
     pub rotated_to: Option<String>,
     pub last_used: Option<i64>,
     pub requests: u64,
+    /// `None`: unrestricted.
+    pub restrictions: Option<RestrictionsDoc>,
 }
 
 // --- the snapshot schema (keygate_protocol::wire, docs/snapshot.md) ---------------------------
@@ -481,7 +539,7 @@ pub fn snap_key(k: &KeyRow) -> SnapKey<'_> {
             KeyStatus::Active
         },
         expires_at: k.expires_at.map(|t| Cow::Owned(format_time(t))),
-        restrictions: None,
+        restrictions: k.restrictions.clone(),
     }
 }
 
@@ -522,6 +580,7 @@ pub fn key_json(k: &KeyRow, now: i64) -> Value {
         "rotated_to": k.rotated_to,
         "last_used": k.last_used.map(format_time),
         "requests": k.requests,
+        "restrictions": k.restrictions,
     })
 }
 

@@ -2,8 +2,8 @@
 //! keygate and the key-management API to people, over the SQLite [`Store`].
 
 use crate::api::{
-    self, ApiError, NewKey, NewWorkspace, OldExpiry, UsageEntry, WorkspaceUpdate, snap_key,
-    snap_workspace,
+    self, ApiError, KeyUpdate, NewKey, NewWorkspace, OldExpiry, UsageEntry, WorkspaceUpdate,
+    snap_key, snap_workspace,
 };
 use crate::store::{Db, DeltaOutcome, FullState, Store};
 use async_trait::async_trait;
@@ -184,7 +184,7 @@ impl Route<'_> {
             Route::Usage | Route::Rotate(_) => "POST",
             Route::Workspaces | Route::Keys => "GET, POST",
             Route::Workspace(_) => "GET, PUT, DELETE",
-            Route::Key(_) => "GET, DELETE",
+            Route::Key(_) => "GET, PATCH, DELETE",
         }
     }
 }
@@ -588,6 +588,21 @@ impl ControlPlane {
                         Ok(json_response(
                             StatusCode::OK,
                             json!({"success": true, "data": api::key_json(&row, api::now())}),
+                        ))
+                    }
+                    Method::PATCH => {
+                        if !params.is_empty() {
+                            return Err(bad("purge is only for DELETE"));
+                        }
+                        let update = KeyUpdate::parse(&body)?;
+                        let w = self.db.call(move |s| s.update_key(&id, update)).await?;
+                        if w.changed {
+                            tracing::info!(key = %w.value.id, version = w.version, "API key updated");
+                        }
+                        Ok(written(
+                            StatusCode::OK,
+                            w.version,
+                            Some(api::key_json(&w.value, api::now())),
                         ))
                     }
                     _ => {

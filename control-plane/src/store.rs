@@ -10,10 +10,11 @@
 //! version always names one consistent state and `since=V` can be answered from the log.
 
 use crate::api::{
-    ApiError, Environment, KeyRow, Limits, NewKey, NewWorkspace, OldExpiry, UsageEntry,
+    ApiError, Environment, KeyRow, KeyUpdate, Limits, NewKey, NewWorkspace, OldExpiry, UsageEntry,
     WorkspaceKind, WorkspaceRow, WorkspaceUpdate, now,
 };
 use keygate_protocol::secret::{self, Env, KeyHash};
+use keygate_protocol::wire::RestrictionsDoc;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
 
 /// The schema this build writes. A database marked with a newer one is refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rotated_to  TEXT,
     last_used   INTEGER,
     requests    INTEGER NOT NULL DEFAULT 0,
+    restrictions TEXT,                  -- JSON {ips, referrers, endpoints}; NULL: unrestricted
     CHECK ((workspace IS NULL) = (internal = 1))
 ) STRICT;
 CREATE INDEX IF NOT EXISTS api_keys_by_workspace ON api_keys (workspace);
@@ -81,7 +83,7 @@ CREATE TABLE IF NOT EXISTS changes (
 ";
 
 const KEY_COLUMNS: &str = "id, name, hash, prefix, workspace, internal, environment, scopes, \
-     status, expires_at, created_at, revoked_at, rotated_to, last_used, requests";
+     status, expires_at, created_at, revoked_at, rotated_to, last_used, requests, restrictions";
 const WORKSPACE_COLUMNS: &str =
     "id, type, burst_per_second, sustained_per_minute, created_at, updated_at";
 
@@ -220,6 +222,7 @@ impl Store {
             "{}: written by a newer keygate (schema {schema}, this one knows {SCHEMA_VERSION})",
             path.display()
         );
+        migrate(&conn).with_context(|| format!("{}: upgrading the schema", path.display()))?;
         let version = read_meta(&conn, "version")?;
         let (tx, _) = watch::channel(version);
         Ok(Store {
@@ -562,6 +565,7 @@ impl Store {
                 env,
                 new.scopes.as_deref(),
                 new.expires_at,
+                new.restrictions.as_ref(),
             )?;
             let id = created.row.id.clone();
             self.changed(tx, &[(Kind::Key, &id)], created)
@@ -630,6 +634,7 @@ impl Store {
                 old.environment,
                 old.scopes.as_deref(),
                 old.expires_at,
+                old.restrictions.as_ref(),
             )?;
             tx.execute(
                 "UPDATE api_keys SET expires_at = ?2, rotated_to = ?3 WHERE id = ?1",
@@ -639,6 +644,39 @@ impl Store {
             let new_id = new.row.id.clone();
             let changes = [(Kind::Key, id), (Kind::Key, new_id.as_str())];
             self.changed(tx, &changes, Rotated { old, new })
+        })?;
+        Ok(self.committed(w))
+    }
+
+    /// Changes a key in place (its restrictions); one version, or none when nothing changed.
+    pub fn update_key(&self, id: &str, update: KeyUpdate) -> Result<Written<KeyRow>, ApiError> {
+        let w = self.write(|tx| {
+            let old = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
+            let Some(restrictions) = update.restrictions else {
+                return Ok(Written {
+                    version: read_meta(tx, "version")?,
+                    changed: false,
+                    value: old,
+                });
+            };
+            if old.restrictions == restrictions {
+                return Ok(Written {
+                    version: read_meta(tx, "version")?,
+                    changed: false,
+                    value: old,
+                });
+            }
+            let json = restrictions
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            tx.execute(
+                "UPDATE api_keys SET restrictions = ?2 WHERE id = ?1",
+                rusqlite::params![id, json],
+            )?;
+            let row = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
+            self.changed(tx, &[(Kind::Key, id)], row)
         })?;
         Ok(self.committed(w))
     }
@@ -670,6 +708,24 @@ impl Store {
     }
 }
 
+/// Brings a database of an older schema up to this one, in place. Schema 2 added keys'
+/// restrictions (NULL: unrestricted, as every key of schema 1 was).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_restrictions: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('api_keys') WHERE name = 'restrictions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_restrictions {
+        conn.execute("ALTER TABLE api_keys ADD COLUMN restrictions TEXT", [])?;
+    }
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE name = 'schema' AND value < ?1",
+        [SCHEMA_VERSION],
+    )?;
+    Ok(())
+}
+
 fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "query_only", true)
@@ -696,6 +752,7 @@ fn insert_key(
     env: Environment,
     scopes: Option<&[String]>,
     expires_at: Option<i64>,
+    restrictions: Option<&RestrictionsDoc>,
 ) -> Result<CreatedKey, ApiError> {
     let secret = secret::generate(match env {
         Environment::Live => Env::Live,
@@ -708,10 +765,14 @@ fn insert_key(
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let restrictions_json = restrictions
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     tx.execute(
         "INSERT INTO api_keys (id, name, hash, prefix, workspace, internal, environment, scopes,
-                               status, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'active', ?9, ?10)",
+                               status, expires_at, created_at, restrictions)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'active', ?9, ?10, ?11)",
         rusqlite::params![
             id,
             name,
@@ -722,7 +783,8 @@ fn insert_key(
             env.as_str(),
             scopes_json,
             expires_at,
-            now()
+            now(),
+            restrictions_json
         ],
     )?;
     let row = get_key(tx, &id)?.ok_or_else(|| no_key(&id))?;
@@ -755,6 +817,13 @@ fn key_row(r: &Row) -> rusqlite::Result<KeyRow> {
         .map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
         })?;
+    let restrictions: Option<String> = r.get(15)?;
+    let restrictions = restrictions
+        .map(|s| serde_json::from_str::<RestrictionsDoc>(&s))
+        .transpose()
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(15, rusqlite::types::Type::Text, e.into())
+        })?;
     let env: String = r.get(6)?;
     let status: String = r.get(8)?;
     Ok(KeyRow {
@@ -776,6 +845,7 @@ fn key_row(r: &Row) -> rusqlite::Result<KeyRow> {
         rotated_to: r.get(12)?,
         last_used: r.get(13)?,
         requests: r.get(14)?,
+        restrictions,
     })
 }
 
@@ -829,5 +899,41 @@ impl Db {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| ApiError::Internal(format!("database task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema (keys without restrictions) opens, gains the
+    /// column in place, keeps its keys unrestricted, and is marked as schema 2.
+    #[test]
+    fn a_schema_1_database_gains_restrictions_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let column = "    restrictions TEXT,                  -- JSON {ips, referrers, endpoints}; NULL: unrestricted\n";
+            assert!(SCHEMA.contains(column));
+            conn.execute_batch(&SCHEMA.replace(column, "")).unwrap();
+            conn.execute_batch(
+                "INSERT INTO workspaces VALUES ('ws', 'live', NULL, NULL, 1, 1);
+                 INSERT INTO api_keys (id, name, hash, prefix, workspace, internal, environment,
+                                       scopes, status, created_at)
+                 VALUES ('key_old', 'old', 'aa', 'sk_live_abcd', 'ws', 0, 'live', '[]',
+                         'active', 1);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, 10).unwrap();
+        let keys = store.keys(None).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].restrictions, None);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(read_meta(&conn, "schema").unwrap(), 2);
+        // Opening again changes nothing.
+        drop(store);
+        Store::open(&path, 10).unwrap();
     }
 }

@@ -116,7 +116,8 @@ pub enum KeyStatus {
     Revoked,
 }
 
-/// Restrictions a key may carry. Accepted and validated now; enforced by a later release.
+/// Where a key may be used: keygate enforces every list given (see "Restrictions" in
+/// `docs/snapshot.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestrictionsDoc {
