@@ -9,6 +9,7 @@
 use crate::client_address::{CidrError, CidrSet};
 use crate::snapshot::RestrictionsDoc;
 use http::HeaderMap;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -159,7 +160,7 @@ impl Referrers {
             let url = Url::parse(p.trim()).ok_or_else(bad)?;
             let (host, wild) = match url.host.strip_prefix("*.") {
                 Some(rest) => (rest, true),
-                None => (url.host.as_str(), false),
+                None => (&*url.host, false),
             };
             if host.is_empty() || host.contains('*') {
                 return Err(bad());
@@ -190,15 +191,15 @@ impl Referrers {
                 rules.iter().any(|rule| {
                     rule.https == url.https
                         && rule.port == url.port
-                        && path_within(&url.path, &rule.path)
+                        && path_within(url.path, &rule.path)
                 })
             })
         };
-        if fits(self.exact.get(url.host.as_str())) {
+        if fits(self.exact.get(&*url.host)) {
             return true;
         }
         // Each proper suffix after a dot: a.b.example.com tries b.example.com, example.com, com.
-        let mut rest = url.host.as_str();
+        let mut rest = &*url.host;
         while let Some((_, suffix)) = rest.split_once('.') {
             if fits(self.wildcard.get(suffix)) {
                 return true;
@@ -219,16 +220,17 @@ fn path_within(path: &str, prefix: &str) -> bool {
 }
 
 /// The parts of an `http(s)` URL a referrer rule reads: scheme, host (lowercase), port (the
-/// scheme's default when absent), path (without query or fragment).
-struct Url {
+/// scheme's default when absent), path (without query or fragment). Borrowed from the header:
+/// checking a request allocates nothing unless its host has capitals.
+struct Url<'a> {
     https: bool,
-    host: String,
+    host: Cow<'a, str>,
     port: u16,
-    path: String,
+    path: &'a str,
 }
 
-impl Url {
-    fn parse(s: &str) -> Option<Url> {
+impl<'a> Url<'a> {
+    fn parse(s: &'a str) -> Option<Url<'a>> {
         let (scheme, rest) = s.split_once("://")?;
         let https = if scheme.eq_ignore_ascii_case("https") {
             true
@@ -249,26 +251,27 @@ impl Url {
                 "" => None,
                 p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
             };
-            (format!("[{literal}]"), port)
+            (&authority[..literal.len() + 2], port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p.parse::<u16>().ok()?)),
-                None => (authority.to_owned(), None),
+                Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+                None => (authority, None),
             }
         };
         if host.is_empty() || host == "[]" {
             return None;
         }
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let path = tail.split(['?', '#']).next().unwrap_or("");
         Some(Url {
             https,
-            host: host.to_ascii_lowercase(),
+            host,
             port: port.unwrap_or(if https { 443 } else { 80 }),
-            path: if path.is_empty() {
-                "/".into()
-            } else {
-                path.into()
-            },
+            path: if path.is_empty() { "/" } else { path },
         })
     }
 }
