@@ -2,6 +2,10 @@
 //! limiter's map) and through each workspace's state cache (the request path's way), and the
 //! bytes of state each active workspace costs (counted by a wrapping allocator, not estimated).
 //!
+//! Also the failed-authentication shield (`keygate::shield`): what a request that needs a key pays
+//! while no address is shielded (the check), and what a failed authentication pays (counting
+//! it, from 100,000 distinct addresses in turn).
+//!
 //! Run: `cargo bench --bench limiter`
 
 use criterion::{BatchSize, Criterion, criterion_group};
@@ -106,7 +110,44 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+fn shield(c: &mut Criterion) {
+    use keygate::client_address::CidrSet;
+    use keygate::shield::{Shield, ShieldConfig};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+    let shield = Shield::new(
+        ShieldConfig {
+            failures_per_minute: keygate::config::DEFAULT_SHIELD_FAILURES_PER_MINUTE,
+            cooldown: Duration::from_secs(60),
+            exempt: CidrSet::default(),
+        },
+        None,
+    );
+    let addrs: Vec<IpAddr> = (0..100_000u32)
+        .map(|i| IpAddr::from(Ipv4Addr::from(0x0b00_0000 + i * 7)))
+        .collect();
+    let mut group = c.benchmark_group("shield");
+    group.bench_function("check, nothing shielded", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(
+                shield.shielded() > 0
+                    && shield.refused_for(Some(addrs[i]), Instant::now()).is_some(),
+            )
+        })
+    });
+    group.bench_function("record a failure, 100,000 addresses", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % addrs.len();
+            black_box(shield.record_failure(Some(addrs[i]), Instant::now()))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, shield);
 
 fn main() {
     bytes_per_workspace();

@@ -9,11 +9,13 @@ use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, Subj
 use crate::path::{self, PathError};
 use crate::restrictions::RestrictionKind;
 use crate::routes::{Route, RouteTable};
+use crate::shield::Shield;
 use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
 use http::HeaderMap;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Who a forwarded request acts as.
 #[derive(Debug, Clone)]
@@ -48,6 +50,10 @@ pub enum Rejection {
     LimitsUnavailable,
     /// The key's restrictions refuse this request: which one failed.
     KeyRestricted(RestrictionKind),
+    /// The client's address failed authentication too often and is in its cool-down.
+    TooManyFailures {
+        retry_after_secs: u32,
+    },
 }
 
 /// What the gate reads of a request.
@@ -144,6 +150,7 @@ pub struct Gate {
     /// What an unmatched request requires under `unmatched: authenticate`.
     any_key: RouteAuth,
     limits: Option<RateLimits>,
+    shield: Option<Arc<Shield>>,
 }
 
 impl Gate {
@@ -157,7 +164,14 @@ impl Gate {
             unmatched,
             any_key: RouteAuth::Scopes(Box::new([])),
             limits,
+            shield: None,
         }
+    }
+
+    /// Refuses addresses that fail authentication too often ([`crate::shield`]).
+    pub fn with_shield(mut self, shield: Option<Arc<Shield>>) -> Gate {
+        self.shield = shield;
+        self
     }
 
     /// The name of the route at `index` in the table.
@@ -269,16 +283,29 @@ impl Gate {
         let Some(snapshot) = snapshot else {
             return reject(route, Rejection::NoSnapshot);
         };
+        // A shielded address is refused before its credential is read: the same answer
+        // whatever the key, so the shield cannot tell a guesser which key is good.
+        // (No clock is read while no address is shielded, which is nearly always.)
+        if let Some(shield) = self.shield.as_ref().filter(|s| s.shielded() > 0) {
+            if let Some(left) = shield.refused_for(client, Instant::now()) {
+                let retry_after_secs = u32::try_from(left.as_secs() + 1).unwrap_or(u32::MAX);
+                return reject(route, Rejection::TooManyFailures { retry_after_secs });
+            }
+        }
+        let failed = |f: AuthFailure| {
+            if let Some(shield) = &self.shield {
+                shield.record_failure(client, Instant::now());
+            }
+            reject(route, Rejection::InvalidCredentials(f))
+        };
         let (token, env) = match auth::credential(headers) {
             Credential::Token(t, e) => (t, e),
             Credential::Missing => return reject(route, Rejection::MissingCredentials),
-            Credential::Malformed => {
-                return reject(route, Rejection::InvalidCredentials(AuthFailure::Malformed));
-            }
+            Credential::Malformed => return failed(AuthFailure::Malformed),
         };
         let key = match auth::authenticate(snapshot, token, env, now_unix) {
             Ok(k) => k,
-            Err(f) => return reject(route, Rejection::InvalidCredentials(f)),
+            Err(f) => return failed(f),
         };
         // Every authenticated request counts, refused ones included (a 403 flood is still a
         // flood); a request over a limit is not counted and is answered before anything else.

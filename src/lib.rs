@@ -24,6 +24,7 @@ pub mod respond;
 pub mod restrictions;
 pub mod routes;
 pub mod server;
+pub mod shield;
 pub mod shutdown;
 pub mod snapshot;
 pub mod sync;

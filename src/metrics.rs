@@ -89,6 +89,7 @@ pub struct Metrics {
     auth_failures: [IntCounter; 6],
     /// By [`RestrictionKind`], in its order.
     key_restricted: [IntCounter; 3],
+    pub shield_refusals: IntCounter,
     /// `[limit][subject type]`.
     rate_limited: [[IntCounter; 3]; 2],
     pub snapshot_version: IntGauge,
@@ -128,6 +129,14 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -236,6 +245,11 @@ impl Metrics {
             upstream_responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| upstream_vec.with_label_values(&[c])),
             auth_failures: AUTH_REASONS.map(|reason| auth_vec.with_label_values(&[reason])),
+            shield_refusals: counter(
+                &r,
+                "keygate_shield_refusals_total",
+                "Requests refused (429 too_many_failures) because their address is shielded.",
+            ),
             key_restricted: RestrictionKind::ALL
                 .map(|k| restricted_vec.with_label_values(&[k.as_str()])),
             rate_limited: [LimitName::Burst, LimitName::Sustained].map(|l| {

@@ -60,6 +60,7 @@ pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
             ..
         } => metrics.rate_limited(*limit, *subject_type),
         Rejection::KeyRestricted(kind) => metrics.key_restricted(*kind),
+        Rejection::TooManyFailures { .. } => metrics.shield_refusals.inc(),
         _ => {}
     }
     let refusal = r.refusal();

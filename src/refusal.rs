@@ -34,6 +34,9 @@ impl Rejection {
                 (400, "workspace_required", BadRequest, "workspace_required")
             }
             Rejection::KeyRestricted(kind) => (403, "key_restricted", Forbidden, kind.reason()),
+            Rejection::TooManyFailures { .. } => {
+                (429, "too_many_failures", RateLimited, "too_many_failures")
+            }
             Rejection::UnknownWorkspace => {
                 (403, "unknown_workspace", Forbidden, "unknown_workspace")
             }

@@ -48,6 +48,7 @@ const LIMITS_UNAVAILABLE: &str = r#"{"error":"rate_limited","code":"limits_unava
 const BAD_REQUEST: &str =
     r#"{"error":"Bad Request","code":"bad_request","message":"The request could not be read."}"#;
 
+const TOO_MANY_FAILURES: &str = r#"{"error":"Too Many Requests","code":"too_many_failures","message":"Too many failed authentications from this address; retry after the time in Retry-After."}"#;
 // A key's restrictions: which one failed, never what it allows.
 const RESTRICTED_IP: &str = r#"{"error":"Forbidden","code":"key_restricted","restriction":"ip","message":"This API key is restricted to certain client addresses, and this request came from another."}"#;
 const RESTRICTED_REFERRER: &str = r#"{"error":"Forbidden","code":"key_restricted","restriction":"referrer","message":"This API key is restricted to certain referrers, and this request's Referer or Origin is not one of them."}"#;
@@ -98,6 +99,10 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             ..fixed(LIMITS_UNAVAILABLE)
         },
         Rejection::UnknownWorkspace => fixed(UNKNOWN_WORKSPACE),
+        Rejection::TooManyFailures { retry_after_secs } => Answer {
+            retry_after: Some(*retry_after_secs),
+            ..fixed(TOO_MANY_FAILURES)
+        },
         Rejection::KeyRestricted(kind) => fixed(match kind {
             RestrictionKind::Ip => RESTRICTED_IP,
             RestrictionKind::Referrer => RESTRICTED_REFERRER,
@@ -195,6 +200,9 @@ mod tests {
             Rejection::InsufficientScope(vec!["products:write".into()]),
             Rejection::WorkspaceRequired,
             Rejection::KeyRestricted(RestrictionKind::Referrer),
+            Rejection::TooManyFailures {
+                retry_after_secs: 7,
+            },
             Rejection::UnknownWorkspace,
             Rejection::RateLimited {
                 limit: LimitName::Burst,

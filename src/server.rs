@@ -9,6 +9,7 @@ use crate::limits::fleet::FleetMetrics;
 use crate::limits::{Clock, Fleet, Limiter, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarding, Keygate, Observers};
+use crate::shield::{Shield, ShieldMetrics};
 use crate::sync::cache::CacheWriter;
 use crate::sync::control_plane::ControlPlaneSource;
 use crate::sync::usage_report::UsageReporter;
@@ -49,6 +50,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         access_log,
         log_level: _,
         client_address,
+        shield,
     } = config;
 
     let route_names: Vec<&str> = routes.routes().iter().map(|r| r.name()).collect();
@@ -134,7 +136,11 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         server.add_service(service);
     }
 
-    let gate = Gate::new(routes, unmatched, limits);
+    let shield = shield.map(|config| {
+        let metrics = ShieldMetrics::register(metrics.registry());
+        Arc::new(Shield::new(config, Some(metrics)))
+    });
+    let gate = Gate::new(routes, unmatched, limits).with_shield(shield);
     let connection_metrics = metrics.connections.clone();
     let observers = Observers {
         metrics,

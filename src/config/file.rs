@@ -37,6 +37,25 @@ pub struct ConfigFile {
     pub log: LogFile,
     #[serde(default)]
     pub client_address: ClientAddressFile,
+    #[serde(default)]
+    pub shield: ShieldFile,
+}
+
+/// `shield`: addresses that fail authentication too often are refused for a while.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShieldFile {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Failed authentications per minute from one address (IPv6: one /64) that start its
+    /// cool-down. Default 100.
+    pub failures_per_minute: Option<u32>,
+    /// How long a shielded address is refused. Default 60s.
+    #[serde(default, with = "human_duration")]
+    pub cooldown: Option<Duration>,
+    /// Addresses and CIDR blocks never shielded (monitoring, a known office).
+    #[serde(default)]
+    pub exempt: Vec<String>,
 }
 
 /// `client_address`: who the client is when keygate sits behind proxies.

@@ -194,6 +194,8 @@ pub struct Config {
     pub log_level: String,
     /// Who the client is behind proxies.
     pub client_address: crate::client_address::ClientAddressConfig,
+    /// `None` when the failed-authentication shield is off.
+    pub shield: Option<crate::shield::ShieldConfig>,
 }
 
 impl Config {
@@ -238,6 +240,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         usage,
         log,
         client_address,
+        shield,
     } = file;
 
     if listen.addresses.is_empty() {
@@ -389,6 +392,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     };
 
     let client_address = client_address_config(client_address).map_err(|(f, m)| invalid(f, m))?;
+    let shield = shield_config(shield).map_err(|(f, m)| invalid(f, m))?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -412,7 +416,45 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         access_log,
         log_level,
         client_address,
+        shield,
     })
+}
+
+/// The shield's default limit: a client retrying a mistyped key once a second stays under
+/// it, a guesser does not.
+pub const DEFAULT_SHIELD_FAILURES_PER_MINUTE: u32 = 100;
+
+/// `shield`, checked; `None` when it is off.
+fn shield_config(s: ShieldFile) -> Result<Option<crate::shield::ShieldConfig>, (String, String)> {
+    use crate::client_address::CidrSet;
+    if s.enabled == Some(false) {
+        return Ok(None);
+    }
+    let failures_per_minute = s
+        .failures_per_minute
+        .unwrap_or(DEFAULT_SHIELD_FAILURES_PER_MINUTE);
+    if failures_per_minute == 0 {
+        return Err((
+            "shield.failures_per_minute".into(),
+            "must be at least 1; use shield.enabled: false to turn the shield off".into(),
+        ));
+    }
+    let cooldown = s.cooldown.unwrap_or(Duration::from_secs(60));
+    if cooldown.is_zero() || cooldown > Duration::from_secs(86_400) {
+        return Err((
+            "shield.cooldown".into(),
+            "must be more than 0s and at most 24h".into(),
+        ));
+    }
+    for (i, block) in s.exempt.iter().enumerate() {
+        CidrSet::parse(std::slice::from_ref(block))
+            .map_err(|e| (format!("shield.exempt[{i}]"), e.to_string()))?;
+    }
+    Ok(Some(crate::shield::ShieldConfig {
+        failures_per_minute,
+        cooldown,
+        exempt: CidrSet::parse(&s.exempt).map_err(|e| ("shield.exempt".into(), e.to_string()))?,
+    }))
 }
 
 /// `client_address`, checked: each trusted proxy block is named by its index when it is wrong.
@@ -912,6 +954,40 @@ snapshot:
         assert_schema_error(
             &with("client_address", "from: x-real-ip"),
             &["client_address.from", "x-forwarded-for", "forwarded"],
+        );
+    }
+
+    #[test]
+    fn the_shield_is_on_by_default_and_its_bad_values_are_named() {
+        let c = accepted(MINIMAL);
+        let shield = c.shield.expect("on by default");
+        assert_eq!(
+            shield.failures_per_minute,
+            DEFAULT_SHIELD_FAILURES_PER_MINUTE
+        );
+        assert_eq!(shield.cooldown, Duration::from_secs(60));
+        assert!(accepted(&with("shield", "enabled: false")).shield.is_none());
+        let c = accepted(&with("shield", "exempt: [10.0.0.0/8]"));
+        assert!(
+            c.shield
+                .unwrap()
+                .exempt
+                .contains("10.1.1.1".parse().unwrap())
+        );
+        assert_invalid(
+            &with("shield", "failures_per_minute: 0"),
+            "shield.failures_per_minute",
+            "use shield.enabled: false",
+        );
+        assert_invalid(
+            &with("shield", "cooldown: 0s"),
+            "shield.cooldown",
+            "more than 0s",
+        );
+        assert_invalid(
+            &with("shield", "exempt: [10.0.0.0/8, office]"),
+            "shield.exempt[1]",
+            "CIDR block",
         );
     }
 

@@ -211,7 +211,8 @@ pub fn from_control_plane(url: String) -> SnapshotFile {
 
 /// The config every test starts from: keygate in front of `upstream`, keys from `keys.yaml`
 /// (checked every 50 ms), the usual routes, limits off (most tests send bursts that are not
-/// about limits), two threads and no shutdown grace. The listen and admin addresses are filled
+/// about limits), the failed-authentication shield off (many send bad keys from one address),
+/// two threads and no shutdown grace. The listen and admin addresses are filled
 /// in when keygate starts.
 pub fn base_config(upstream: SocketAddr) -> ConfigFile {
     ConfigFile {
@@ -235,6 +236,10 @@ pub fn base_config(upstream: SocketAddr) -> ConfigFile {
         limits: LimitsFile {
             enabled: Some(false),
             ..LimitsFile::default()
+        },
+        shield: ShieldFile {
+            enabled: Some(false),
+            ..ShieldFile::default()
         },
         ..ConfigFile::default()
     }
