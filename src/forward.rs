@@ -84,17 +84,31 @@ pub fn prepare(
         req.insert_header("x-api-key-scopes", id.key.scopes_header())?;
     }
     if let Some(c) = client {
+        use std::io::Write as _;
         // The chain as the upstream should read it: a trusted proxy's, then the peer.
-        let mut chain = Vec::new();
+        let mut chain = Vec::with_capacity(48);
         if c.peer_trusted {
             for v in req.headers.get_all("x-forwarded-for") {
                 chain.extend_from_slice(v.as_bytes());
                 chain.extend_from_slice(b", ");
             }
         }
-        chain.extend_from_slice(c.peer.to_string().as_bytes());
-        req.insert_header("x-forwarded-for", chain)?;
-        req.insert_header("x-client-ip", c.client.to_string())?;
+        let peer_at = chain.len();
+        // Writing into a Vec cannot fail.
+        let _ = write!(chain, "{}", c.peer);
+        let chain = bytes::Bytes::from(chain);
+        // Without a trusted proxy the client is the peer: the same bytes, shared.
+        let client_ip = if c.client == c.peer {
+            chain.slice(peer_at..)
+        } else {
+            bytes::Bytes::from(c.client.to_string())
+        };
+        for (name, value) in [("x-forwarded-for", chain), ("x-client-ip", client_ip)] {
+            // Addresses and a trusted proxy's own header values: always valid.
+            let value = http::HeaderValue::from_maybe_shared(value)
+                .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+            req.insert_header(name, value)?;
+        }
     }
     Ok(())
 }

@@ -426,7 +426,6 @@ pub const DEFAULT_SHIELD_FAILURES_PER_MINUTE: u32 = 100;
 
 /// `shield`, checked; `None` when it is off.
 fn shield_config(s: ShieldFile) -> Result<Option<crate::shield::ShieldConfig>, (String, String)> {
-    use crate::client_address::CidrSet;
     if s.enabled == Some(false) {
         return Ok(None);
     }
@@ -446,33 +445,32 @@ fn shield_config(s: ShieldFile) -> Result<Option<crate::shield::ShieldConfig>, (
             "must be more than 0s and at most 24h".into(),
         ));
     }
-    for (i, block) in s.exempt.iter().enumerate() {
-        CidrSet::parse(std::slice::from_ref(block))
-            .map_err(|e| (format!("shield.exempt[{i}]"), e.to_string()))?;
-    }
     Ok(Some(crate::shield::ShieldConfig {
         failures_per_minute,
         cooldown,
-        exempt: CidrSet::parse(&s.exempt).map_err(|e| ("shield.exempt".into(), e.to_string()))?,
+        exempt: cidr_list("shield.exempt", &s.exempt)?,
     }))
 }
 
-/// `client_address`, checked: each trusted proxy block is named by its index when it is wrong.
+/// A list of addresses and CIDR blocks at `field`; a wrong one is named by its index.
+fn cidr_list(
+    field: &str,
+    blocks: &[String],
+) -> Result<crate::client_address::CidrSet, (String, String)> {
+    use crate::client_address::CidrSet;
+    for (i, block) in blocks.iter().enumerate() {
+        CidrSet::parse(std::slice::from_ref(block))
+            .map_err(|e| (format!("{field}[{i}]"), e.to_string()))?;
+    }
+    CidrSet::parse(blocks).map_err(|e| (field.to_owned(), e.to_string()))
+}
+
+/// `client_address`, checked.
 fn client_address_config(
     c: ClientAddressFile,
 ) -> Result<crate::client_address::ClientAddressConfig, (String, String)> {
-    use crate::client_address::CidrSet;
-    for (i, block) in c.trusted_proxies.iter().enumerate() {
-        CidrSet::parse(std::slice::from_ref(block)).map_err(|e| {
-            (
-                format!("client_address.trusted_proxies[{i}]"),
-                e.to_string(),
-            )
-        })?;
-    }
     Ok(crate::client_address::ClientAddressConfig {
-        trusted_proxies: CidrSet::parse(&c.trusted_proxies)
-            .map_err(|e| ("client_address.trusted_proxies".into(), e.to_string()))?,
+        trusted_proxies: cidr_list("client_address.trusted_proxies", &c.trusted_proxies)?,
         from: c.from.unwrap_or_default(),
     })
 }

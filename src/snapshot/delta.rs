@@ -20,7 +20,6 @@ use super::model::{
 };
 use super::raw::Raw;
 use super::wire::{Changes, DeltaDoc, KeyDoc, WorkspaceDoc};
-use crate::restrictions::KeyRestrictions;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::collections::{HashMap, HashSet};
@@ -247,7 +246,6 @@ impl Snapshot {
             ids: self.ids.clone(),
             workspaces,
             scope_sets: self.scope_sets.clone(),
-            restrictions: self.restrictions.clone(),
             skips,
         };
         next.apply_keys(delta);
@@ -329,16 +327,10 @@ impl Snapshot {
     fn remove_key(&mut self, id: &str) {
         if let Some(old) = self.ids.remove(id) {
             self.keys.remove(&old.hash);
-            if old.restricted() {
-                Arc::make_mut(&mut self.restrictions).remove(id);
-            }
         }
     }
 
-    fn add_key(&mut self, entry: Arc<KeyEntry>, restrictions: Option<Arc<KeyRestrictions>>) {
-        if let Some(r) = restrictions {
-            Arc::make_mut(&mut self.restrictions).insert(entry.id().into(), r);
-        }
+    fn add_key(&mut self, entry: Arc<KeyEntry>) {
         self.ids.insert(entry.clone());
         self.keys.insert(entry);
     }
@@ -373,12 +365,12 @@ impl Snapshot {
                 &mut made,
             );
             match made_key {
-                Ok(restrictions) => owners.push((doc.workspace.as_deref(), restrictions)),
+                Ok(()) => owners.push(doc.workspace.as_deref()),
                 Err(reason) => self.skips.add(EntryKind::Key, doc.id.clone(), reason),
             }
         }
         arena.seal(&mut made);
-        for (mut entry, (ws, restrictions)) in made.into_iter().zip(owners) {
+        for (mut entry, ws) in made.into_iter().zip(owners) {
             if let Some(ws) = ws {
                 let Some(w) = self.workspaces.get(ws) else {
                     let reason = InvalidEntry::UnknownWorkspace(ws.to_owned());
@@ -394,7 +386,7 @@ impl Snapshot {
                     .add(EntryKind::Key, id, InvalidEntry::DuplicateHash);
                 continue;
             }
-            self.add_key(entry, restrictions);
+            self.add_key(entry);
         }
     }
 

@@ -8,7 +8,8 @@
 //! plus its share of: the text arena its id and name live in (written back to back in 16 KiB
 //! chunks that header values slice without copying), the interned scope set it holds (one per
 //! distinct scope list, with its header value), and the two indexes (see [`super::index`]).
-//! The rare restrictions wait in a table of their own.
+//! A restricted key also holds its compiled restrictions; the usual unrestricted key, an empty
+//! pointer.
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::invalid::InvalidEntry;
@@ -121,16 +122,13 @@ pub struct KeyEntry {
     text: Arc<Bytes>,
     text_at: u32,
     id_len: u8,
-    /// The name's length, and [`RESTRICTED`].
     name_len: u16,
-    /// Compiled at load; `None` for the (usual) unrestricted key. Held here, not only in the
-    /// snapshot's table by id, so that checking them costs the request no hash lookup.
+    /// Compiled at load; `None` for the (usual) unrestricted key. Held in the entry, so that
+    /// checking them costs the request no lookup.
     restrictions: Option<Arc<KeyRestrictions>>,
 }
 
 const NEVER: i64 = i64::MAX;
-/// Set in `name_len` when the key has restrictions (names are at most 1,024 bytes).
-const RESTRICTED: u16 = 1 << 15;
 
 impl KeyEntry {
     /// Sent upstream as `x-api-key-id`; the only key identifier keygate logs.
@@ -147,18 +145,13 @@ impl KeyEntry {
 
     pub fn name(&self) -> &str {
         let at = self.text_at as usize + usize::from(self.id_len);
-        let len = usize::from(self.name_len & !RESTRICTED);
+        let len = usize::from(self.name_len);
         std::str::from_utf8(&self.text[at..at + len]).unwrap_or("")
     }
 
     /// Unix seconds; the key fails from this instant on.
     pub fn expires_at(&self) -> Option<i64> {
         (self.expires != NEVER).then_some(self.expires)
-    }
-
-    /// Whether the key has restrictions ([`Snapshot::restrictions`]).
-    pub fn restricted(&self) -> bool {
-        self.name_len & RESTRICTED != 0
     }
 
     /// The id as a header value: a view of the shared text, so no bytes are copied.
@@ -256,8 +249,6 @@ impl Skips {
 }
 
 pub(crate) type Workspaces = HashMap<Box<str>, Arc<Workspace>>;
-/// Restrictions by key id.
-pub(crate) type Restrictions = HashMap<Box<str>, Arc<KeyRestrictions>, IdBuild>;
 
 pub struct Snapshot {
     pub(crate) version: u64,
@@ -265,7 +256,6 @@ pub struct Snapshot {
     pub(crate) ids: IdIndex,
     pub(crate) workspaces: Arc<Workspaces>,
     pub(crate) scope_sets: Arc<ScopeInterner>,
-    pub(crate) restrictions: Arc<Restrictions>,
     pub(crate) skips: Skips,
 }
 
@@ -298,12 +288,14 @@ impl Snapshot {
     pub fn skipped(&self) -> &[Skipped] {
         &self.skips.kept
     }
-    /// Keys that carry restrictions.
+    /// Keys that carry restrictions. Walks every key: for tests and tools, not the request path.
     pub fn restricted_keys(&self) -> usize {
-        self.restrictions.len()
+        self.keys
+            .iter()
+            .filter(|k| k.restrictions.is_some())
+            .count()
     }
-    /// The restrictions of a key of this snapshot, compiled at load and kept apart: they are
-    /// rare, and a key without them costs one bit test.
+    /// The restrictions of a key of this snapshot, compiled at load.
     #[inline]
     pub fn restrictions<'k>(&self, key: &'k KeyEntry) -> Option<&'k KeyRestrictions> {
         key.restrictions.as_deref()
@@ -429,14 +421,14 @@ impl TextArena {
 
 /// Validates one key entry and makes its [`KeyEntry`] (owner still `Internal`), writing its
 /// text to `arena` and adding it to `made`. The one path every key takes, from a full document
-/// or a delta. Returns its restrictions, compiled; on failure, why.
+/// or a delta. On failure: why.
 pub(crate) fn make_key<S: AsRef<str>>(
     doc: &KeyDoc<S>,
     scope_sets: &mut Arc<ScopeInterner>,
     scratch: &mut Vec<u8>,
     arena: &mut TextArena,
     made: &mut Vec<Arc<KeyEntry>>,
-) -> Result<Option<Arc<KeyRestrictions>>, InvalidEntry> {
+) -> Result<(), InvalidEntry> {
     let id = doc.id.as_ref();
     check_id(id)?;
     let name = doc.name.as_ref();
@@ -469,11 +461,6 @@ pub(crate) fn make_key<S: AsRef<str>>(
         None => None,
     };
     let text_at = arena.push(made, id, name);
-    let restricted = if doc.restrictions.is_some() {
-        RESTRICTED
-    } else {
-        0
-    };
     made.push(Arc::new(KeyEntry {
         hash,
         owner: Owner::Internal,
@@ -483,10 +470,10 @@ pub(crate) fn make_key<S: AsRef<str>>(
         text: arena.placeholder.clone(),
         text_at,
         id_len: id.len() as u8,
-        name_len: name.len() as u16 | restricted,
-        restrictions: restrictions.clone(),
+        name_len: name.len() as u16,
+        restrictions,
     }));
-    Ok(restrictions)
+    Ok(())
 }
 
 /// Sets the owner of a key no one else holds yet.
@@ -533,8 +520,6 @@ pub struct SnapshotBuilder {
     /// Keys whose workspace had not been listed yet (a document may list keys first), by
     /// position in `keys`.
     unresolved: Vec<(usize, Box<str>)>,
-    /// Restrictions by position in `keys`.
-    restricted: Vec<(usize, Arc<KeyRestrictions>)>,
     skips: Skips,
 }
 
@@ -548,7 +533,6 @@ impl SnapshotBuilder {
             arena: TextArena::new(),
             keys: Vec::new(),
             unresolved: Vec::new(),
-            restricted: Vec::new(),
             skips: Skips::default(),
         }
     }
@@ -581,14 +565,10 @@ impl SnapshotBuilder {
             &mut self.arena,
             &mut self.keys,
         );
-        let restrictions = match made {
-            Ok(r) => r,
-            Err(reason) => return self.skip(EntryKind::Key, doc.id.as_ref().to_owned(), reason),
-        };
-        let at = self.keys.len() - 1;
-        if let Some(r) = restrictions {
-            self.restricted.push((at, r));
+        if let Err(reason) = made {
+            return self.skip(EntryKind::Key, doc.id.as_ref().to_owned(), reason);
         }
+        let at = self.keys.len() - 1;
         if let Some(ws) = &doc.workspace {
             match self.workspaces.get(ws.as_ref()) {
                 Some(w) => set_owner(&mut self.keys[at], Owner::Workspace(w.clone())),
@@ -607,10 +587,6 @@ impl SnapshotBuilder {
                 None => dropped.push((at, ws)),
             }
         }
-        let restricted: Vec<_> = std::mem::take(&mut self.restricted)
-            .into_iter()
-            .map(|(at, r)| (self.keys[at].clone(), r))
-            .collect();
         let mut skips = std::mem::take(&mut self.skips);
         let mut keys = std::mem::take(&mut self.keys);
         if !dropped.is_empty() {
@@ -633,19 +609,12 @@ impl SnapshotBuilder {
         let (keys, ids) = index::build(keys, |e, why| {
             skips.add(EntryKind::Key, e.id().to_owned(), why)
         });
-        let mut restrictions = Restrictions::default();
-        for (e, r) in restricted {
-            if ids.get(e.id()).is_some_and(|kept| Arc::ptr_eq(kept, &e)) {
-                restrictions.insert(e.id().into(), r);
-            }
-        }
         Snapshot {
             version: self.version,
             keys,
             ids,
             workspaces: Arc::new(self.workspaces),
             scope_sets: self.scope_sets,
-            restrictions: Arc::new(restrictions),
             skips,
         }
     }
