@@ -166,6 +166,9 @@ fn probes(reader: &str, noscope: &str) -> Vec<Probe> {
         // --- Identity and method spoofing ---
         p("spoofed identity on a public route", format!("GET /public/a HTTP/1.1\r\nHost: a\r\nX-Workspace-Id: {SPOOF}\r\nx_api_key_id: {SPOOF}\r\nX-API-KEY-SCOPES: {SPOOF}\r\nx-workspace_type: {SPOOF}\r\n\r\n"), expect(&[200], OPEN)),
         p("spoofed identity with a key", format!("GET /v1/products/1 HTTP/1.1\r\nHost: a\r\nX-Workspace-Id: {SPOOF}\r\nX_Api_Key_Id: {SPOOF}\r\nx-api-key-scopes: products:write {SPOOF}\r\n{r}\r\n"), expect(&[200], OPEN)),
+        // Forged addresses: no proxy is trusted here, so the client is the peer, whatever it writes.
+        p("forged forwarding headers on a public route", format!("GET /public/a HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {SPOOF}\r\nX_Forwarded_For: 6.6.6.6\r\nForwarded: for={SPOOF}\r\nX-Client-IP: {SPOOF}\r\nx_client_ip: 6.6.6.6\r\n\r\n"), expect(&[200], OPEN)),
+        p("forged forwarding headers with a key", format!("GET /v1/products/1 HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, {SPOOF}\r\nX-Forwarded-For: 7.7.7.7\r\nforwarded: for=\"[2001:db8::1]\";by={SPOOF}\r\nX-CLIENT-IP: 6.6.6.6\r\n{r}\r\n"), expect(&[200], OPEN)),
         p("method override to DELETE on a read", format!("GET /v1/products/1 HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: DELETE\r\nx_http_method: DELETE\r\nX-Method-Override: DELETE\r\n{r}\r\n"), expect(&[200], OPEN)),
         p("two Authorization headers", format!("GET /v1/products/1 HTTP/1.1\r\nHost: a\r\n{r}{n}\r\n"), expect(&[401], OPEN)),
         p("Authorization with another scheme", format!("GET /v1/products/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {reader}\r\n\r\n"), expect(&[401], OPEN)),
@@ -365,6 +368,21 @@ fn check(req: &Received, keys: &[(&str, &str)]) -> Result<(), String> {
                 "a client-chosen identity was forwarded: {name}: {value}"
             ));
         }
+    }
+    // Nothing is trusted to forward here: the client is the peer, and the chain is the peer.
+    for name in ["x-client-ip", "x-forwarded-for"] {
+        let spellings: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.to_ascii_lowercase().replace('_', "-") == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if spellings != ["127.0.0.1"] {
+            return Err(format!("{name} arrived as {spellings:?}, not the peer"));
+        }
+    }
+    if req.get("forwarded").is_some() {
+        return Err("a client's Forwarded header was passed on".into());
     }
     if path == "/health" || path.starts_with("/public/") {
         return Ok(());
