@@ -29,6 +29,7 @@ mod support;
 use criterion::Criterion;
 use http::{HeaderMap, HeaderValue};
 use keygate::auth::AuthFailure;
+use keygate::concurrency::ConcurrencyCaps;
 use keygate::config::{Config, DEFAULT_SANDBOX, LimitsConfig};
 use keygate::gate::{Decision, Gate, Incoming, RateLimits, Rejection, Verdict};
 use keygate::limits::{Attempt, Limiter, MonotonicClock, Policy, RateHeaders};
@@ -39,6 +40,7 @@ use stats_alloc::StatsAlloc;
 use std::hint::black_box;
 use std::io::Write;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -163,7 +165,9 @@ fn sampled_headers(keys: usize, secret: fn(usize) -> String, restricted: bool) -
         .collect()
 }
 
-fn gate(limits: bool) -> Gate {
+/// The shipped config's routes, with limits that never bind or none, and with a cap on requests
+/// in flight that never binds either, or none.
+fn gate(limits: bool, cap: bool) -> Gate {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/keygate.yaml");
     let conf = Config::from_yaml(&std::fs::read_to_string(file).unwrap(), Path::new(file)).unwrap();
     // Limits high enough that the benchmark loop measures admissions, not refusals.
@@ -171,14 +175,20 @@ fn gate(limits: bool) -> Gate {
         burst_per_second: u32::MAX,
         sustained_per_minute: u32::MAX,
     };
-    let limits = limits.then(|| RateLimits {
-        limiter: Arc::new(Limiter::new(Arc::new(MonotonicClock::new()))),
-        config: LimitsConfig {
-            live: high,
-            sandbox: DEFAULT_SANDBOX,
-            internal: None,
-            headers: RateHeaders::BOTH,
-        },
+    let limits = limits.then(|| {
+        RateLimits::new(
+            Arc::new(Limiter::new(Arc::new(MonotonicClock::new()))),
+            LimitsConfig {
+                live: high,
+                sandbox: DEFAULT_SANDBOX,
+                internal: None,
+                headers: RateHeaders::BOTH,
+                concurrency: ConcurrencyCaps {
+                    live: cap.then_some(NonZeroU32::MAX),
+                    ..ConcurrencyCaps::default()
+                },
+            },
+        )
     });
     Gate::new(conf.routes, conf.unmatched, limits)
 }
@@ -230,7 +240,7 @@ fn cases(keys: usize) -> Vec<Case> {
     vec![
         Case {
             name: "auth + scopes",
-            gate: gate(false),
+            gate: gate(false, false),
             headers: sampled_headers(keys, secret, false),
             allowed: true,
             limits: false,
@@ -238,7 +248,15 @@ fn cases(keys: usize) -> Vec<Case> {
         },
         Case {
             name: "auth + scopes + limits",
-            gate: gate(true),
+            gate: gate(true, false),
+            headers: sampled_headers(keys, secret, false),
+            allowed: true,
+            limits: true,
+            client: None,
+        },
+        Case {
+            name: "auth + scopes + limits + in-flight cap",
+            gate: gate(true, true),
             headers: sampled_headers(keys, secret, false),
             allowed: true,
             limits: true,
@@ -246,7 +264,7 @@ fn cases(keys: usize) -> Vec<Case> {
         },
         Case {
             name: "unknown key (401)",
-            gate: gate(false),
+            gate: gate(false, false),
             headers: sampled_headers(keys, unknown_secret, false),
             allowed: false,
             limits: false,
@@ -254,7 +272,7 @@ fn cases(keys: usize) -> Vec<Case> {
         },
         Case {
             name: "restricted key allowed: auth + restrictions + scopes",
-            gate: gate(false),
+            gate: gate(false, false),
             headers: sampled_headers(keys, secret, true),
             allowed: true,
             limits: false,

@@ -220,7 +220,7 @@ routes:
 unmatched: deny
 limits:
   enabled: true
-  live: { burst_per_second: 1000000, sustained_per_minute: 100000000 }
+  live: { burst_per_second: 1000000, sustained_per_minute: 100000000, concurrent_requests: 100 }
   headers: $rate_headers
 $global
 admin:

@@ -4,6 +4,7 @@
 //! proxy stays thin and the whole decision can be unit-tested and benchmarked without a server.
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
+use crate::concurrency::{InFlight, Slot};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
 use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage};
 use crate::path::{self, PathError};
@@ -54,6 +55,12 @@ pub enum Rejection {
     TooManyFailures {
         retry_after_secs: u32,
     },
+    /// The caller has as many requests in flight on this host as its cap allows.
+    ConcurrencyLimited {
+        /// The cap, for the message.
+        allowed: u32,
+        subject_type: SubjectKind,
+    },
 }
 
 /// What the gate reads of a request.
@@ -74,6 +81,9 @@ pub enum Verdict<'r> {
         identity: Option<Identity>,
         /// The canonical path, owned only when it differs from the request's.
         path: Cow<'r, str>,
+        /// The caller's place among its requests in flight, when it has a cap: held until the
+        /// request is done.
+        slot: Option<Slot>,
     },
     Reject(Rejection),
     /// Fleet-wide limits: wait for Redis (bounded), then decide again with how the wait ended.
@@ -103,10 +113,11 @@ impl Decision<'_, '_> {
     }
 }
 
-/// The limiter and the limits it enforces.
+/// The limiter and the limits it enforces, with the count of requests in flight for the caps.
 pub struct RateLimits {
     pub limiter: std::sync::Arc<Limiter>,
     pub config: LimitsConfig,
+    in_flight: InFlight,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -118,6 +129,28 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
+    pub fn new(limiter: Arc<Limiter>, config: LimitsConfig) -> RateLimits {
+        RateLimits {
+            limiter,
+            config,
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// A slot among the caller's requests in flight: `Ok(None)` when it has no cap.
+    fn enter(&self, key: &KeyEntry) -> Result<Option<Slot>, Rejection> {
+        let Some((cap, subject_type)) = self.config.concurrency.cap_for(key) else {
+            return Ok(None);
+        };
+        match self.in_flight.enter(key, cap) {
+            Some(slot) => Ok(Some(slot)),
+            None => Err(Rejection::ConcurrencyLimited {
+                allowed: cap.get(),
+                subject_type,
+            }),
+        }
+    }
+
     /// Who the key's requests count against, under which limits; `None`: not limited.
     fn subject<'k>(&self, key: &'k KeyEntry) -> Option<(Subject<'k>, Policy, SubjectKind)> {
         match &key.owner {
@@ -273,6 +306,7 @@ impl Gate {
                     verdict: Verdict::Forward {
                         identity: None,
                         path,
+                        slot: None,
                     },
                     rate: None,
                     key: None,
@@ -379,6 +413,11 @@ impl Gate {
             Err(WorkspaceError::Required) => return refuse(Rejection::WorkspaceRequired),
             Err(WorkspaceError::Unknown) => return refuse(Rejection::UnknownWorkspace),
         };
+        // Last: only a request that is let through holds a place in flight.
+        let slot = match self.limits.as_ref().map(|l| l.enter(key)).transpose() {
+            Ok(slot) => slot.flatten(),
+            Err(r) => return refuse(r),
+        };
         Decision {
             route,
             verdict: Verdict::Forward {
@@ -387,6 +426,7 @@ impl Gate {
                     workspace,
                 }),
                 path,
+                slot,
             },
             rate,
             key: Some(key.clone()),
@@ -556,15 +596,16 @@ routes:
 
     /// Limits on a clock that never moves, so that every request falls in one window.
     fn limits(live: Policy, sandbox: Policy, internal: Option<Policy>) -> Option<RateLimits> {
-        Some(RateLimits {
-            limiter: Arc::new(Limiter::new(Arc::new(FakeClock::at(1_000)))),
-            config: LimitsConfig {
+        Some(RateLimits::new(
+            Arc::new(Limiter::new(Arc::new(FakeClock::at(1_000)))),
+            LimitsConfig {
                 live,
                 sandbox,
                 internal,
                 headers: RateHeaders::BOTH,
+                concurrency: Default::default(),
             },
-        })
+        ))
     }
 
     fn policy(burst_per_second: u32) -> Policy {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client_address;
+pub mod concurrency;
 pub mod config;
 pub mod connections;
 pub mod forward;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub shield_refusals: IntCounter,
     /// `[limit][subject type]`.
     rate_limited: [[IntCounter; 3]; 2],
+    /// By [`SubjectKind`], in its order.
+    concurrency_limited: [IntCounter; 3],
     pub snapshot_version: IntGauge,
     snapshot_age: Gauge,
     pub snapshot_keys: IntGauge,
@@ -195,6 +197,12 @@ impl Metrics {
             "Requests refused by a key's restrictions, by the restriction that failed.",
             &["restriction"],
         );
+        let concurrency_vec = counter_vec(
+            &r,
+            "keygate_concurrency_limited_total",
+            "Requests refused (429 concurrency_limited) at their cap on requests in flight, by workspace type.",
+            &["workspace_type"],
+        );
         let limited_vec = counter_vec(
             &r,
             "keygate_rate_limited_total",
@@ -255,6 +263,8 @@ impl Metrics {
             rate_limited: [LimitName::Burst, LimitName::Sustained].map(|l| {
                 SubjectKind::ALL.map(|t| limited_vec.with_label_values(&[l.as_str(), t.as_str()]))
             }),
+            concurrency_limited: SubjectKind::ALL
+                .map(|t| concurrency_vec.with_label_values(&[t.as_str()])),
             snapshot_version: gauge(
                 &r,
                 "keygate_snapshot_version",
@@ -395,6 +405,10 @@ impl Metrics {
 
     pub fn key_restricted(&self, kind: RestrictionKind) {
         self.key_restricted[kind as usize].inc();
+    }
+
+    pub fn concurrency_limited(&self, subject: SubjectKind) {
+        self.concurrency_limited[subject as usize].inc();
     }
 
     pub fn rate_limited(&self, limit: LimitName, subject: SubjectKind) {

@@ -61,6 +61,9 @@ pub fn classify(r: &Rejection, metrics: &Metrics) -> (Outcome, &'static str) {
         } => metrics.rate_limited(*limit, *subject_type),
         Rejection::KeyRestricted(kind) => metrics.key_restricted(*kind),
         Rejection::TooManyFailures { .. } => metrics.shield_refusals.inc(),
+        Rejection::ConcurrencyLimited { subject_type, .. } => {
+            metrics.concurrency_limited(*subject_type)
+        }
         _ => {}
     }
     let refusal = r.refusal();

@@ -2,6 +2,7 @@
 //! records what happened.
 
 use crate::client_address::{ClientAddress, ClientAddressConfig};
+use crate::concurrency::Slot;
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
@@ -43,6 +44,9 @@ pub struct RequestCtx {
     /// Where the caller's limits stand, for the response headers.
     rate: Option<Usage>,
     record: RequestRecord,
+    /// The caller's place among its requests in flight, given back when the context is dropped:
+    /// after the response and the log.
+    _slot: Option<Slot>,
 }
 
 /// What `Keygate` needs besides the decision itself.
@@ -123,11 +127,16 @@ impl Keygate {
                 record.reason = Some(reason);
                 Decided::Answer(respond::for_rejection(&r))
             }
-            Verdict::Forward { identity, path } => {
+            Verdict::Forward {
+                identity,
+                path,
+                slot,
+            } => {
                 if let Some(id) = &identity {
                     record.workspace = Some(Arc::clone(&id.workspace));
                 }
                 ctx.identity = identity;
+                ctx._slot = slot;
                 // A forwarded request always has a target that passed `target::of`.
                 let Ok(target) = target else {
                     return Decided::Answer(respond::for_proxy_failure(400));

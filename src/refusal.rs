@@ -43,6 +43,12 @@ impl Rejection {
             Rejection::RateLimited { limit, .. } => {
                 (429, "rate_limited", RateLimited, limit.as_str())
             }
+            Rejection::ConcurrencyLimited { .. } => (
+                429,
+                "concurrency_limited",
+                RateLimited,
+                "concurrency_limited",
+            ),
             Rejection::LimitsUnavailable => {
                 (429, "limits_unavailable", RateLimited, "limits_unavailable")
             }

@@ -103,6 +103,13 @@ pub fn for_rejection(r: &Rejection) -> Answer {
             retry_after: Some(*retry_after_secs),
             ..fixed(TOO_MANY_FAILURES)
         },
+        Rejection::ConcurrencyLimited { allowed, .. } => Answer {
+            body: Cow::Owned(format!(
+                r#"{{"error":"Too Many Requests","code":"concurrency_limited","allowed":{allowed},"retry_after":1,"message":"The workspace already has {allowed} requests in flight, its cap; retry once one has finished."}}"#
+            )),
+            retry_after: Some(1),
+            ..fixed("")
+        },
         Rejection::KeyRestricted(kind) => fixed(match kind {
             RestrictionKind::Ip => RESTRICTED_IP,
             RestrictionKind::Referrer => RESTRICTED_REFERRER,
@@ -211,6 +218,10 @@ mod tests {
                 subject_type: limits::SubjectKind::Live,
             },
             Rejection::LimitsUnavailable,
+            Rejection::ConcurrencyLimited {
+                allowed: 2,
+                subject_type: limits::SubjectKind::Sandbox,
+            },
         ]
     }
 

@@ -102,7 +102,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
                 store: store.clone(),
             },
         ));
-        RateLimits { limiter, config }
+        RateLimits::new(limiter, config)
     });
     let limiter = limits.as_ref().map(|l| l.limiter.clone());
     let usage = observability

@@ -45,6 +45,7 @@ fn keys_for(workspaces: &[(&str, u32, u32)]) -> Keys {
                 Some(LimitsDoc {
                     burst_per_second: Some(burst),
                     sustained_per_minute: Some(sustained),
+                    concurrent_requests: None,
                 }),
             )
             .key(&format!("key_{id}"), &secret_of(id), Some(id), None);

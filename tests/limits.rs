@@ -104,6 +104,7 @@ fn a_live_keys_3001st_request_in_a_minute_gets_429_sustained() {
         Some(LimitsDoc {
             burst_per_second: Some(100_000),
             sustained_per_minute: None,
+            concurrent_requests: None,
         }),
     );
     let kg = start(&up, &keys);
@@ -217,6 +218,7 @@ fn a_limit_override_in_the_snapshot_applies_without_a_restart() {
             Some(LimitsDoc {
                 burst_per_second: Some(40),
                 sustained_per_minute: Some(500),
+                concurrent_requests: None,
             }),
             None,
         )

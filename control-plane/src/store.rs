@@ -33,7 +33,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
 
 /// The schema this build writes. A database marked with a newer one is refused.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS workspaces (
     burst_per_second     INTEGER,
     sustained_per_minute INTEGER,
     created_at           INTEGER NOT NULL,
-    updated_at           INTEGER NOT NULL
+    updated_at           INTEGER NOT NULL,
+    concurrent_requests  INTEGER            -- cap on requests in flight per host; NULL: keygate's default
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS changes (
 const KEY_COLUMNS: &str = "id, name, hash, prefix, workspace, internal, environment, scopes, \
      status, expires_at, created_at, revoked_at, rotated_to, last_used, requests, restrictions";
 const WORKSPACE_COLUMNS: &str =
-    "id, type, burst_per_second, sustained_per_minute, created_at, updated_at";
+    "id, type, burst_per_second, sustained_per_minute, created_at, updated_at, concurrent_requests";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -449,13 +450,15 @@ impl Store {
             }
             let t = now();
             tx.execute(
-                "INSERT INTO workspaces (id, type, burst_per_second, sustained_per_minute, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                "INSERT INTO workspaces (id, type, burst_per_second, sustained_per_minute,
+                                         concurrent_requests, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                 rusqlite::params![
                     new.id,
                     new.kind.as_str(),
                     new.limits.burst_per_second,
                     new.limits.sustained_per_minute,
+                    new.limits.concurrent_requests,
                     t
                 ],
             )?;
@@ -499,12 +502,13 @@ impl Store {
             }
             tx.execute(
                 "UPDATE workspaces SET type = ?2, burst_per_second = ?3, sustained_per_minute = ?4,
-                 updated_at = ?5 WHERE id = ?1",
+                 concurrent_requests = ?5, updated_at = ?6 WHERE id = ?1",
                 rusqlite::params![
                     id,
                     kind.as_str(),
                     limits.burst_per_second,
                     limits.sustained_per_minute,
+                    limits.concurrent_requests,
                     now()
                 ],
             )?;
@@ -709,15 +713,24 @@ impl Store {
 }
 
 /// Brings a database of an older schema up to this one, in place. Schema 2 added keys'
-/// restrictions (NULL: unrestricted, as every key of schema 1 was).
+/// restrictions (NULL: unrestricted, as every key of schema 1 was); schema 3, workspaces' caps
+/// on requests in flight (NULL: keygate's configured default).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_restrictions: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('api_keys') WHERE name = 'restrictions'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_restrictions {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )
+    };
+    if !has_column("api_keys", "restrictions")? {
         conn.execute("ALTER TABLE api_keys ADD COLUMN restrictions TEXT", [])?;
+    }
+    if !has_column("workspaces", "concurrent_requests")? {
+        conn.execute(
+            "ALTER TABLE workspaces ADD COLUMN concurrent_requests INTEGER",
+            [],
+        )?;
     }
     conn.execute(
         "UPDATE meta SET value = ?1 WHERE name = 'schema' AND value < ?1",
@@ -803,6 +816,7 @@ fn workspace_row(r: &Row) -> rusqlite::Result<WorkspaceRow> {
         limits: Limits {
             burst_per_second: r.get(2)?,
             sustained_per_minute: r.get(3)?,
+            concurrent_requests: r.get(6)?,
         },
         created_at: r.get(4)?,
         updated_at: r.get(5)?,
@@ -906,17 +920,20 @@ impl Db {
 mod tests {
     use super::*;
 
-    /// A database written by the first schema (keys without restrictions) opens, gains the
-    /// column in place, keeps its keys unrestricted, and is marked as schema 2.
+    /// A database written by the first schema (keys without restrictions, workspaces without
+    /// caps) opens, gains both columns in place, keeps its keys unrestricted and its workspaces
+    /// uncapped, and is marked with this schema.
     #[test]
-    fn a_schema_1_database_gains_restrictions_in_place() {
+    fn a_schema_1_database_gains_restrictions_and_caps_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            let column = "    restrictions TEXT,                  -- JSON {ips, referrers, endpoints}; NULL: unrestricted\n";
-            assert!(SCHEMA.contains(column));
-            conn.execute_batch(&SCHEMA.replace(column, "")).unwrap();
+            let restrictions = "    restrictions TEXT,                  -- JSON {ips, referrers, endpoints}; NULL: unrestricted\n";
+            let cap = ",\n    concurrent_requests  INTEGER            -- cap on requests in flight per host; NULL: keygate's default\n";
+            assert!(SCHEMA.contains(restrictions) && SCHEMA.contains(cap));
+            let schema_1 = SCHEMA.replace(restrictions, "").replace(cap, "\n");
+            conn.execute_batch(&schema_1).unwrap();
             conn.execute_batch(
                 "INSERT INTO workspaces VALUES ('ws', 'live', NULL, NULL, 1, 1);
                  INSERT INTO api_keys (id, name, hash, prefix, workspace, internal, environment,
@@ -930,8 +947,12 @@ mod tests {
         let keys = store.keys(None).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].restrictions, None);
+        assert_eq!(
+            store.workspaces().unwrap()[0].limits.concurrent_requests,
+            None
+        );
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(read_meta(&conn, "schema").unwrap(), 2);
+        assert_eq!(read_meta(&conn, "schema").unwrap(), 3);
         // Opening again changes nothing.
         drop(store);
         Store::open(&path, 10).unwrap();

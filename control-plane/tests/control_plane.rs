@@ -50,7 +50,7 @@ fn full_snapshot_has_the_schema_an_etag_and_answers_304() {
     let r = cp.admin(
         "POST",
         "/v1/workspaces",
-        Some(json!({"id": "ws_acme", "type": "live", "limits": {"burst_per_second": 50, "sustained_per_minute": 5000}})),
+        Some(json!({"id": "ws_acme", "type": "live", "limits": {"burst_per_second": 50, "sustained_per_minute": 5000, "concurrent_requests": 8}})),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["version"], 1);
@@ -85,7 +85,7 @@ fn full_snapshot_has_the_schema_an_etag_and_answers_304() {
     assert_eq!(
         snap["workspaces"],
         json!([
-            {"id": "ws_acme", "type": "live", "limits": {"burst_per_second": 50, "sustained_per_minute": 5000}},
+            {"id": "ws_acme", "type": "live", "limits": {"burst_per_second": 50, "sustained_per_minute": 5000, "concurrent_requests": 8}},
             {"id": "ws_sandbox", "type": "sandbox"},
         ])
     );
@@ -155,7 +155,7 @@ fn writes_bump_the_version_by_one_and_deltas_carry_exactly_the_changes() {
     let r = cp.admin(
         "PUT",
         "/v1/workspaces/ws_a",
-        Some(json!({"limits": {"burst_per_second": 9}})),
+        Some(json!({"limits": {"burst_per_second": 9, "concurrent_requests": 4}})),
     );
     assert_eq!(
         (r.status, r.json()["version"].clone()),
@@ -167,7 +167,7 @@ fn writes_bump_the_version_by_one_and_deltas_carry_exactly_the_changes() {
     let r = cp.admin(
         "PUT",
         "/v1/workspaces/ws_a",
-        Some(json!({"limits": {"burst_per_second": 9}})),
+        Some(json!({"limits": {"burst_per_second": 9, "concurrent_requests": 4}})),
     );
     assert_eq!(r.json()["version"], 9);
 
@@ -181,7 +181,7 @@ fn writes_bump_the_version_by_one_and_deltas_carry_exactly_the_changes() {
     );
     assert_eq!(
         d["workspaces"],
-        json!({"upsert": [{"id": "ws_a", "type": "live", "limits": {"burst_per_second": 9}}], "remove": ["ws_gone"]})
+        json!({"upsert": [{"id": "ws_a", "type": "live", "limits": {"burst_per_second": 9, "concurrent_requests": 4}}], "remove": ["ws_gone"]})
     );
     let mut expected_keys = vec![a_id.to_owned(), c["id"].as_str().unwrap().to_owned()];
     expected_keys.sort();
@@ -738,6 +738,13 @@ fn bad_requests_get_precise_json_errors() {
             "POST",
             "/v1/workspaces".into(),
             Some(json!({"id": "ws3", "type": "live", "limits": {"burst_per_second": 0}})),
+            400,
+            "at least 1",
+        ),
+        (
+            "POST",
+            "/v1/workspaces".into(),
+            Some(json!({"id": "ws3", "type": "live", "limits": {"concurrent_requests": 0}})),
             400,
             "at least 1",
         ),

@@ -56,18 +56,24 @@ pub struct LimitsDoc {
     pub burst_per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sustained_per_minute: Option<u32>,
+    /// Requests in flight at once, on each host; absent keeps the configured cap (or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests: Option<u32>,
 }
 
 impl LimitsDoc {
     /// No override at all: the workspace runs on the configured defaults.
     pub fn is_empty(&self) -> bool {
-        self.burst_per_second.is_none() && self.sustained_per_minute.is_none()
+        self.burst_per_second.is_none()
+            && self.sustained_per_minute.is_none()
+            && self.concurrent_requests.is_none()
     }
 
     /// Whether every override present allows a request (see [`crate::ids::valid_limit`]).
     pub fn is_valid(&self) -> bool {
         crate::ids::valid_limit(self.burst_per_second)
             && crate::ids::valid_limit(self.sustained_per_minute)
+            && crate::ids::valid_limit(self.concurrent_requests)
     }
 }
 

@@ -162,6 +162,9 @@ pub struct RedisFile {
 pub struct PolicyFile {
     pub burst_per_second: Option<u32>,
     pub sustained_per_minute: Option<u32>,
+    /// Requests in flight at once, per workspace (per key for `internal`), on each host.
+    /// Absent: no cap.
+    pub concurrent_requests: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -390,6 +393,7 @@ mod tests {
                 sandbox: Some(PolicyFile {
                     burst_per_second: Some(1),
                     sustained_per_minute: None,
+                    concurrent_requests: Some(3),
                 }),
                 ..LimitsFile::default()
             },

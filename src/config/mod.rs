@@ -11,6 +11,7 @@ mod source;
 use file::*;
 pub use source::{ControlPlaneConfig, Secret, SnapshotSource, SourceConfig};
 
+use crate::concurrency::ConcurrencyCaps;
 use crate::connections::ConnectionLimits;
 use crate::limits::{Policy, RateHeaders};
 use crate::routes::{RouteSpec, RouteTable};
@@ -18,6 +19,7 @@ use crate::scopes::RequiredScope;
 use pingora::server::configuration::ServerConf;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,6 +162,8 @@ pub struct LimitsConfig {
     pub sandbox: Policy,
     pub internal: Option<Policy>,
     pub headers: RateHeaders,
+    /// Caps on requests in flight, by kind of caller.
+    pub concurrency: ConcurrencyCaps,
 }
 
 pub const DEFAULT_LIVE: Policy = Policy {
@@ -501,6 +505,18 @@ fn limits_config(l: LimitsFile, base: &Path) -> Result<Limits, (String, String)>
             )
         })?,
     };
+    if !enabled.unwrap_or(true) {
+        if global.is_some() {
+            return Err((
+                "limits.global".into(),
+                "fleet-wide limits need limits on: remove `enabled: false` or this section".into(),
+            ));
+        }
+        // Limits that are off are not checked either: turning them off must not need the
+        // values fixed first.
+        return Ok((None, None));
+    }
+    // A kind's limits and its cap on requests in flight.
     let policy = |name: &str, file: Option<PolicyFile>, default: Policy| {
         let file = file.unwrap_or_default();
         let p = Policy {
@@ -510,36 +526,41 @@ fn limits_config(l: LimitsFile, base: &Path) -> Result<Limits, (String, String)>
                 .unwrap_or(default.sustained_per_minute),
         };
         for (field, v) in [
-            ("burst_per_second", p.burst_per_second),
-            ("sustained_per_minute", p.sustained_per_minute),
+            ("burst_per_second", Some(p.burst_per_second)),
+            ("sustained_per_minute", Some(p.sustained_per_minute)),
+            ("concurrent_requests", file.concurrent_requests),
         ] {
-            if v == 0 {
-                return Err((
-                    format!("limits.{name}.{field}"),
-                    "must be at least 1; to turn limits off set `limits.enabled: false`".into(),
-                ));
+            if v == Some(0) {
+                let fix = if field == "concurrent_requests" {
+                    "must be at least 1; for no cap leave the field out"
+                } else {
+                    "must be at least 1; to turn limits off set `limits.enabled: false`"
+                };
+                return Err((format!("limits.{name}.{field}"), fix.into()));
             }
         }
-        Ok(p)
+        Ok((p, file.concurrent_requests.and_then(NonZeroU32::new)))
+    };
+    let (live, live_cap) = policy("live", live, DEFAULT_LIVE)?;
+    let (sandbox, sandbox_cap) = policy("sandbox", sandbox, DEFAULT_SANDBOX)?;
+    let (internal, internal_cap) = match internal {
+        Some(file) => {
+            let (p, cap) = policy("internal", Some(file), DEFAULT_LIVE)?;
+            (Some(p), cap)
+        }
+        None => (None, None),
     };
     let config = LimitsConfig {
-        live: policy("live", live, DEFAULT_LIVE)?,
-        sandbox: policy("sandbox", sandbox, DEFAULT_SANDBOX)?,
-        internal: match internal {
-            Some(file) => Some(policy("internal", Some(file), DEFAULT_LIVE)?),
-            None => None,
-        },
+        live,
+        sandbox,
+        internal,
         headers,
+        concurrency: ConcurrencyCaps {
+            live: live_cap,
+            sandbox: sandbox_cap,
+            internal: internal_cap,
+        },
     };
-    if !enabled.unwrap_or(true) {
-        if global.is_some() {
-            return Err((
-                "limits.global".into(),
-                "fleet-wide limits need limits on: remove `enabled: false` or this section".into(),
-            ));
-        }
-        return Ok((None, None));
-    }
     let fleet = global.map(|g| global::validate(g, base)).transpose()?;
     Ok((Some(config), fleet))
 }
@@ -682,6 +703,14 @@ snapshot:
         );
         assert_eq!(limits.internal, None);
         assert_eq!(
+            limits.concurrency,
+            ConcurrencyCaps {
+                live: NonZeroU32::new(100),
+                sandbox: NonZeroU32::new(20),
+                internal: None,
+            }
+        );
+        assert_eq!(
             c.observability.admin,
             Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
         );
@@ -737,6 +766,7 @@ snapshot:
                 sandbox: DEFAULT_SANDBOX,
                 internal: None,
                 headers: RateHeaders::BOTH,
+                concurrency: ConcurrencyCaps::default(),
             })
         );
         assert_eq!(
@@ -1295,7 +1325,44 @@ snapshot:
                 &format!("limits.{section}.{field}"),
                 "must be at least 1; to turn limits off set `limits.enabled: false`",
             );
+            // Limits turned off are not checked: turning them off needs no fix first.
+            let off = with(
+                "limits",
+                &format!("enabled: false\n  {section}: {{ {field}: 0 }}"),
+            );
+            assert_eq!(accepted(&off).limits, None);
         }
+        for section in ["live", "sandbox", "internal"] {
+            assert_invalid(
+                &with(
+                    "limits",
+                    &format!("{section}: {{ concurrent_requests: 0 }}"),
+                ),
+                &format!("limits.{section}.concurrent_requests"),
+                "must be at least 1; for no cap leave the field out",
+            );
+        }
+    }
+
+    #[test]
+    fn caps_on_requests_in_flight_are_read_by_kind_and_absent_by_default() {
+        let c = accepted(&with(
+            "limits",
+            "live: { concurrent_requests: 40 }\n  internal: { concurrent_requests: 200 }",
+        ));
+        let l = c.limits.unwrap();
+        assert_eq!(
+            l.concurrency,
+            ConcurrencyCaps {
+                live: NonZeroU32::new(40),
+                sandbox: None,
+                internal: NonZeroU32::new(200),
+            }
+        );
+        // A cap leaves the kind's rates at their defaults.
+        assert_eq!(l.live, DEFAULT_LIVE);
+        let none = accepted(&with("limits", "enabled: true")).limits.unwrap();
+        assert_eq!(none.concurrency, ConcurrencyCaps::default());
     }
 
     #[test]

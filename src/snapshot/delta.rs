@@ -531,6 +531,7 @@ mod tests {
                     limits: Some(LimitsDoc {
                         burst_per_second: Some(9),
                         sustained_per_minute: None,
+                        concurrent_requests: None,
                     }),
                 }],
                 remove: vec!["ws_x".into()],

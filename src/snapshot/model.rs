@@ -53,6 +53,8 @@ pub struct Workspace {
 pub struct LimitOverrides {
     pub burst_per_second: Option<NonZeroU32>,
     pub sustained_per_minute: Option<NonZeroU32>,
+    /// The workspace's cap on requests in flight ([`crate::concurrency`]).
+    pub concurrent_requests: Option<NonZeroU32>,
 }
 
 impl LimitOverrides {
@@ -73,6 +75,7 @@ impl LimitOverrides {
         let doc = LimitsDoc {
             burst_per_second: self.burst_per_second.map(NonZeroU32::get),
             sustained_per_minute: self.sustained_per_minute.map(NonZeroU32::get),
+            concurrent_requests: self.concurrent_requests.map(NonZeroU32::get),
         };
         (!doc.is_empty()).then_some(doc)
     }
@@ -89,6 +92,7 @@ impl TryFrom<LimitsDoc> for LimitOverrides {
         Ok(LimitOverrides {
             burst_per_second: non_zero(doc.burst_per_second)?,
             sustained_per_minute: non_zero(doc.sustained_per_minute)?,
+            concurrent_requests: non_zero(doc.concurrent_requests)?,
         })
     }
 }
@@ -653,6 +657,7 @@ mod tests {
         let doc = |burst, sustained| LimitsDoc {
             burst_per_second: burst,
             sustained_per_minute: sustained,
+            concurrent_requests: None,
         };
         let base = Policy {
             burst_per_second: 30,
@@ -665,7 +670,19 @@ mod tests {
         assert_eq!(some.over(base).burst_per_second, 7);
         assert_eq!(some.over(base).sustained_per_minute, 3_000);
         assert_eq!(some.to_doc(), Some(doc(Some(7), None)));
-        for zero in [doc(Some(0), None), doc(None, Some(0))] {
+        let capped = LimitsDoc {
+            concurrent_requests: Some(4),
+            ..doc(None, None)
+        };
+        let capped_overrides = LimitOverrides::try_from(capped).unwrap();
+        assert_eq!(capped_overrides.over(base), base);
+        assert_eq!(capped_overrides.concurrent_requests, NonZeroU32::new(4));
+        assert_eq!(capped_overrides.to_doc(), Some(capped));
+        let zero_cap = LimitsDoc {
+            concurrent_requests: Some(0),
+            ..doc(None, None)
+        };
+        for zero in [doc(Some(0), None), doc(None, Some(0)), zero_cap] {
             assert_eq!(LimitOverrides::try_from(zero), Err(InvalidEntry::ZeroLimit));
         }
     }

@@ -194,6 +194,7 @@ pub fn policy(
     Some(PolicyFile {
         burst_per_second,
         sustained_per_minute,
+        concurrent_requests: None,
     })
 }
 
