@@ -4,9 +4,10 @@
 //! proxy stays thin and the whole decision can be unit-tested and benchmarked without a server.
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
-use crate::concurrency::{InFlight, Slot};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
-use crate::limits::{self, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage};
+use crate::limits::{
+    self, InFlight, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage,
+};
 use crate::path::{self, PathError};
 use crate::restrictions::RestrictionKind;
 use crate::routes::{Route, RouteTable};
@@ -83,7 +84,7 @@ pub enum Verdict<'r> {
         path: Cow<'r, str>,
         /// The caller's place among its requests in flight, when it has a cap: held until the
         /// request is done.
-        slot: Option<Slot>,
+        slot: Option<InFlight>,
     },
     Reject(Rejection),
     /// Fleet-wide limits: wait for Redis (bounded), then decide again with how the wait ended.
@@ -117,7 +118,6 @@ impl Decision<'_, '_> {
 pub struct RateLimits {
     pub limiter: std::sync::Arc<Limiter>,
     pub config: LimitsConfig,
-    in_flight: InFlight,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -130,20 +130,21 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     pub fn new(limiter: Arc<Limiter>, config: LimitsConfig) -> RateLimits {
-        RateLimits {
-            limiter,
-            config,
-            in_flight: InFlight::default(),
-        }
+        RateLimits { limiter, config }
     }
 
-    /// A slot among the caller's requests in flight: `Ok(None)` when it has no cap.
-    fn enter(&self, key: &KeyEntry) -> Result<Option<Slot>, Rejection> {
+    /// A place among the caller's requests in flight: `Ok(None)` when it has no cap.
+    fn enter(&self, key: &KeyEntry) -> Result<Option<InFlight>, Rejection> {
         let Some((cap, subject_type)) = self.config.concurrency.cap_for(key) else {
             return Ok(None);
         };
-        match self.in_flight.enter(key, cap) {
-            Some(slot) => Ok(Some(slot)),
+        // A caller with a cap is a limited one: `subject` is `None` only for an internal key
+        // without `limits.internal`, and then there is no internal cap either.
+        let Some((subject, _, _)) = self.subject(key) else {
+            return Ok(None);
+        };
+        match self.limiter.enter(subject, cap) {
+            Some(place) => Ok(Some(place)),
             None => Err(Rejection::ConcurrencyLimited {
                 allowed: cap.get(),
                 subject_type,

@@ -2,12 +2,11 @@
 //! records what happened.
 
 use crate::client_address::{ClientAddress, ClientAddressConfig};
-use crate::concurrency::Slot;
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
 use crate::gate::{Decision, Gate, Identity, Incoming, Rejection, Verdict};
-use crate::limits::{self, Attempt, Usage, Waiter};
+use crate::limits::{self, Attempt, InFlight, Usage, Waiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
 use crate::respond::{self, Answer};
@@ -46,7 +45,7 @@ pub struct RequestCtx {
     record: RequestRecord,
     /// The caller's place among its requests in flight, given back when the context is dropped:
     /// after the response and the log.
-    _slot: Option<Slot>,
+    _slot: Option<InFlight>,
 }
 
 /// What `Keygate` needs besides the decision itself.

@@ -25,7 +25,8 @@ pub use headers::{RateHeaders, rate_headers};
 pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 pub use subject_key::SubjectKey;
 use window::Window;
@@ -214,10 +215,22 @@ impl State {
 struct Slot {
     /// The limiter it belongs to: a cache is trusted only by that limiter.
     limiter: u64,
+    /// The subject's requests in flight on this host, for its cap ([`InFlight`]). Beside the
+    /// lock the decision has just taken, so counting costs no cache miss; a state with requests
+    /// in flight is never evicted, so the count survives idle minutes and snapshot swaps.
+    in_flight: AtomicU32,
     state: Mutex<State>,
 }
 
 impl Slot {
+    fn new(limiter: u64) -> Arc<Slot> {
+        Arc::new(Slot {
+            limiter,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::default(),
+        })
+    }
+
     /// How many exchanges with Redis this subject has had: what a waiting request watches.
     fn generation(&self) -> u64 {
         lock(&self.state)
@@ -414,16 +427,50 @@ impl Limiter {
             }
             return self.decide(&mut lock(&slot.state), &slot, class, id, d);
         }
-        let slot = map.entry(SubjectKey::from_bytes(id)).or_insert_with(|| {
-            Arc::new(Slot {
-                limiter: self.id,
-                state: Mutex::default(),
-            })
-        });
+        let slot = map
+            .entry(SubjectKey::from_bytes(id))
+            .or_insert_with(|| Slot::new(self.id));
         if let Some(cache) = cache {
             cache.set(&slot);
         }
         self.decide(&mut lock(&slot.state), &slot, class, id, d)
+    }
+
+    /// Takes a place among `subject`'s requests in flight, unless `cap` of them are in flight
+    /// already. Called after [`Limiter::check_with`] admitted the request, so the subject's
+    /// state exists and, for a snapshot workspace, its cache holds it: no map lookup.
+    pub fn enter(&self, subject: Subject<'_>, cap: NonZeroU32) -> Option<InFlight> {
+        let slot = match subject {
+            Subject::CachedWorkspace(key, cache) => match cache.get().as_ref() {
+                Some(slot) if slot.limiter == self.id => slot.clone(),
+                _ => self.slot_in(&self.workspaces, key.as_bytes(), Some(cache)),
+            },
+            Subject::Workspace(id) => self.slot_in(&self.workspaces, id.as_bytes(), None),
+            Subject::InternalKey(id) => self.slot_in(&self.internal_keys, id.as_bytes(), None),
+        };
+        // Exact: a request over the cap never adds itself, even for an instant, so it cannot
+        // make a neighbour's request look over the cap too.
+        slot.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap.get()).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight { slot })
+    }
+
+    /// The subject's state, made if it has none.
+    fn slot_in(&self, map: &Subjects, id: &[u8], cache: Option<&StateCache>) -> Arc<Slot> {
+        let slot = match map.get(id) {
+            Some(slot) => slot.clone(),
+            None => map
+                .entry(SubjectKey::from_bytes(id))
+                .or_insert_with(|| Slot::new(self.id))
+                .clone(),
+        };
+        if let Some(cache) = cache {
+            cache.set(&slot);
+        }
+        slot
     }
 
     /// Drops the state of subjects with nothing left in either window; returns how many.
@@ -433,7 +480,7 @@ impl Limiter {
         for map in [&self.workspaces, &self.internal_keys] {
             map.retain(|_, slot| {
                 let mut state = lock(&slot.state);
-                state.evicted = state.is_idle(now);
+                state.evicted = state.is_idle(now) && slot.in_flight.load(Ordering::Acquire) == 0;
                 !state.evicted
             });
         }
@@ -443,6 +490,24 @@ impl Limiter {
     /// Subjects with state in memory.
     pub fn active(&self) -> usize {
         self.workspaces.len() + self.internal_keys.len()
+    }
+}
+
+/// One request's place among its subject's requests in flight; given back when dropped.
+/// See [`crate::concurrency`].
+pub struct InFlight {
+    slot: Arc<Slot>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight").finish_non_exhaustive()
     }
 }
 

@@ -437,3 +437,75 @@ fn a_cache_is_trusted_only_by_the_limiter_that_filled_it() {
     assert_eq!(used_through(&second, &key, &cache), 1);
     assert_eq!(used_through(&first, &key, &cache), 2);
 }
+
+#[test]
+fn requests_in_flight_are_capped_exactly_and_given_back_when_done() {
+    let (_clock, l) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    let cached = Subject::CachedWorkspace(&key, &cache);
+    let two = NonZeroU32::new(2).unwrap();
+    assert!(matches!(l.check(cached, LIVE), Verdict::Admitted(_)));
+    let first = l.enter(cached, two).unwrap();
+    // Through the map, without the cache: the same count.
+    let second = l.enter(Subject::Workspace("ws"), two).unwrap();
+    assert!(l.enter(cached, two).is_none());
+    // Another workspace, and an internal key of the same name, count apart.
+    let others = [
+        l.enter(Subject::Workspace("other"), two),
+        l.enter(Subject::InternalKey("ws"), two),
+    ];
+    assert!(others.iter().all(Option::is_some));
+    drop(first);
+    let third = l.enter(cached, two).unwrap();
+    assert!(l.enter(cached, two).is_none(), "a refusal holds nothing");
+    drop((second, third));
+    let again = [l.enter(cached, two), l.enter(cached, two)];
+    assert!(again.iter().all(Option::is_some));
+}
+
+/// A long request (a slow upstream, a WebSocket) outlives its workspace's idle minute: its
+/// state, and so its place in the count, must outlive the eviction pass.
+#[test]
+fn a_state_with_requests_in_flight_is_not_evicted() {
+    let (clock, l) = limiter_at(0);
+    let (key, cache) = (SubjectKey::new("ws"), StateCache::default());
+    let cached = Subject::CachedWorkspace(&key, &cache);
+    let one = NonZeroU32::new(1).unwrap();
+    assert!(matches!(l.check(cached, LIVE), Verdict::Admitted(_)));
+    let held = l.enter(cached, one).unwrap();
+    clock.advance(2 * MINUTE_MS);
+    assert_eq!(l.evict_idle(), 0);
+    assert!(matches!(l.check(cached, LIVE), Verdict::Admitted(_)));
+    assert!(l.enter(cached, one).is_none());
+    drop(held);
+    clock.advance(2 * MINUTE_MS);
+    assert_eq!(l.evict_idle(), 1);
+}
+
+#[test]
+fn threads_racing_at_the_cap_never_hold_more_than_it() {
+    let (_clock, l) = limiter_at(0);
+    let cap = NonZeroU32::new(3).unwrap();
+    let held = std::sync::atomic::AtomicU32::new(0);
+    let most = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    if let Some(place) = l.enter(Subject::Workspace("ws"), cap) {
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(place);
+                    }
+                }
+            });
+        }
+    });
+    assert!(most.load(Ordering::SeqCst) <= 3);
+    // Everything was given back.
+    let all: Vec<_> = (0..3)
+        .map(|_| l.enter(Subject::Workspace("ws"), cap))
+        .collect();
+    assert!(all.iter().all(Option::is_some));
+}
