@@ -9,13 +9,16 @@
 //! that counts every allocation, it runs each case over all its sampled requests and prints
 //! `allocations per decision: N` (limiter state already made for the workspaces; the first
 //! request of a new workspace is counted apart). Then criterion times the cases for each size:
-//! a known key with scopes checked, the same with limits counted, an unknown key (401), and a
-//! restricted key allowed by its restrictions.
+//! a known key with scopes checked, the same with limits counted, the same with a cap on
+//! requests in flight, an unknown key (401), and restricted keys allowed by their restrictions.
 //!
 //! Every tenth key is restricted, as the issue's cost bar asks (10% of 1,000,000): 50 CIDR
-//! blocks and three referrer patterns (an exact origin, a `*.` wildcard, a path prefix). The
-//! restricted case sends from an address in the 43rd block with a `Referer` the wildcard allows;
-//! the other cases sample only unrestricted keys.
+//! blocks and three referrer patterns (an exact origin, a `*.` wildcard, a path prefix). Half of
+//! them (those of even workspaces) have the same restrictions, as a customer's office ranges on
+//! all its keys would, and share one compiled copy; the other half each have their own (one of
+//! the 50 blocks differs), the worst case for memory and caches. Each restricted case sends from
+//! an address in the 43rd block with a `Referer` the wildcard allows; the other cases sample only
+//! unrestricted keys.
 //!
 //! Requests are spread over the whole key set: 4,096 keys sampled at an even stride (unknown
 //! keys too: 4,096 distinct ones), each with its header made in advance, visited in turn. Their
@@ -72,6 +75,11 @@ const RESTRICTED: usize = 9;
 const CLIENT: [u8; 4] = [10, 42, 7, 7];
 const REFERER: &str = "https://shop.example.org/cart";
 
+/// Whether restricted key `i` has restrictions of its own rather than the shared ones.
+fn own_restrictions(i: usize) -> bool {
+    (i / KEYS_PER_WORKSPACE) % 2 == 1
+}
+
 fn secret(i: usize) -> String {
     format!("sk_live_BENCH{i:027}")
 }
@@ -106,8 +114,15 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
         .unwrap();
         if i % 10 == RESTRICTED {
             out.extend_from_slice(br#","restrictions":{"ips":["#);
+            // A key of its own set: its first block names its index.
+            let own = own_restrictions(i);
             for b in 0..50 {
                 let sep = if b > 0 { "," } else { "" };
+                if b == 0 && own {
+                    let (hi, mid, lo) = (i >> 16 & 255, i >> 8 & 255, i & 255);
+                    write!(out, r#"{sep}"100.{hi}.{mid}.{lo}""#).unwrap();
+                    continue;
+                }
                 write!(out, r#"{sep}"10.{b}.0.0/16""#).unwrap();
             }
             out.extend_from_slice(
@@ -145,19 +160,32 @@ fn bearer(secret: &str) -> HeaderMap {
 }
 
 /// [`SAMPLED`] keys at an even stride through all `keys`, each with its header made in advance.
-/// Spread over the key set; `restricted` picks the restricted key of each ten, else an
-/// unrestricted one.
-fn sampled_headers(keys: usize, secret: fn(usize) -> String, restricted: bool) -> Vec<HeaderMap> {
+/// Spread over the key set; `restricted` picks a restricted key (of the shared set or of its own)
+/// in each twenty, else an unrestricted one.
+fn sampled_headers(
+    keys: usize,
+    secret: fn(usize) -> String,
+    restricted: Option<Shared>,
+) -> Vec<HeaderMap> {
     (0..SAMPLED)
         .map(|s| {
             let i = s * keys / SAMPLED;
             let i = match (restricted, i % 10 == RESTRICTED) {
-                (true, _) => i / 10 * 10 + RESTRICTED,
-                (false, true) => i - 1,
-                (false, false) => i,
+                (Some(shared), _) => {
+                    let i = i / 10 * 10 + RESTRICTED;
+                    // The neighbouring workspace's when this one's is of the other kind.
+                    let wanted = shared == Shared::OwnSet;
+                    match (own_restrictions(i) == wanted, i >= 10) {
+                        (true, _) => i,
+                        (false, true) => i - 10,
+                        (false, false) => i + 10,
+                    }
+                }
+                (None, true) => i - 1,
+                (None, false) => i,
             };
             let mut h = bearer(&secret(i));
-            if restricted {
+            if restricted.is_some() {
                 h.insert("referer", HeaderValue::from_static(REFERER));
             }
             h
@@ -191,6 +219,15 @@ fn gate(limits: bool, cap: bool) -> Gate {
         )
     });
     Gate::new(conf.routes, conf.unmatched, limits)
+}
+
+/// Which restricted keys a case samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    /// Keys whose restrictions are the same, compiled once.
+    SharedSet,
+    /// Keys each with restrictions of their own.
+    OwnSet,
 }
 
 /// One case: a gate and the requests it is timed on, with what each must decide.
@@ -241,7 +278,7 @@ fn cases(keys: usize) -> Vec<Case> {
         Case {
             name: "auth + scopes",
             gate: gate(false, false),
-            headers: sampled_headers(keys, secret, false),
+            headers: sampled_headers(keys, secret, None),
             allowed: true,
             limits: false,
             client: None,
@@ -249,7 +286,7 @@ fn cases(keys: usize) -> Vec<Case> {
         Case {
             name: "auth + scopes + limits",
             gate: gate(true, false),
-            headers: sampled_headers(keys, secret, false),
+            headers: sampled_headers(keys, secret, None),
             allowed: true,
             limits: true,
             client: None,
@@ -257,7 +294,7 @@ fn cases(keys: usize) -> Vec<Case> {
         Case {
             name: "auth + scopes + limits + in-flight cap",
             gate: gate(true, true),
-            headers: sampled_headers(keys, secret, false),
+            headers: sampled_headers(keys, secret, None),
             allowed: true,
             limits: true,
             client: None,
@@ -265,7 +302,7 @@ fn cases(keys: usize) -> Vec<Case> {
         Case {
             name: "unknown key (401)",
             gate: gate(false, false),
-            headers: sampled_headers(keys, unknown_secret, false),
+            headers: sampled_headers(keys, unknown_secret, None),
             allowed: false,
             limits: false,
             client: None,
@@ -273,7 +310,15 @@ fn cases(keys: usize) -> Vec<Case> {
         Case {
             name: "restricted key allowed: auth + restrictions + scopes",
             gate: gate(false, false),
-            headers: sampled_headers(keys, secret, true),
+            headers: sampled_headers(keys, secret, Some(Shared::SharedSet)),
+            allowed: true,
+            limits: false,
+            client: Some(IpAddr::from(CLIENT)),
+        },
+        Case {
+            name: "restricted key, restrictions of its own, allowed",
+            gate: gate(false, false),
+            headers: sampled_headers(keys, secret, Some(Shared::OwnSet)),
             allowed: true,
             limits: false,
             client: Some(IpAddr::from(CLIENT)),

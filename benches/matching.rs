@@ -265,5 +265,52 @@ fn token_shape(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scopes, routes, token_shape);
+/// A key's restrictions on their own, hot in cache: the decision bench's set (50 blocks, three
+/// referrer patterns) checked against its allowed request, and each check alone.
+fn restrictions(c: &mut Criterion) {
+    use http::{HeaderMap, HeaderValue};
+    use keygate::restrictions::KeyRestrictions;
+    use keygate::snapshot::RestrictionsDoc;
+    let ips: Vec<String> = (0..50).map(|b| format!("10.{b}.0.0/16")).collect();
+    let referrers = vec![
+        "https://app.example.com".to_owned(),
+        "https://*.example.org".to_owned(),
+        "https://docs.example.net/guide".to_owned(),
+    ];
+    let compile = |ips: Vec<String>, referrers: Vec<String>| {
+        KeyRestrictions::compile(RestrictionsDoc {
+            ips,
+            referrers,
+            endpoints: vec![],
+        })
+        .unwrap()
+    };
+    let both = compile(ips.clone(), referrers.clone());
+    let ip_only = compile(ips, vec![]);
+    let referrer_only = compile(vec![], referrers);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk_live_x"),
+    );
+    headers.insert(
+        "referer",
+        HeaderValue::from_static("https://shop.example.org/cart"),
+    );
+    let client = Some(std::net::IpAddr::from([10, 42, 7, 7]));
+    let mut group = c.benchmark_group("restrictions");
+    for (name, r) in [
+        ("ip and referrer", &both),
+        ("ip (50 blocks)", &ip_only),
+        ("referrer (*. pattern)", &referrer_only),
+    ] {
+        assert_eq!(r.check(client, &headers, Some("products")), Ok(()));
+        group.bench_function(name, |b| {
+            b.iter(|| r.check(black_box(client), black_box(&headers), Some("products")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scopes, routes, token_shape, restrictions);
 criterion_main!(benches);

@@ -147,8 +147,8 @@ fn is_port(s: &str) -> bool {
 /// is a binary search, however long the list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrSet {
-    /// IPv4 ranges (as integers widened to u128, so that both families share one search).
-    v4: Vec<(u128, u128)>,
+    /// IPv4 ranges as `u32`s: 8 bytes a range, so that 50 blocks are 400 bytes, 7 cache lines.
+    v4: Vec<(u32, u32)>,
     v6: Vec<(u128, u128)>,
 }
 
@@ -194,6 +194,8 @@ impl CidrSet {
         }
         merge(&mut set.v4);
         merge(&mut set.v6);
+        set.v4.shrink_to_fit();
+        set.v6.shrink_to_fit();
         Ok(set)
     }
 
@@ -203,16 +205,16 @@ impl CidrSet {
 
     pub fn contains(&self, addr: IpAddr) -> bool {
         match normalise(addr) {
-            IpAddr::V4(a) => in_ranges(&self.v4, u128::from(u32::from(a))),
+            IpAddr::V4(a) => in_ranges(&self.v4, u32::from(a)),
             IpAddr::V6(a) => in_ranges(&self.v6, u128::from(a)),
         }
     }
 }
 
-fn range_v4(a: Ipv4Addr, len: u8) -> (u128, u128) {
+fn range_v4(a: Ipv4Addr, len: u8) -> (u32, u32) {
     let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
     let start = u32::from(a) & !host;
-    (u128::from(start), u128::from(start | host))
+    (start, start | host)
 }
 
 fn range_v6(a: Ipv6Addr, len: u8) -> (u128, u128) {
@@ -222,19 +224,38 @@ fn range_v6(a: Ipv6Addr, len: u8) -> (u128, u128) {
 }
 
 /// Sorts ranges and merges the overlapping and adjacent ones, so that they are disjoint.
-fn merge(ranges: &mut Vec<(u128, u128)>) {
+fn merge<T: Ord + Copy + Successor>(ranges: &mut Vec<(T, T)>) {
     ranges.sort_unstable();
-    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+    let mut merged: Vec<(T, T)> = Vec::with_capacity(ranges.len());
     for &(start, end) in ranges.iter() {
         match merged.last_mut() {
-            Some(last) if last.1 == u128::MAX || start <= last.1 + 1 => last.1 = last.1.max(end),
+            Some(last) if last.1.successor().is_none_or(|next| start <= next) => {
+                last.1 = last.1.max(end)
+            }
             _ => merged.push((start, end)),
         }
     }
     *ranges = merged;
 }
 
-fn in_ranges(ranges: &[(u128, u128)], x: u128) -> bool {
+/// Addresses as integers, with a checked "plus one" for merging adjacent ranges.
+trait Successor: Sized {
+    fn successor(self) -> Option<Self>;
+}
+
+impl Successor for u32 {
+    fn successor(self) -> Option<u32> {
+        self.checked_add(1)
+    }
+}
+
+impl Successor for u128 {
+    fn successor(self) -> Option<u128> {
+        self.checked_add(1)
+    }
+}
+
+fn in_ranges<T: Ord + Copy>(ranges: &[(T, T)], x: T) -> bool {
     // The first range starting after x; the one before it is the only one that can hold x.
     let i = ranges.partition_point(|&(start, _)| start <= x);
     i > 0 && x <= ranges[i - 1].1

@@ -124,7 +124,7 @@ pub enum KeyStatus {
 
 /// Where a key may be used: keygate enforces every list given (see "Restrictions" in
 /// `docs/snapshot.md`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestrictionsDoc {
     /// IP addresses or CIDR blocks the key may be used from.

@@ -354,12 +354,14 @@ impl Snapshot {
             }
         }
         let (mut arena, mut scratch) = (TextArena::new(), Vec::new());
+        let mut restriction_sets = model::RestrictionInterner::default();
         let mut made = Vec::with_capacity(docs.len());
         let mut owners = Vec::with_capacity(docs.len());
         for doc in docs {
             let made_key = model::make_key(
                 doc,
                 &mut self.scope_sets,
+                &mut restriction_sets,
                 &mut scratch,
                 &mut arena,
                 &mut made,

@@ -13,7 +13,7 @@
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::invalid::InvalidEntry;
-use super::wire::{KeyDoc, KeyStatus, LimitsDoc, WorkspaceDoc, WorkspaceKind};
+use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
 use crate::limits::{Policy, StateCache, SubjectKey};
 use crate::restrictions::KeyRestrictions;
 use crate::scopes::{KeyScopes, ScopeError, ScopeSet};
@@ -423,12 +423,33 @@ impl TextArena {
     }
 }
 
+/// Compiled restrictions by their document, for one build or one delta: keys with the same
+/// restrictions (a customer's office ranges on all its keys) share one compiled copy. Memory
+/// and load time then follow the distinct sets, and the request path finds a shared set's
+/// tables already in cache.
+#[derive(Default)]
+pub(crate) struct RestrictionInterner {
+    sets: HashMap<RestrictionsDoc, Arc<KeyRestrictions>, IdBuild>,
+}
+
+impl RestrictionInterner {
+    fn intern(&mut self, doc: &RestrictionsDoc) -> Result<Arc<KeyRestrictions>, InvalidEntry> {
+        if let Some(set) = self.sets.get(doc) {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(KeyRestrictions::compile(doc.clone())?);
+        self.sets.insert(doc.clone(), set.clone());
+        Ok(set)
+    }
+}
+
 /// Validates one key entry and makes its [`KeyEntry`] (owner still `Internal`), writing its
 /// text to `arena` and adding it to `made`. The one path every key takes, from a full document
 /// or a delta. On failure: why.
 pub(crate) fn make_key<S: AsRef<str>>(
     doc: &KeyDoc<S>,
     scope_sets: &mut Arc<ScopeInterner>,
+    restriction_sets: &mut RestrictionInterner,
     scratch: &mut Vec<u8>,
     arena: &mut TextArena,
     made: &mut Vec<Arc<KeyEntry>>,
@@ -461,7 +482,7 @@ pub(crate) fn make_key<S: AsRef<str>>(
         }
     };
     let restrictions = match &doc.restrictions {
-        Some(r) => Some(Arc::new(KeyRestrictions::compile(r.clone())?)),
+        Some(r) => Some(restriction_sets.intern(r)?),
         None => None,
     };
     let text_at = arena.push(made, id, name);
@@ -517,6 +538,7 @@ pub struct SnapshotBuilder {
     version: u64,
     workspaces: Workspaces,
     scope_sets: Arc<ScopeInterner>,
+    restriction_sets: RestrictionInterner,
     scratch: Vec<u8>,
     arena: TextArena,
     /// Valid keys in document order; they go into the indexes at `finish`.
@@ -533,6 +555,7 @@ impl SnapshotBuilder {
             version,
             workspaces: HashMap::new(),
             scope_sets: Arc::new(ScopeInterner::new()),
+            restriction_sets: RestrictionInterner::default(),
             scratch: Vec::new(),
             arena: TextArena::new(),
             keys: Vec::new(),
@@ -565,6 +588,7 @@ impl SnapshotBuilder {
         let made = make_key(
             &doc,
             &mut self.scope_sets,
+            &mut self.restriction_sets,
             &mut self.scratch,
             &mut self.arena,
             &mut self.keys,
@@ -685,6 +709,35 @@ mod tests {
         for zero in [doc(Some(0), None), doc(None, Some(0)), zero_cap] {
             assert_eq!(LimitOverrides::try_from(zero), Err(InvalidEntry::ZeroLimit));
         }
+    }
+
+    #[test]
+    fn keys_with_the_same_restrictions_share_one_compiled_set() {
+        use crate::snapshot::{Format, parse};
+        let key = |i: u32, restrictions: &str| {
+            format!(
+                r#"{{"id":"k{i}","hash":"{}","workspace":"ws","restrictions":{restrictions}}}"#,
+                KeyHash::of(&format!("s{i}")).to_hex()
+            )
+        };
+        let office =
+            r#"{"ips":["203.0.113.0/24","2001:db8::/32"],"referrers":["https://a.example"]}"#;
+        let other = r#"{"ips":["203.0.113.0/24"]}"#;
+        let doc = format!(
+            r#"{{"version":1,"workspaces":[{{"id":"ws","type":"live"}}],"keys":[{},{},{}]}}"#,
+            key(1, office),
+            key(2, office),
+            key(3, other)
+        );
+        let s = parse(doc.as_bytes(), Format::Json, "t").unwrap();
+        let set = |i: u32| {
+            let k = s.key(&KeyHash::of(&format!("s{i}"))).unwrap();
+            k.restrictions.clone().unwrap()
+        };
+        assert!(Arc::ptr_eq(&set(1), &set(2)));
+        assert!(!Arc::ptr_eq(&set(1), &set(3)));
+        assert_eq!(set(3).ips, ["203.0.113.0/24"]);
+        assert_eq!(set(1).referrers, ["https://a.example"]);
     }
 
     #[test]
