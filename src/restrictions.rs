@@ -2,9 +2,9 @@
 //! pages may call with it (`referrers`), and which routes it may call (`endpoints`).
 //!
 //! A key restricted in several ways must pass every one. An empty list restricts nothing. The
-//! request path never scans a list: addresses are a [`CidrSet`] (a binary search), referrers are
-//! found by their host (one probe, plus one per label for `*.` patterns), and endpoints by a
-//! binary search of sorted names.
+//! request path never scans a long list: addresses are a [`CidrSet`] (a binary search); referrers
+//! are one flat list up to 16 patterns and past that found by their host (one probe, plus one per
+//! label for `*.` patterns); endpoints are a binary search of sorted names.
 
 use crate::client_address::{CidrError, CidrSet};
 use crate::snapshot::RestrictionsDoc;
@@ -62,12 +62,17 @@ pub enum RestrictionError {
 
 /// One key's restrictions: the document as given (written back in snapshots, shown to
 /// operators) and its matchers.
+///
+/// `repr(C)`, matchers first and the document (read only to write a snapshot back) last and
+/// boxed: with many keys each with restrictions of their own, every line a check reads is a
+/// likely cache miss.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct KeyRestrictions {
-    doc: RestrictionsDoc,
     ips: Option<CidrSet>,
     referrers: Option<Referrers>,
     endpoints: Box<[Box<str>]>,
+    doc: Box<RestrictionsDoc>,
 }
 
 impl Deref for KeyRestrictions {
@@ -93,10 +98,10 @@ impl KeyRestrictions {
         endpoints.sort_unstable();
         endpoints.dedup();
         Ok(KeyRestrictions {
-            doc,
             ips,
             referrers,
             endpoints: endpoints.into(),
+            doc: Box::new(doc),
         })
     }
 
@@ -135,54 +140,114 @@ impl KeyRestrictions {
     }
 }
 
-/// Referrer patterns by host: exact hosts, and `*.` suffixes (`*.example.com` matches
-/// `a.example.com` and `a.b.example.com`, not `example.com`).
-#[derive(Debug, Clone, Default)]
+/// Referrer patterns: exact hosts, and `*.` suffixes (`*.example.com` matches `a.example.com` and
+/// `a.b.example.com`, not `example.com`).
+///
+/// A key usually lists a few: up to [`SCANNED`] rules are one flat list, their hosts and paths
+/// in one string, so a check reads two allocations (a hash table per kind reads its control
+/// bytes, a bucket, the key and the rule list: four or more cache misses when each key has its
+/// own). Longer lists are found by host instead, so no request scans a long list.
+#[derive(Debug, Clone)]
 struct Referrers {
-    exact: HashMap<Box<str>, Vec<OriginRule>, Hasher>,
-    wildcard: HashMap<Box<str>, Vec<OriginRule>, Hasher>,
+    rules: Box<[OriginRule]>,
+    /// Every rule's host, then its path, back to back.
+    text: Box<str>,
+    /// Past [`SCANNED`] rules: rule indexes by exact host and by wildcard suffix.
+    by_host: Option<Box<ByHost>>,
 }
 
-/// Hosts are hashed on every request with a referrer restriction: foldhash, seeded per table,
-/// at a fraction of SipHash's cost. The tables are built from the snapshot, never from requests.
+/// Rules a key may list before they are found by host rather than scanned.
+const SCANNED: usize = 16;
+
+#[derive(Debug, Clone, Default)]
+struct ByHost {
+    exact: HashMap<Box<str>, Vec<u32>, Hasher>,
+    wildcard: HashMap<Box<str>, Vec<u32>, Hasher>,
+}
+
+/// Hosts are hashed on every request with a long referrer list: foldhash, seeded per table, at a
+/// fraction of SipHash's cost. The tables are built from the snapshot, never from requests.
 type Hasher = foldhash::fast::RandomState;
 
-/// What else a pattern requires once its host matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One pattern: where its host and path are in [`Referrers::text`], and what else it requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OriginRule {
-    https: bool,
-    port: u16,
+    host_at: u32,
+    host_len: u16,
     /// `/` or a prefix without its trailing `/`, matched a whole segment at a time.
-    path: Box<str>,
+    path_len: u16,
+    port: u16,
+    https: bool,
+    /// `*.host`: any subdomain of the host, not the host itself.
+    wildcard: bool,
 }
 
 impl Referrers {
     fn compile(patterns: &[String]) -> Result<Referrers, RestrictionError> {
-        let mut r = Referrers::default();
+        let mut rules = Vec::with_capacity(patterns.len());
+        let mut text = String::new();
         for p in patterns {
             let bad = || RestrictionError::Referrer(p.clone());
             let url = Url::parse(p.trim()).ok_or_else(bad)?;
-            let (host, wild) = match url.host.strip_prefix("*.") {
+            let (host, wildcard) = match url.host.strip_prefix("*.") {
                 Some(rest) => (rest, true),
                 None => (&*url.host, false),
             };
             if host.is_empty() || host.contains('*') {
                 return Err(bad());
             }
-            let path = url.path.trim_end_matches('/');
-            let rule = OriginRule {
-                https: url.https,
-                port: url.port,
-                path: if path.is_empty() {
-                    "/".into()
-                } else {
-                    path.into()
-                },
+            let path = match url.path.trim_end_matches('/') {
+                "" => "/",
+                path => path,
             };
-            let map = if wild { &mut r.wildcard } else { &mut r.exact };
-            map.entry(host.into()).or_default().push(rule);
+            let (host_len, path_len) = (
+                u16::try_from(host.len()).map_err(|_| bad())?,
+                u16::try_from(path.len()).map_err(|_| bad())?,
+            );
+            rules.push(OriginRule {
+                host_at: u32::try_from(text.len()).map_err(|_| bad())?,
+                host_len,
+                path_len,
+                port: url.port,
+                https: url.https,
+                wildcard,
+            });
+            text.push_str(host);
+            text.push_str(path);
+        }
+        let mut r = Referrers {
+            rules: rules.into(),
+            text: text.into(),
+            by_host: None,
+        };
+        if r.rules.len() > SCANNED {
+            let mut by_host = ByHost::default();
+            for (i, rule) in r.rules.iter().enumerate() {
+                let map = if rule.wildcard {
+                    &mut by_host.wildcard
+                } else {
+                    &mut by_host.exact
+                };
+                map.entry(r.host(rule).into()).or_default().push(i as u32);
+            }
+            r.by_host = Some(Box::new(by_host));
         }
         Ok(r)
+    }
+
+    fn host(&self, rule: &OriginRule) -> &str {
+        let at = rule.host_at as usize;
+        &self.text[at..at + usize::from(rule.host_len)]
+    }
+
+    fn path(&self, rule: &OriginRule) -> &str {
+        let at = rule.host_at as usize + usize::from(rule.host_len);
+        &self.text[at..at + usize::from(rule.path_len)]
+    }
+
+    /// Whether `rule` allows `url`, its host aside.
+    fn fits(&self, rule: &OriginRule, url: &Url) -> bool {
+        rule.https == url.https && rule.port == url.port && path_within(url.path, self.path(rule))
     }
 
     /// Whether a `Referer` (a URL) or `Origin` (`scheme://host[:port]`) value is allowed.
@@ -190,26 +255,35 @@ impl Referrers {
         let Some(url) = Url::parse(value) else {
             return false;
         };
-        let fits = |rules: Option<&Vec<OriginRule>>| {
+        let host = &*url.host;
+        let Some(by_host) = &self.by_host else {
+            return self.rules.iter().any(|rule| {
+                let pattern = self.host(rule);
+                let host_fits = if rule.wildcard {
+                    host.len() > pattern.len() + 1
+                        && host.ends_with(pattern)
+                        && host.as_bytes()[host.len() - pattern.len() - 1] == b'.'
+                } else {
+                    host == pattern
+                };
+                host_fits && self.fits(rule, &url)
+            });
+        };
+        let fits_any = |rules: Option<&Vec<u32>>| {
             rules.is_some_and(|rules| {
-                rules.iter().any(|rule| {
-                    rule.https == url.https
-                        && rule.port == url.port
-                        && path_within(url.path, &rule.path)
-                })
+                rules
+                    .iter()
+                    .any(|&i| self.fits(&self.rules[i as usize], &url))
             })
         };
-        if fits(self.exact.get(&*url.host)) {
+        if fits_any(by_host.exact.get(host)) {
             return true;
         }
         // Each proper suffix after a dot: a.b.example.com tries b.example.com, example.com, com.
-        if self.wildcard.is_empty() {
-            return false;
-        }
-        let mut rest = &*url.host;
+        let mut rest = host;
         while let Some(dot) = rest.bytes().position(|c| c == b'.') {
             let suffix = &rest[dot + 1..];
-            if fits(self.wildcard.get(suffix)) {
+            if fits_any(by_host.wildcard.get(suffix)) {
                 return true;
             }
             rest = suffix;
@@ -345,16 +419,36 @@ mod tests {
 
     #[test]
     fn referrers_match_origins_wildcards_ports_and_path_prefixes() {
-        let r = restrictions(
-            &[],
-            &[
-                "https://app.example.com",
-                "https://*.example.org",
-                "http://localhost:3000",
-                "https://docs.example.net/guide/",
-            ],
-            &[],
-        );
+        let patterns = [
+            "https://app.example.com",
+            "https://*.example.org",
+            "http://localhost:3000",
+            "https://docs.example.net/guide/",
+        ];
+        referrer_cases(&restrictions(&[], &patterns, &[]));
+    }
+
+    /// Past 16 patterns, hosts are found by hash rather than scanned: the same answers.
+    #[test]
+    fn a_long_referrer_list_answers_as_a_short_one() {
+        let padding: Vec<String> = (0..20)
+            .map(|i| format!("https://*.pad{i}.example.invalid"))
+            .collect();
+        let mut patterns: Vec<&str> = padding.iter().map(String::as_str).collect();
+        patterns.extend([
+            "https://app.example.com",
+            "https://*.example.org",
+            "http://localhost:3000",
+            "https://docs.example.net/guide/",
+        ]);
+        let r = restrictions(&[], &patterns, &[]);
+        assert!(r.referrers.as_ref().unwrap().by_host.is_some());
+        referrer_cases(&r);
+        let short = restrictions(&[], &patterns[20..], &[]);
+        assert!(short.referrers.as_ref().unwrap().by_host.is_none());
+    }
+
+    fn referrer_cases(r: &KeyRestrictions) {
         let referer = |v: &str| r.check(None, &with(http::header::REFERER, v), None);
         for yes in [
             "https://app.example.com/",
