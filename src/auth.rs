@@ -107,9 +107,14 @@ pub enum WorkspaceError {
 
 /// The workspace a request acts for: the key's own, or for an internal key the one it names.
 /// A customer key's `x-workspace-id` is ignored (and later replaced toward the upstream).
+///
+/// `env` is the secret's environment. An internal `sk_test_` key sees only sandbox workspaces:
+/// a live one is unknown to it, so a test credential never reaches live data. An internal
+/// `sk_live_` key may name either type, as the platform's own services serve both.
 pub fn workspace(
     snapshot: &Snapshot,
     key: &KeyEntry,
+    env: Env,
     headers: &HeaderMap,
 ) -> Result<Arc<Workspace>, WorkspaceError> {
     match &key.owner {
@@ -125,6 +130,7 @@ pub fn workspace(
             }
             snapshot
                 .workspace(id)
+                .filter(|w| env == Env::Live || w.kind == WorkspaceKind::Sandbox)
                 .cloned()
                 .ok_or(WorkspaceError::Unknown)
         }
@@ -346,7 +352,8 @@ keys:
     }
 
     fn acts_for(snap: &Snapshot, token: &str, h: &HeaderMap) -> Result<String, WorkspaceError> {
-        workspace(snap, key(snap, token), h).map(|w| w.id.to_string())
+        let env = secret::parse_token(token).unwrap();
+        workspace(snap, key(snap, token), env, h).map(|w| w.id.to_string())
     }
 
     #[test]
@@ -378,6 +385,23 @@ keys:
                 "{named:?}"
             );
         }
+    }
+
+    /// A test credential never reaches live data: to an internal `sk_test_` key, a live
+    /// workspace is as unknown as one not in the snapshot.
+    #[test]
+    fn an_internal_test_key_sees_only_sandbox_workspaces() {
+        let snap = snapshot();
+        let token = test("internal");
+        let named = |id| headers(&[(WORKSPACE_HEADER, id)]);
+        assert_eq!(
+            acts_for(&snap, &token, &named("ws_sandbox")),
+            Ok("ws_sandbox".into())
+        );
+        assert_eq!(
+            acts_for(&snap, &token, &named("ws_live")),
+            Err(WorkspaceError::Unknown)
+        );
     }
 
     #[test]

@@ -409,7 +409,7 @@ impl Gate {
             let missing = missing.map(|s| s.as_str().to_owned()).collect();
             return refuse(Rejection::InsufficientScope(missing));
         }
-        let workspace = match auth::workspace(snapshot, key, headers) {
+        let workspace = match auth::workspace(snapshot, key, env, headers) {
             Ok(w) => w,
             Err(WorkspaceError::Required) => return refuse(Rejection::WorkspaceRequired),
             Err(WorkspaceError::Unknown) => return refuse(Rejection::UnknownWorkspace),

@@ -13,6 +13,7 @@ const REVOKED: &str = "sk_live_REVOKED00000000000000000000000001";
 const EXPIRED: &str = "sk_live_EXPIRED00000000000000000000000001";
 const FUTURE: &str = "sk_live_FUTURE000000000000000000000000001";
 const INTERNAL: &str = "sk_live_INTERNAL0000000000000000000000001";
+const INTERNAL_TEST: &str = "sk_test_INTERNAL0000000000000000000000001";
 const WRONG_ENV: &str = "sk_live_WRONGENV0000000000000000000000001";
 const UNKNOWN: &str = "sk_live_UNKNOWN00000000000000000000000001";
 
@@ -42,6 +43,7 @@ fn keys() -> Keys {
         .key("key_future", FUTURE, Some("ws_live"), Some(&["*"]))
         .expires_at("2999-01-01T00:00:00Z")
         .key("key_internal", INTERNAL, None, Some(&["*"]))
+        .key("key_internal_test", INTERNAL_TEST, None, Some(&["*"]))
         // An sk_live_ secret registered to a sandbox workspace.
         .key("key_wrong_env", WRONG_ENV, Some("ws_sandbox"), Some(&["*"]))
 }
@@ -318,6 +320,20 @@ fn internal_keys_name_their_workspace() {
         &[("Authorization", &auth), ("x_workspace_id", "ws_other")],
     );
     assert_eq!(underscore.status, 400);
+
+    // A test credential never reaches live data: an internal sk_test_ key names sandbox
+    // workspaces only, and a live one is unknown to it.
+    let test_auth = bearer(INTERNAL_TEST);
+    let named = |id| {
+        kg.get(
+            "/v1/products",
+            &[("Authorization", &test_auth), ("x-workspace-id", id)],
+        )
+    };
+    assert_eq!(named("ws_sandbox").status, 200);
+    let live = named("ws_live");
+    assert_eq!(live.status, 403, "{}", live.text());
+    assert_eq!(live.json()["code"], "unknown_workspace");
 }
 
 #[test]
