@@ -297,6 +297,16 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
             return Err(invalid(field.into(), "must be more than 0s".into()));
         }
     }
+    // Zero would pool a connection only to close it at once, or hand it out before its timer
+    // fired: no one means either.
+    if upstream.idle_timeout.is_zero() {
+        return Err(invalid(
+            "upstream.idle_timeout".into(),
+            "must be more than 0s: how long an idle upstream connection waits to be reused \
+             (default 4s)"
+                .into(),
+        ));
+    }
 
     let server = server_conf(server).map_err(|(f, m)| invalid(f, m))?;
 
@@ -940,6 +950,12 @@ snapshot:
                 "must be more than 0s",
             );
         }
+        assert_invalid(
+            &with("upstream", "idle_timeout: 0s"),
+            "upstream.idle_timeout",
+            "must be more than 0s: how long an idle upstream connection waits to be reused \
+             (default 4s)",
+        );
     }
 
     #[test]
