@@ -11,6 +11,8 @@
 //! - **Open connections** above `max_connections` are closed on arrival with a 503.
 //! - **A request head** must arrive whole within `head_timeout` of its first byte and within
 //!   `max_head_bytes`; otherwise the client gets a 408 or 431 and the connection is closed.
+//! - **A PROXY protocol header**, on a listener with `proxy_protocol`, is read first, within
+//!   `head_timeout`; a connection without a good one is closed ([`crate::proxy_protocol`]).
 //! - **Under pressure** (more than 90% of `max_connections` open), responses close their
 //!   connection instead of keeping it alive, and a connection that turns idle is closed after
 //!   `pressure_idle_timeout`. A connection idle since before the pressure began is closed at its
@@ -45,6 +47,9 @@ pub struct ConnectionLimits {
     pub head_timeout: Duration,
     pub max_head_bytes: usize,
     pub pressure_idle_timeout: Duration,
+    /// Each connection begins with a PROXY protocol header ([`crate::proxy_protocol`]), read
+    /// within `head_timeout` before anything else.
+    pub proxy_protocol: bool,
 }
 
 impl ConnectionLimits {
@@ -111,7 +116,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             return None;
         }
         self.shared.metrics.open.inc();
-        let stream = BoundedStream::new(stream, self.shared.clone());
+        let mut stream = BoundedStream::new(stream, self.shared.clone());
+        if self.shared.limits.proxy_protocol {
+            let header = crate::proxy_protocol::read_header(&mut stream.inner);
+            match tokio::time::timeout(self.shared.limits.head_timeout, header).await {
+                Ok(Ok(client)) => stream.proxied_client = client,
+                Ok(Err(e)) => {
+                    tracing::debug!("connection closed: {e}");
+                    self.shared.metrics.proxy_header_refused.inc();
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("connection closed: no PROXY protocol header in time");
+                    self.shared.metrics.proxy_header_refused.inc();
+                    return None;
+                }
+            }
+        }
         // HTTP/1 connections are served to the end inside; nothing comes back to reuse.
         self.inner.process_new(Box::new(stream), shutdown).await
     }
@@ -143,6 +164,11 @@ impl Connection<'_> {
     }
 
     /// Whether open connections are above 90% of the cap: responses should then close.
+    /// The client a PROXY protocol header named for this connection.
+    pub fn proxied_client(&self) -> Option<std::net::SocketAddr> {
+        self.0.proxied_client
+    }
+
     pub fn under_pressure(&self) -> bool {
         self.0.shared.under_pressure()
     }
@@ -185,6 +211,8 @@ pub struct BoundedStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// HTTP/2 multiplexes heads and has its own limits: only HTTP/1 reads are watched.
     watched: bool,
+    /// The client a PROXY protocol header named, on a listener that reads one.
+    proxied_client: Option<std::net::SocketAddr>,
 }
 
 impl BoundedStream {
@@ -197,6 +225,7 @@ impl BoundedStream {
             head: HeadProgress::default(),
             timer: None,
             watched,
+            proxied_client: None,
         }
     }
 
@@ -408,6 +437,7 @@ mod tests {
             head_timeout: Duration::from_secs(10),
             max_head_bytes: 65_536,
             pressure_idle_timeout: Duration::from_secs(1),
+            proxy_protocol: false,
         };
         assert_eq!(limits(4096).pressure_at(), 3687);
         assert_eq!(limits(10).pressure_at(), 9);

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod observe;
 pub mod path;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod refusal;
 pub mod respond;
 pub mod restrictions;

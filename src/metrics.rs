@@ -117,6 +117,9 @@ pub struct ConnectionMetrics {
     pub head_timeouts: IntCounter,
     pub head_too_large: IntCounter,
     pub idle_closed_under_pressure: IntCounter,
+    /// On a `listen.proxy_protocol` listener: connections closed for a missing, malformed or
+    /// late PROXY header.
+    pub proxy_header_refused: IntCounter,
 }
 
 struct PerWorkspace {
@@ -342,6 +345,14 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(refused.clone()))
                     .expect("unique metric");
+                let proxy_header_refused = IntCounter::new(
+                    "keygate_proxy_protocol_refused_total",
+                    "Client connections closed on a listen.proxy_protocol listener for a missing, \
+                     malformed or late PROXY protocol header.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(proxy_header_refused.clone()))
+                    .expect("unique metric");
                 ConnectionMetrics {
                     open: gauge(
                         &r,
@@ -352,6 +363,7 @@ impl Metrics {
                     head_timeouts: heads.with_label_values(&["timeout"]),
                     head_too_large: heads.with_label_values(&["too_large"]),
                     idle_closed_under_pressure: closed,
+                    proxy_header_refused,
                 }
             },
             per_workspace,

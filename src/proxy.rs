@@ -215,19 +215,21 @@ impl ProxyHttp for Keygate {
         // has already decided to close (HTTP/1.0 without keep-alive; Content-Length beside
         // Transfer-Encoding, RFC 9112 §6.1), the decision stands: the rest of such a request's
         // bytes must never be read as a new request.
-        let pressure = match connections::of(session) {
+        let (pressure, proxied) = match connections::of(session) {
             Some(connection) => {
                 connection.head_done();
-                connection.under_pressure()
+                (connection.under_pressure(), connection.proxied_client())
             }
-            None => false,
+            None => (false, None),
         };
         if session.get_keepalive().is_some() {
             // Short of connections, none is kept idle: this one closes after its response.
             session.set_keepalive((!pressure).then_some(self.client_keepalive_secs));
         }
         let started = Instant::now();
-        ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+        // The peer: the socket's, or the client a PROXY protocol header named for it.
+        let peer = proxied.or_else(|| session.client_addr().and_then(|a| a.as_inet()).copied());
+        ctx.client = peer.map(|peer| {
             self.client_address
                 .resolve(peer.ip(), &session.req_header().headers)
         });
@@ -347,6 +349,7 @@ impl ProxyHttp for Keygate {
     ) {
         connections::request_done(session);
         let req = session.req_header();
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         Finish {
             metrics: &self.metrics,
             usage: self.usage.as_deref(),
@@ -355,9 +358,13 @@ impl ProxyHttp for Keygate {
             method: req.method.as_str(),
             path: req.uri.path(),
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            // Logged when it is not the peer: behind a trusted proxy.
-            client_ip: ctx.client.filter(|c| c.client != c.peer).map(|c| c.client),
+            client,
+            // Logged when it is not the socket's peer: behind a trusted proxy, or named by a
+            // PROXY protocol header.
+            client_ip: ctx
+                .client
+                .map(|c| c.client)
+                .filter(|ip| client.is_none_or(|peer| peer.ip() != *ip)),
         }
         .record(&ctx.record);
     }

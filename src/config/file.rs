@@ -186,6 +186,9 @@ pub struct ListenFile {
     /// Above 90% of max_connections, how long a connection may stay idle. Default 1s.
     #[serde(default, with = "human_duration")]
     pub idle_timeout_under_pressure: Option<Duration>,
+    /// Every connection begins with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// naming the client. Default false.
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

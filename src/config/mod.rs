@@ -55,6 +55,7 @@ fn connection_limits(listen: &ListenFile) -> Result<ConnectionLimits, (String, S
         pressure_idle_timeout: listen
             .idle_timeout_under_pressure
             .unwrap_or(Duration::from_secs(1)),
+        proxy_protocol: listen.proxy_protocol.unwrap_or(false),
     };
     if limits.max_connections == 0 {
         return Err((
