@@ -2,6 +2,7 @@
 //! are written out — in the snapshot schema of `docs/snapshot.md` for keygate, and in the
 //! key-management API's own shape for people.
 
+use crate::templates::ScopeTemplates;
 use http::StatusCode;
 use keygate_protocol::ids;
 use keygate_protocol::scopes::ScopePattern;
@@ -247,6 +248,9 @@ struct NewKeyBody {
     scopes: Option<Option<Vec<String>>>,
     #[serde(default)]
     legacy: bool,
+    /// A scope template's name, instead of `scopes`.
+    #[serde(default)]
+    template: Option<String>,
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
@@ -315,8 +319,22 @@ impl KeyUpdate {
 }
 
 impl NewKey {
-    pub fn parse(body: &[u8]) -> Result<NewKey, ApiError> {
-        let b: NewKeyBody = parse_body(body)?;
+    pub fn parse(body: &[u8], templates: &ScopeTemplates) -> Result<NewKey, ApiError> {
+        let mut b: NewKeyBody = parse_body(body)?;
+        if let Some(name) = b.template.take() {
+            if b.scopes.is_some() || b.legacy {
+                return Err(bad(
+                    "give \"template\" or \"scopes\" (or \"legacy\"), not both",
+                ));
+            }
+            let scopes = templates.get(&name).ok_or_else(|| {
+                bad(format!(
+                    "no scope template {name:?}; known: {}",
+                    templates.names()
+                ))
+            })?;
+            b.scopes = Some(Some(scopes.to_vec()));
+        }
         let workspace = match (b.workspace, b.internal) {
             (Some(_), true) => {
                 return Err(bad(
@@ -606,9 +624,13 @@ mod tests {
 
     #[test]
     fn new_key_scopes_default_to_none_and_legacy_is_explicit() {
-        let k = NewKey::parse(br#"{"workspace":"ws"}"#).unwrap();
+        let k = NewKey::parse(br#"{"workspace":"ws"}"#, &ScopeTemplates::default()).unwrap();
         assert_eq!(k.scopes, Some(vec![]));
-        let k = NewKey::parse(br#"{"workspace":"ws","legacy":true}"#).unwrap();
+        let k = NewKey::parse(
+            br#"{"workspace":"ws","legacy":true}"#,
+            &ScopeTemplates::default(),
+        )
+        .unwrap();
         assert_eq!(k.scopes, None);
         for bad in [
             r#"{"workspace":"ws","scopes":null}"#,
@@ -622,7 +644,10 @@ mod tests {
             r#"{"workspace":"ws","expires_at":"2001-01-01T00:00:00Z"}"#,
             r#"{"workspace":"ws","environment":"prod"}"#,
         ] {
-            assert!(NewKey::parse(bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                NewKey::parse(bad.as_bytes(), &ScopeTemplates::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 

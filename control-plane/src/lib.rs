@@ -14,6 +14,7 @@
 pub mod api;
 pub mod service;
 pub mod store;
+pub mod templates;
 
 use async_trait::async_trait;
 use keygate_protocol::signature::Signer;
@@ -50,6 +51,8 @@ pub struct Settings {
     /// Versions of change log kept for deltas.
     pub history: u64,
     pub threads: usize,
+    /// What `"template"` in a new key may name.
+    pub templates: templates::ScopeTemplates,
 }
 
 impl Settings {
@@ -79,6 +82,7 @@ impl Settings {
             signer: signer_from_env()?,
             history,
             threads,
+            templates: templates::ScopeTemplates::default(),
         })
     }
 }
@@ -164,6 +168,7 @@ pub fn build(settings: Settings) -> anyhow::Result<Server> {
         TokenDigest::of(&settings.admin_token),
         TokenDigest::of(&settings.sync_token),
         settings.signer,
+        settings.templates,
         released,
     );
     let mut service = Service::new("keygate control plane".to_string(), app);

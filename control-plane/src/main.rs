@@ -25,6 +25,10 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// A JSON object of scope-template name to scopes, adding to (or redefining) the built-in
+    /// read-only, full-access, booking-management and product-catalog.
+    #[arg(long, value_name = "FILE")]
+    scope_templates: Option<PathBuf>,
     /// Print the base64 Ed25519 public key of KEYGATE_CP_SIGNING_KEY, for keygate's config,
     /// and exit.
     #[arg(long, conflicts_with_all = ["db", "listen"])]
@@ -47,6 +51,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--db and --listen are required");
     };
     let _log_guard = keygate::logging::init("info", None, true);
-    let settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
+    let mut settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
+    if let Some(file) = &args.scope_templates {
+        settings.templates = control_plane::templates::ScopeTemplates::load(file)?;
+    }
     control_plane::run(settings)
 }

@@ -6,6 +6,7 @@ use crate::api::{
     snap_key, snap_workspace,
 };
 use crate::store::{Db, DeltaOutcome, FullState, Store};
+use crate::templates::ScopeTemplates;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode, header};
 use keygate_protocol::signature::{SIGNATURE_HEADER, Signer};
@@ -109,6 +110,7 @@ pub struct ControlPlane {
     sync_token: TokenDigest,
     signer: Option<Arc<Signer>>,
     cache: Arc<Cache>,
+    templates: Arc<ScopeTemplates>,
 }
 
 impl ControlPlane {
@@ -117,6 +119,7 @@ impl ControlPlane {
         admin_token: TokenDigest,
         sync_token: TokenDigest,
         signer: Option<Signer>,
+        templates: ScopeTemplates,
         shutdown: watch::Receiver<bool>,
     ) -> ControlPlane {
         ControlPlane {
@@ -127,6 +130,7 @@ impl ControlPlane {
             sync_token,
             signer: signer.map(Arc::new),
             cache: Arc::default(),
+            templates: Arc::new(templates),
         }
     }
 }
@@ -141,6 +145,7 @@ enum Route<'a> {
     Keys,
     Key(&'a str),
     Rotate(&'a str),
+    ScopeTemplates,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -166,6 +171,7 @@ impl Route<'_> {
             ["v1", "api-keys"] => Route::Keys,
             ["v1", "api-keys", id] => Route::Key(id),
             ["v1", "api-keys", id, "rotate"] => Route::Rotate(id),
+            ["v1", "scope-templates"] => Route::ScopeTemplates,
             _ => return None,
         })
     }
@@ -180,7 +186,7 @@ impl Route<'_> {
 
     fn allow(self) -> &'static str {
         match self {
-            Route::Health | Route::Snapshot => "GET",
+            Route::Health | Route::Snapshot | Route::ScopeTemplates => "GET",
             Route::Usage | Route::Rotate(_) => "POST",
             Route::Workspaces | Route::Keys => "GET, POST",
             Route::Workspace(_) => "GET, PUT, DELETE",
@@ -499,6 +505,13 @@ impl ControlPlane {
                     json!({"success": true, "data": {"updated": outcome.updated, "unknown": outcome.unknown}}),
                 ))
             }
+            Route::ScopeTemplates => {
+                parse_query(query, &[])?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"success": true, "data": self.templates.to_json()}),
+                ))
+            }
             Route::Workspaces if method == Method::GET => {
                 parse_query(query, &[])?;
                 let rows = self.db.call(|s| s.workspaces()).await?;
@@ -566,7 +579,7 @@ impl ControlPlane {
             }
             Route::Keys => {
                 parse_query(query, &[])?;
-                let new = NewKey::parse(&body)?;
+                let new = NewKey::parse(&body, &self.templates)?;
                 let w = self.db.call(move |s| s.create_key(new)).await?;
                 let k = &w.value.row;
                 tracing::info!(key = %k.id, workspace = k.workspace.as_deref().unwrap_or("(internal)"), version = w.version, "API key created");

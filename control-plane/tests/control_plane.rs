@@ -1091,3 +1091,93 @@ fn restrictions_are_validated_stored_listed_served_updated_and_kept_by_rotation(
             .is_none()
     );
 }
+
+#[test]
+fn keys_are_made_from_scope_templates_built_in_or_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("templates.json");
+    std::fs::write(
+        &file,
+        r#"{"support": ["tickets:*", "customers:read"], "read-only": ["products:read"]}"#,
+    )
+    .unwrap();
+    let builtin = ControlPlane::start(BIN);
+    let custom = ControlPlane::builder(BIN).scope_templates(&file).start();
+    for cp in [&builtin, &custom] {
+        cp.create_workspace("ws", "live");
+    }
+    let scopes_of = |cp: &ControlPlane, template: &str| {
+        let (_, key) = cp.create_key(json!({"workspace": "ws", "template": template}));
+        key["scopes"].clone()
+    };
+    assert_eq!(scopes_of(&builtin, "read-only"), json!(["*:read"]));
+    assert_eq!(scopes_of(&builtin, "full-access"), json!(["*"]));
+    assert_eq!(
+        scopes_of(&builtin, "booking-management"),
+        json!(["bookings:*", "customers:*", "payments:read"])
+    );
+    assert_eq!(
+        scopes_of(&builtin, "product-catalog"),
+        json!(["products:*", "inventory:*", "media:*", "drafts:*"])
+    );
+    // A file adds templates and redefines built-in ones.
+    assert_eq!(
+        scopes_of(&custom, "support"),
+        json!(["tickets:*", "customers:read"])
+    );
+    assert_eq!(scopes_of(&custom, "read-only"), json!(["products:read"]));
+    // The snapshot carries the expanded scopes: keygate knows nothing of templates.
+    let snap = builtin.snapshot();
+    let served: Vec<&Value> = snap["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["scopes"])
+        .collect();
+    assert!(served.contains(&&json!(["*:read"])), "{served:?}");
+
+    let r = custom.admin("GET", "/v1/scope-templates", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["data"]["support"],
+        json!(["tickets:*", "customers:read"])
+    );
+    assert_eq!(r.json()["data"]["full-access"], json!(["*"]));
+
+    for (body, says) in [
+        (
+            json!({"workspace": "ws", "template": "nope"}),
+            "known: booking-management",
+        ),
+        (
+            json!({"workspace": "ws", "template": "read-only", "scopes": ["a:b"]}),
+            "not both",
+        ),
+        (
+            json!({"workspace": "ws", "template": "read-only", "legacy": true}),
+            "not both",
+        ),
+    ] {
+        let r = builtin.admin("POST", "/v1/api-keys", Some(body.clone()));
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+
+    // A bad templates file stops the start, naming the file.
+    std::fs::write(&file, r#"{"x": ["not a scope!"]}"#).unwrap();
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(dir.path().join("cp.sqlite"))
+        .args(["--listen", "127.0.0.1:1", "--scope-templates"])
+        .arg(&file)
+        .env("KEYGATE_CP_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYGATE_CP_SYNC_TOKEN", SYNC_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("templates.json") && stderr.contains("template \"x\""),
+        "{stderr}"
+    );
+}

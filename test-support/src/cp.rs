@@ -50,6 +50,7 @@ pub struct Builder {
     signing_key: Option<String>,
     history: Option<u64>,
     log_filter: Option<String>,
+    scope_templates: Option<PathBuf>,
 }
 
 impl Builder {
@@ -69,6 +70,12 @@ impl Builder {
     /// `--history`: versions of change history kept.
     pub fn history(mut self, versions: u64) -> Builder {
         self.history = Some(versions);
+        self
+    }
+
+    /// `--scope-templates`: a JSON file of scope templates.
+    pub fn scope_templates(mut self, file: impl Into<PathBuf>) -> Builder {
+        self.scope_templates = Some(file.into());
         self
     }
 
@@ -134,6 +141,7 @@ impl ControlPlane {
             signing_key: None,
             history: None,
             log_filter: None,
+            scope_templates: None,
         }
     }
 
@@ -161,6 +169,9 @@ impl ControlPlane {
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(file) = &self.options.scope_templates {
+            cmd.arg("--scope-templates").arg(file);
+        }
         if let Some(h) = self.options.history {
             cmd.arg("--history").arg(h.to_string());
         }
