@@ -99,6 +99,23 @@ impl<A> Bounded<A> {
     }
 }
 
+impl<A> Bounded<A> {
+    /// A handle on the count of open client connections, for the drain at a stop.
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections(self.shared.clone())
+    }
+}
+
+/// How many client connections are open on the proxy listeners (see [`Bounded`]).
+#[derive(Clone)]
+pub struct OpenConnections(Arc<Shared>);
+
+impl OpenConnections {
+    pub fn count(&self) -> usize {
+        self.0.open.load(Ordering::Acquire)
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
     async fn process_new(

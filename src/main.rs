@@ -50,15 +50,21 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     };
     let built = keygate::server::build(config, opt)?;
     tracing::info!(config = %args.config.display(), "keygate starting");
+    // Run once, by whichever stop path gets there first.
     let last_steps = {
         let reporter = built.usage_reporter.clone();
         let log_guard = log_guard.clone();
-        move || finish(reporter.as_deref(), &log_guard)
+        let once = Arc::new(std::sync::Once::new());
+        move || once.call_once(|| finish(reporter.as_deref(), &log_guard))
     };
-    // `run` returns once a graceful stop has finished (SIGTERM, SIGQUIT); on SIGINT the signal
-    // watch runs the last steps itself and exits.
+    // `run` returns once a graceful stop has finished (SIGTERM past its grace period, SIGQUIT);
+    // on SIGINT, and on SIGTERM once no connection is open, the signal watch runs the last steps
+    // itself and exits.
     built.server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(Signals::new(Box::new(last_steps.clone()))),
+        shutdown_signal: Box::new(Signals::new(
+            Box::new(last_steps.clone()),
+            Some(built.drain),
+        )),
     });
     last_steps();
     Ok(())

@@ -28,6 +28,16 @@ pub struct Built {
     pub server: Server,
     /// Reports the last usage to the control plane; call after the server has stopped.
     pub usage_reporter: Option<Arc<UsageReporter>>,
+    /// What a graceful stop waits for before it exits.
+    pub drain: Drain,
+}
+
+/// A graceful stop (SIGTERM) exits as soon as no client connection is open, rather than
+/// sleeping out the whole grace period ([`crate::shutdown`]).
+pub struct Drain {
+    pub open_connections: crate::connections::OpenConnections,
+    /// `server.grace_period_seconds`: past it, Pingora's own stop carries on.
+    pub grace_period: Duration,
 }
 
 /// Builds a server ready to `run`. The keys file is loaded here, so a broken one stops the start
@@ -159,17 +169,21 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         observers,
     );
     let proxy = pingora::proxy::http_proxy(&server.configuration, keygate);
-    let mut proxy = Service::new(
-        "keygate".to_string(),
-        Bounded::new(proxy, connection_limits, connection_metrics),
-    );
+    let bounded = Bounded::new(proxy, connection_limits, connection_metrics);
+    let open_connections = bounded.open_connections();
+    let mut proxy = Service::new("keygate".to_string(), bounded);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    let grace_period = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
     Ok(Built {
         server,
         usage_reporter,
+        drain: Drain {
+            open_connections,
+            grace_period,
+        },
     })
 }
 

@@ -439,13 +439,17 @@ impl Keygate {
     }
 
     fn stop_with(&mut self, signal: &str) -> bool {
+        self.stop_timed(signal).is_some()
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`); returns how long the process took to exit (up to 10 s).
+    pub fn stop_timed(&mut self, signal: &str) -> Option<Duration> {
         let _ = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status();
         within(Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
         })
-        .is_some()
     }
 
     /// The keygate process's resident memory, in KiB (Linux).
