@@ -17,6 +17,7 @@ pub mod gate;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod path;
 pub mod proxy;

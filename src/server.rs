@@ -158,7 +158,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         access_log,
     };
     let keygate = Keygate::new(
-        store,
+        store.clone(),
         gate,
         Forwarding {
             upstream,
@@ -176,6 +176,19 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(notifier) = crate::notify::Notifier::from_env() {
+        let readiness = crate::notify::Readiness {
+            notifier,
+            store: store.clone(),
+            watchdog: crate::notify::watchdog_interval(),
+            probe: if connection_limits.proxy_protocol {
+                Vec::new()
+            } else {
+                listen.clone()
+            },
+        };
+        server.add_service(background_service("systemd notifications", readiness));
+    }
     let grace_period = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
     Ok(Built {
         server,

@@ -55,6 +55,7 @@ impl Signals {
     /// After SIGTERM: exits once no client connection is open, if that happens within the grace
     /// period. On a plain thread: Pingora's stop may block the runtime this watch runs on.
     fn drain_then_exit(&self) {
+        crate::notify::notify("STOPPING=1");
         let Some(drain) = &self.drain else { return };
         let (open, grace) = (drain.open_connections.clone(), drain.grace_period);
         let finish = self.finish.clone();

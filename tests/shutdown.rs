@@ -69,3 +69,58 @@ fn sigterm_waits_for_a_request_in_flight_then_exits_right_after_it() {
     assert!(took < Duration::from_millis(3_500), "exited after {took:?}");
     assert_eq!(kg.access_log().len(), 1);
 }
+
+/// Under systemd (`Type=notify`): `READY=1` once a snapshot is loaded and the listener accepts,
+/// `WATCHDOG=1` at half of `WatchdogSec`, `STOPPING=1` on SIGTERM, on the socket systemd names.
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let up = Echo::start();
+    let keys = Keys::new(3).workspace("ws", WorkspaceKind::Live).key(
+        "key_stop",
+        KEY,
+        Some("ws"),
+        Some(&["*"]),
+    );
+    let mut setup = Setup::new(&up, &keys);
+    setup.env = vec![
+        ("NOTIFY_SOCKET", path.display().to_string()),
+        ("WATCHDOG_USEC", "200000".into()),
+    ];
+    let mut kg = Keygate::start(setup);
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1\nSTATUS=serving snapshot version 3");
+    // Ready means serving.
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    // Every 100 ms: three take about 0.2 s; not a flood, and not stalled.
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(150)..Duration::from_millis(2_000)).contains(&took),
+        "{took:?}"
+    );
+    assert!(kg.terminate());
+    let rest: Vec<String> = std::iter::from_fn(|| {
+        let mut buf = [0u8; 256];
+        systemd
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let n = systemd.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
