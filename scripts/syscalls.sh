@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Checks the unit's system-call filter against what keygate really calls: runs it on
+# conf/keygate.yaml under strace while it serves allowed, refused and public requests, reloads
+# its keys file, answers the admin endpoints, notifies systemd and stops on SIGTERM; then lists
+# every system call made that systemd/keygate.service's SystemCallFilter= would refuse.
+# Needs strace and systemd-analyze. Exit status 1 when one would be refused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target_dir="${CARGO_TARGET_DIR:-target}"
+bin="$target_dir/release/keygate"
+[ -x "$bin" ] || cargo build --release --locked
+work=$(mktemp -d)
+trap 'kill $upstream $gate 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cp conf/keygate.yaml conf/keys.example.yaml "$work/"
+python3 scripts/echo_upstream.py 9000 &
+upstream=$!
+python3 - "$work/notify.sock" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+while True:
+    s.recv(4096)
+PY
+listener=$!
+sleep 0.3
+NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=200000 \
+  strace -f -qq -o "$work/strace" -e trace=all "$bin" run -c "$work/keygate.yaml" >"$work/access.log" 2>"$work/keygate.log" &
+gate=$!
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:8080/health && break; sleep 0.1; done
+good='Authorization: Bearer sk_test_DEMOreaderKEYdoNOTuseINproduction01'
+for _ in $(seq 50); do
+  curl -s -o /dev/null -H "$good" http://127.0.0.1:8080/v1/products
+  curl -s -o /dev/null -H 'Authorization: Bearer sk_test_UNKNOWNkeyUNKNOWNkeyUNKNOWNkey00' http://127.0.0.1:8080/v1/products
+  curl -s -o /dev/null -X POST -H "$good" http://127.0.0.1:8080/v1/products
+done
+curl -s -o /dev/null http://127.0.0.1:9901/metrics
+curl -s -o /dev/null http://127.0.0.1:9901/status
+cp "$work/keys.example.yaml" "$work/keys.new" && mv "$work/keys.new" "$work/keys.example.yaml"
+sleep 2
+kill -TERM "$(pgrep -P $gate keygate || echo $gate)" 2>/dev/null || kill -TERM $gate
+wait $gate || true
+kill $listener 2>/dev/null || true
+
+python3 - "$work/strace" <<'PY'
+import re, subprocess, sys
+used = set()
+for line in open(sys.argv[1]):
+    m = re.match(r'^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]', line)
+    if m and not line.split()[1].startswith('+++') and not line.split()[1].startswith('---'):
+        used.add(m.group(1))
+groups, current = {}, None
+for line in subprocess.run(['systemd-analyze', 'syscall-filter'], capture_output=True, text=True).stdout.splitlines():
+    if line.startswith('@'):
+        current = groups.setdefault(line.strip(), set())
+    elif current is not None and line.strip() and not line.strip().startswith('#'):
+        current.add(line.strip())
+def expand(name, seen=()):
+    out = set()
+    for item in groups.get(name, ()):
+        out |= expand(item, seen + (name,)) if item.startswith('@') else {item}
+    return out
+allowed = expand('@system-service') - expand('@privileged') - expand('@resources')
+refused = sorted(s for s in used if s not in allowed and s not in ('exit', 'exit_group', 'execve'))
+print(f"{len(used)} distinct system calls made: {' '.join(sorted(used))}")
+print(f"refused by the unit's filter: {refused or 'none'}")
+sys.exit(1 if refused else 0)
+PY
