@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Checks the unit's system-call filter against what keygate really calls: runs it on
+# Checks the units' system-call filter against what the binaries really call. keygate runs on
 # conf/keygate.yaml under strace while it serves allowed, refused and public requests, reloads
-# its keys file, answers the admin endpoints, notifies systemd and stops on SIGTERM; then lists
-# every system call made that systemd/keygate.service's SystemCallFilter= would refuse.
+# its keys file, answers the admin endpoints, notifies systemd and stops on SIGTERM; the
+# reference control plane while it creates a workspace and keys, serves snapshots and a
+# long-poll, rotates and revokes a key, and stops. Then it lists every system call made that
+# the units' SystemCallFilter= (both the same) would refuse.
 # Needs strace and systemd-analyze. Exit status 1 when one would be refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/release/keygate"
-[ -x "$bin" ] || cargo build --release --locked
+cp_bin="$target_dir/release/keygate-control-plane"
+[ -x "$bin" ] && [ -x "$cp_bin" ] || cargo build --release --locked
 work=$(mktemp -d)
-trap 'kill $upstream $gate 2>/dev/null || true; rm -rf "$work"' EXIT
+upstream= gate= cp=
+trap 'kill $upstream $gate $cp 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cp conf/keygate.yaml conf/keys.example.yaml "$work/"
 python3 scripts/echo_upstream.py 9000 &
@@ -42,7 +46,7 @@ kill -TERM "$(pgrep -P $gate keygate || echo $gate)" 2>/dev/null || kill -TERM $
 wait $gate || true
 kill $listener 2>/dev/null || true
 
-python3 - "$work/strace" <<'PY'
+cat >"$work/check.py" <<'PY'
 import re, subprocess, sys
 used = set()
 for line in open(sys.argv[1]):
@@ -62,7 +66,33 @@ def expand(name, seen=()):
     return out
 allowed = expand('@system-service') - expand('@privileged') - expand('@resources')
 refused = sorted(s for s in used if s not in allowed and s not in ('exit', 'exit_group', 'execve'))
-print(f"{len(used)} distinct system calls made: {' '.join(sorted(used))}")
+print(f"{sys.argv[2]}: {len(used)} distinct system calls made: {' '.join(sorted(used))}")
 print(f"refused by the unit's filter: {refused or 'none'}")
 sys.exit(1 if refused else 0)
 PY
+status=0
+python3 "$work/check.py" "$work/strace" keygate || status=1
+
+# The reference control plane.
+export KEYGATE_CP_ADMIN_TOKEN=syscalls-admin-token-0001 KEYGATE_CP_SYNC_TOKEN=syscalls-sync-token-00001
+# As an unprivileged user, as the unit's DynamicUser runs it: SQLite calls fchown (refused by
+# the filter, and harmless) only when it runs as root.
+chmod 0777 "$work"
+setpriv --reuid=65534 --regid=65534 --clear-groups \
+  strace -f -qq -o "$work/strace-cp" -e trace=all \
+  "$cp_bin" --db "$work/cp.sqlite" --listen 127.0.0.1:17070 2>"$work/cp.log" &
+cp=$!
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:17070/healthz && break; sleep 0.1; done
+admin=(-s -o /dev/null -H "Authorization: Bearer $KEYGATE_CP_ADMIN_TOKEN")
+curl "${admin[@]}" -d '{"id":"ws","type":"live"}' http://127.0.0.1:17070/v1/workspaces
+key=$(curl -s -H "Authorization: Bearer $KEYGATE_CP_ADMIN_TOKEN" -d '{"workspace":"ws","template":"read-only"}' \
+  http://127.0.0.1:17070/v1/api-keys | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])')
+curl -s -o /dev/null -H "Authorization: Bearer $KEYGATE_CP_SYNC_TOKEN" 'http://127.0.0.1:17070/v1/snapshot'
+curl -s -o /dev/null -H "Authorization: Bearer $KEYGATE_CP_SYNC_TOKEN" 'http://127.0.0.1:17070/v1/snapshot?since=2&wait=1s'
+curl "${admin[@]}" -d '{"expires_in_seconds":60}' "http://127.0.0.1:17070/v1/api-keys/$key/rotate"
+curl "${admin[@]}" -X DELETE "http://127.0.0.1:17070/v1/api-keys/$key"
+curl "${admin[@]}" http://127.0.0.1:17070/v1/api-keys
+kill -TERM "$(pgrep -f -n "^$cp_bin" || echo $cp)"
+wait $cp || true
+python3 "$work/check.py" "$work/strace-cp" keygate-control-plane || status=1
+exit $status

@@ -1,31 +1,67 @@
-//! The shipped systemd unit, checked by systemd's own tools: it verifies (with the built binary
-//! in place of the installed one), and its sandbox scores at most 2.0 on
-//! `systemd-analyze security` (lower is better; systemd calls ≤ 2.0 "OK" and ≤ 1.0 "SAFE").
+//! The shipped systemd units (keygate's and the reference control plane's), checked by systemd's
+//! own tools: each verifies (with the built binaries and files in place of the installed ones),
+//! and each sandbox scores at most 2.0 on `systemd-analyze security` (lower is better; systemd
+//! calls ≤ 2.0 "OK" and ≤ 1.0 "SAFE").
 
 use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-const UNIT: &str = include_str!("../systemd/keygate.service");
 
-/// The unit with the test's binary and config in place of the installed ones.
-fn unit_in(dir: &Path) -> std::path::PathBuf {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/keygate.yaml");
-    let unit = UNIT
-        .replace("/usr/local/bin/keygate", BIN)
-        .replace("/etc/keygate/keygate.yaml", &config.display().to_string());
-    let path = dir.join("keygate.service");
+/// `name` from `systemd/`, written into `dir` with each `(installed, here)` path replaced.
+fn unit_in(dir: &Path, name: &str, paths: &[(&str, String)]) -> std::path::PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name);
+    let mut unit = std::fs::read_to_string(shipped).unwrap();
+    for (installed, here) in paths {
+        unit = unit.replace(installed, here);
+    }
+    let path = dir.join(name);
     std::fs::write(&path, unit).unwrap();
     path
 }
 
 #[test]
-fn the_unit_verifies_and_its_sandbox_scores_at_most_2() {
+fn keygates_unit_verifies_and_its_sandbox_scores_at_most_2() {
     let dir = tempfile::tempdir().unwrap();
-    let unit = unit_in(dir.path());
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/keygate.yaml");
+    let unit = unit_in(
+        dir.path(),
+        "keygate.service",
+        &[
+            ("/usr/local/bin/keygate", BIN.to_owned()),
+            ("/etc/keygate/keygate.yaml", config.display().to_string()),
+        ],
+    );
+    verify_and_score(&unit);
+}
+
+#[test]
+fn the_control_planes_unit_verifies_and_its_sandbox_scores_at_most_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = keygate_test_support::cp::sibling_binary(BIN);
+    let env = dir.path().join("env");
+    std::fs::write(&env, "KEYGATE_CP_ADMIN_TOKEN=x\n").unwrap();
+    let unit = unit_in(
+        dir.path(),
+        "keygate-control-plane.service",
+        &[
+            (
+                "/usr/local/bin/keygate-control-plane",
+                binary.display().to_string(),
+            ),
+            ("/etc/keygate-control-plane/env", env.display().to_string()),
+        ],
+    );
+    verify_and_score(&unit);
+}
+
+fn verify_and_score(unit: &Path) {
+    let name = unit.file_name().unwrap().to_str().unwrap();
     let verify = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .expect("systemd-analyze (scripts/install-deps.sh --test installs systemd)");
     let said = String::from_utf8_lossy(&verify.stderr);
@@ -33,15 +69,18 @@ fn the_unit_verifies_and_its_sandbox_scores_at_most_2() {
 
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&security.stdout);
     let score: f64 = report
         .lines()
-        .find_map(|l| l.split("Overall exposure level for keygate.service: ").nth(1))
+        .find_map(|l| {
+            l.split(&format!("Overall exposure level for {name}: "))
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in:\n{report}"));
-    assert!(score <= 2.0, "exposure {score}:\n{report}");
+    assert!(score <= 2.0, "{name}: exposure {score}:\n{report}");
 }
