@@ -106,6 +106,8 @@ fn a_cap_of_two_refuses_the_third_request_in_flight_and_frees_a_slot_as_each_fin
         kg.metric(r#"keygate_requests_total{outcome="rate_limited",route="whoami"}"#),
         Some(1.0)
     );
+    // Lines are written by the access log's own thread: wait for all six.
+    within(Duration::from_secs(5), || kg.access_log().len() == 6).expect("six lines");
     let refused: Vec<_> = kg
         .access_log()
         .into_iter()
