@@ -18,7 +18,6 @@
 //! The cap is per host, like the count: with fleet-wide limits the rates hold across hosts, and
 //! each host still caps what it holds open.
 
-use crate::limits::SubjectKind;
 use crate::snapshot::{KeyEntry, Owner, WorkspaceKind};
 use std::num::NonZeroU32;
 
@@ -32,17 +31,17 @@ pub struct ConcurrencyCaps {
 }
 
 impl ConcurrencyCaps {
-    /// The cap on `key`'s caller and what kind of caller it is; `None`: uncapped. A workspace's
-    /// own cap (in the snapshot) wins over its kind's.
-    pub fn cap_for(&self, key: &KeyEntry) -> Option<(NonZeroU32, SubjectKind)> {
+    /// The cap on `key`'s caller; `None`: uncapped. A workspace's own cap (in the snapshot)
+    /// wins over its kind's.
+    pub fn cap_for(&self, key: &KeyEntry) -> Option<NonZeroU32> {
         match &key.owner {
-            Owner::Internal => Some((self.internal?, SubjectKind::Internal)),
+            Owner::Internal => self.internal,
             Owner::Workspace(w) => {
                 let configured = match w.kind {
                     WorkspaceKind::Live => self.live,
                     WorkspaceKind::Sandbox => self.sandbox,
                 };
-                Some((w.limits.concurrent_requests.or(configured)?, w.kind.into()))
+                w.limits.concurrent_requests.or(configured)
             }
         }
     }

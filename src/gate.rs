@@ -133,14 +133,15 @@ impl RateLimits {
         RateLimits { limiter, config }
     }
 
-    /// A place among the caller's requests in flight: `Ok(None)` when it has no cap.
-    fn enter(&self, key: &KeyEntry) -> Result<Option<InFlight>, Rejection> {
-        let Some((cap, subject_type)) = self.config.concurrency.cap_for(key) else {
-            return Ok(None);
-        };
-        // A caller with a cap is a limited one: `subject` is `None` only for an internal key
-        // without `limits.internal`, and then there is no internal cap either.
-        let Some((subject, _, _)) = self.subject(key) else {
+    /// A place among the caller's requests in flight, `subject` being the key's from
+    /// [`RateLimits::subject`]: `Ok(None)` when it has no cap.
+    fn enter(
+        &self,
+        key: &KeyEntry,
+        subject: Subject<'_>,
+        subject_type: SubjectKind,
+    ) -> Result<Option<InFlight>, Rejection> {
+        let Some(cap) = self.config.concurrency.cap_for(key) else {
             return Ok(None);
         };
         match self.limiter.enter(subject, cap) {
@@ -415,7 +416,11 @@ impl Gate {
             Err(WorkspaceError::Unknown) => return refuse(Rejection::UnknownWorkspace),
         };
         // Last: only a request that is let through holds a place in flight.
-        let slot = match self.limits.as_ref().map(|l| l.enter(key)).transpose() {
+        // (A caller without limits has no cap either: `limits.internal` holds the internal one.)
+        let slot = match limited
+            .map(|(limits, (subject, _, kind))| limits.enter(key, subject, kind))
+            .transpose()
+        {
             Ok(slot) => slot.flatten(),
             Err(r) => return refuse(r),
         };

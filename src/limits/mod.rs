@@ -458,7 +458,10 @@ impl Limiter {
         Some(InFlight { slot })
     }
 
-    /// The subject's state, made if it has none.
+    /// The subject's state, made if it has none. Unlike [`Limiter::decide_in`], which decides
+    /// under the map's shard guard so that eviction cannot drop the state in between, this lets
+    /// the guard go: it serves [`Limiter::enter`], right after a count that keeps the state from
+    /// being idle, and a state with requests in flight is never evicted.
     fn slot_in(&self, map: &Subjects, id: &[u8], cache: Option<&StateCache>) -> Arc<Slot> {
         let slot = match map.get(id) {
             Some(slot) => slot.clone(),
