@@ -5,6 +5,7 @@
 //! [`auth`] turns the bearer token into a key from the [`snapshot`], [`scopes`] checks what
 //! the key holds; [`gate`] composes these into one decision, and [`proxy`] acts on it.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cli;

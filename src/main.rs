@@ -41,7 +41,6 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
     let log_guard = Arc::new(keygate::logging::init(
         &config.log_level,
         config.access_log.as_ref(),
-        args.daemon,
     ));
     let opt = Opt {
         upgrade: args.upgrade,

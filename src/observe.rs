@@ -1,6 +1,7 @@
 //! What is recorded about each request: its outcome and reason, the metrics, key usage, and the
-//! JSON access-log line. Filled in as the request moves through the proxy, emitted once at the end.
+//! access-log line. Filled in as the request moves through the proxy, emitted once at the end.
 
+use crate::access_log::{self, Line};
 use crate::config::AccessLogConfig;
 use crate::gate::Rejection;
 use crate::metrics::{Metrics, Outcome, unix_ms};
@@ -8,10 +9,6 @@ use crate::snapshot::{KeyEntry, Workspace};
 use crate::usage::UsageTracker;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Level;
-
-/// The tracing target of access-log lines; the logging set-up sends it to stdout as JSON.
-pub const ACCESS_TARGET: &str = "keygate::access";
 
 /// Longest path written to the access log; the rest is cut (it is the client's input).
 const MAX_LOGGED_PATH: usize = 512;
@@ -100,37 +97,20 @@ impl Finish<'_> {
             Some((cut, _)) => &self.path[..cut],
             None => self.path,
         };
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        let key_id = r.key.as_ref().map(|k| k.id());
-        let client = self.client.map(|c| c.to_string());
-        let client_ip = self.client_ip.map(|c| c.to_string());
-        // tracing fixes an event's level at compile time: one call per level.
-        macro_rules! line {
-            ($level:expr) => {
-                tracing::event!(
-                    target: ACCESS_TARGET,
-                    $level,
-                    method = self.method,
-                    path,
-                    route = self.route_name,
-                    status = self.status,
-                    outcome = r.outcome.as_str(),
-                    reason = r.reason,
-                    workspace_id = r.workspace_id(),
-                    key_id,
-                    client = client.as_deref(),
-                    client_ip = client_ip.as_deref(),
-                    duration_ms,
-                    upstream_status = r.upstream_status,
-                )
-            };
-        }
-        match log.level {
-            Level::ERROR => line!(Level::ERROR),
-            Level::WARN => line!(Level::WARN),
-            Level::INFO => line!(Level::INFO),
-            Level::DEBUG => line!(Level::DEBUG),
-            Level::TRACE => line!(Level::TRACE),
-        }
+        access_log::emit(&Line {
+            level: log.level.as_str(),
+            method: self.method,
+            path,
+            route: self.route_name,
+            status: self.status,
+            outcome: r.outcome.as_str(),
+            reason: r.reason,
+            workspace_id: r.workspace_id(),
+            key_id: r.key.as_ref().map(|k| k.id()),
+            client: self.client,
+            client_ip: self.client_ip,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_status: r.upstream_status,
+        });
     }
 }

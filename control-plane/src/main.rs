@@ -50,7 +50,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (Some(db), Some(listen)) = (args.db, args.listen) else {
         anyhow::bail!("--db and --listen are required");
     };
-    let _log_guard = keygate::logging::init("info", None, true);
+    let _log_guard = keygate::logging::init("info", None);
     let mut settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
     if let Some(file) = &args.scope_templates {
         settings.templates = control_plane::templates::ScopeTemplates::load(file)?;
