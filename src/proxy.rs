@@ -302,9 +302,7 @@ impl ProxyHttp for Keygate {
         ctx.record.upstream_status = Some(status);
         self.metrics.upstream_status(status);
         if let Some(usage) = &ctx.rate {
-            for (name, value) in limits::rate_headers(usage, self.gate.rate_headers()) {
-                upstream_response.insert_header(name, value)?;
-            }
+            limits::add_rate_headers(upstream_response, usage, self.gate.rate_headers())?;
         }
         Ok(())
     }

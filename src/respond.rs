@@ -176,9 +176,7 @@ pub async fn send(
         header.insert_header("Retry-After", secs)?;
     }
     if let Some(usage) = rate {
-        for (name, value) in limits::rate_headers(usage, rate_headers) {
-            header.insert_header(name, value)?;
-        }
+        limits::add_rate_headers(&mut header, usage, rate_headers)?;
     }
     session
         .write_response_header(Box::new(header), false)

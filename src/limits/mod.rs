@@ -21,7 +21,7 @@ pub use cache::StateCache;
 pub use fleet::{Attempt, Fleet, FleetConfig, OnOutage, Waiter};
 
 pub use clock::{Clock, FakeClock, MonotonicClock};
-pub use headers::{RateHeaders, rate_headers};
+pub use headers::{RateHeaders, add_rate_headers, rate_headers};
 pub use window::{Millis, Standing};
 
 use dashmap::DashMap;
