@@ -8,31 +8,36 @@
 #      connections): the reference for what a proxy hop costs at best;
 #   3. a bare Pingora proxy (examples/bare_proxy.rs: keygate's Pingora version, allocator and
 #      settings, read from the same generated config, with no auth and no header work), and
-#   4. keygate on a generated snapshot of 10,000 keys in 1,000 live workspaces, limits high
-#      enough never to answer 429, access log off: these two in alternating rounds, both
-#      running throughout, so that a drift in the machine's speed reaches both alike;
-#   5. the same keygate with the access log on (stdout to a file), unless BENCH_ACCESS_LOG=0;
-#   6. the same keygate with fleet-wide limits through a local redis-server (`limits.global`),
-#      in the alternating rounds with 3 and 4, unless BENCH_REDIS=0 or redis-server is missing.
+#   4. keygate as shipped (conf/keygate.yaml's settings: the access log on, its stdout to a file,
+#      and `limits.headers: both`) on a generated snapshot of 10,000 keys in 1,000 live
+#      workspaces, limits high enough never to answer 429: the headline row. It and 3 run in
+#      alternating rounds, all running throughout, so that a drift in the machine's speed
+#      reaches all alike; so do
+#   5. the same keygate with the access log off, and with the access log off and no rate-limit
+#      headers (what each feature costs), unless BENCH_FEATURE_ROWS=0, and
+#   6. keygate with the access log off and fleet-wide limits through a local redis-server
+#      (`limits.global`), unless BENCH_REDIS=0 or redis-server is missing.
+# All of it at each client concurrency in BENCH_CONNECTIONS (32, then 64).
 # Every request carries `Authorization: Bearer <key>`, cycling through all 10,000 keys. Before
 # loading keygate the script checks that a good key gets 200 and a bad or missing one 401; after
 # each run, that keygate counted as `allowed` (its admin /metrics) the requests wrk reports, and
 # that no request got anything but 2xx. It prints req/s, p50 and p99 per target (the median
 # round for bare Pingora and keygate), the CPU time each process spent per request (read from
 # /proc; the steadier measure of cost when wrk, nginx and the proxy share 2 cores), then the
-# ratios: keygate / bare Pingora, bare Pingora / nginx proxy, access log on / off. Other load on
-# the machine during a run is measured and warned about.
+# ratios per concurrency: keygate as shipped / bare Pingora, each feature on / off, bare Pingora /
+# nginx proxy. Other load on the machine during a run is measured and warned about.
 #
 # Needs a Rust toolchain and the build dependencies (scripts/install-deps.sh); installs wrk and
-# nginx-light when missing. Takes about 3 minutes on 2 cores with a warm release build.
+# nginx-light when missing. Takes about 8 minutes on 2 cores with a warm release build (5
+# rounds of 4 targets at 2 concurrencies; BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 takes 2).
 #
 # Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (5), BENCH_WARMUP (2s),
-# BENCH_ROUND_WARMUP (1s, before each run of the alternating rounds), BENCH_CONNECTIONS (32),
-# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_ACCESS_LOG (1), BENCH_REDIS (1),
+# BENCH_ROUND_WARMUP (1s, before each run of the alternating rounds), BENCH_CONNECTIONS ("32 64"),
+# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_FEATURE_ROWS (1), BENCH_REDIS (1),
 # BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
 # Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
 # BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128); keygate's
-# BENCH_RATE_HEADERS (both: its `limits.headers`), BENCH_CONCURRENT_REQUESTS (100: its cap on a
+# BENCH_RATE_HEADERS (both: the headline row's `limits.headers`), BENCH_CONCURRENT_REQUESTS (100: its cap on a
 # live workspace's requests in flight; empty for none). To compare two builds, BENCH_KEYGATE and
 # BENCH_BARE name other binaries than this tree's release build.
 set -euo pipefail
@@ -42,14 +47,14 @@ started=$SECONDS
 duration=${BENCH_DURATION:-8s}
 warmup=${BENCH_WARMUP:-2s}
 # One wrk thread: on a 2-core machine a second one would take CPU from the proxy it measures.
-# 32 connections keep keygate's 2 worker threads busy despite that single wrk thread, and stay
-# well under the upstream keep-alive pool (128 idle connections), so every in-flight request
-# reuses a pooled upstream connection and no run pays for connection set-up. Many more would
-# only lengthen the queues (and the latencies) without adding throughput.
-connections=${BENCH_CONNECTIONS:-32}
+# 32 connections keep keygate's 2 worker threads busy despite that single wrk thread; 64 show
+# longer queues. Both stay under the upstream keep-alive pool (128 idle connections), so every
+# in-flight request reuses a pooled upstream connection and no run pays for connection set-up.
+connection_counts=${BENCH_CONNECTIONS:-32 64}
+connections=${connection_counts%% *}
 n_keys=${BENCH_KEYS:-10000}
 n_workspaces=${BENCH_WORKSPACES:-1000}
-access_log_run=${BENCH_ACCESS_LOG:-1}
+feature_rows=${BENCH_FEATURE_ROWS:-1}
 rounds=${BENCH_ROUNDS:-5}
 threads=${BENCH_THREADS:-2}
 work_stealing=${BENCH_WORK_STEALING:-false}
@@ -171,10 +176,10 @@ bare=${BENCH_BARE:-target/release/examples/bare_proxy}
 lua=scripts/bench/keys.lua
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
-# Ten free loopback ports, all held at once so that they differ.
-read -r p_nginx p_nginx_proxy p_bare p_kg p_kg_admin p_kg2 p_kg2_admin p_kg3 p_kg3_admin p_redis < <(python3 -c '
+# Twelve free loopback ports, all held at once so that they differ.
+read -r p_nginx p_nginx_proxy p_bare p_kg p_kg_admin p_kg2 p_kg2_admin p_kg3 p_kg3_admin p_kg4 p_kg4_admin p_redis < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(12)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -186,14 +191,14 @@ secrets=$work/secrets.txt
 python3 scripts/bench/gen_keys.py "$work/keys.json" "$secrets" "$n_keys" "$n_workspaces"
 [ "$(wc -l <"$secrets")" -eq "$n_keys" ] || die "expected $n_keys secrets in $secrets"
 
-# keygate_config FILE PORT ADMIN_PORT ACCESS_LOG(true|false) [REDIS_PORT]: conf/keygate.yaml's
-# settings, with the generated keys, one route over everything, and limits that never bind (held
-# fleet-wide through the Redis on REDIS_PORT when given).
+# keygate_config FILE PORT ADMIN_PORT ACCESS_LOG(true|false) RATE_HEADERS [REDIS_PORT]:
+# conf/keygate.yaml's settings, with the generated keys, one route over everything, and limits
+# that never bind (held fleet-wide through the Redis on REDIS_PORT when given).
 keygate_config() {
   local global=""
-  if [ -n "${5:-}" ]; then
+  if [ -n "${6:-}" ]; then
     global="  global:
-    redis: { url: \"redis://127.0.0.1:$5/0\" }
+    redis: { url: \"redis://127.0.0.1:$6/0\" }
     on_outage: local"
   fi
   cat >"$1" <<EOF
@@ -227,7 +232,7 @@ unmatched: deny
 limits:
   enabled: true
   live: { burst_per_second: 1000000, sustained_per_minute: 100000000$cap }
-  headers: $rate_headers
+  headers: $5
 $global
 admin:
   address: 127.0.0.1:$3
@@ -244,11 +249,14 @@ EOF
     die "keygate check rejected $1"
   }
 }
-keygate_config "$work/keygate.yaml" "$p_kg" "$p_kg_admin" false
-keygate_config "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin" true
+keygate_config "$work/keygate.yaml" "$p_kg" "$p_kg_admin" true "$rate_headers"
+if [ "$feature_rows" = 1 ]; then
+  keygate_config "$work/keygate-nolog.yaml" "$p_kg2" "$p_kg2_admin" false "$rate_headers"
+  keygate_config "$work/keygate-minimal.yaml" "$p_kg4" "$p_kg4_admin" false none
+fi
 redis_run=${BENCH_REDIS:-1}
 command -v redis-server >/dev/null || redis_run=0
-[ "$redis_run" = 1 ] && keygate_config "$work/keygate-redis.yaml" "$p_kg3" "$p_kg3_admin" false "$p_redis"
+[ "$redis_run" = 1 ] && keygate_config "$work/keygate-redis.yaml" "$p_kg3" "$p_kg3_admin" false "$rate_headers" "$p_redis"
 
 # --- the upstream --------------------------------------------------------------------------
 
@@ -324,8 +332,8 @@ results=$work/results.tsv
 : >"$results"
 cpus=$(nproc)
 tick_us=$((1000000 / $(getconf CLK_TCK)))
-echo "== $cpus CPUs; wrk -t1 -c$connections -d$duration --latency (after a $warmup warm-up)," \
-  "keys cycled from $n_keys"
+echo "== $cpus CPUs; wrk -t1 -c($connection_counts) -d$duration --latency (after a $warmup" \
+  "warm-up), keys cycled from $n_keys"
 
 # run_wrk ARGS...: wrk in the background, waited for, so that a signal stops the script at once
 # (bash runs a trap only once the foreground command is over).
@@ -413,21 +421,6 @@ measure() {
     "$requests" "$cpu_server" "$cpu_upstream" "$cpu_wrk" "$other_pct" >>"$results"
 }
 
-echo "-- nginx directly (127.0.0.1:$p_nginx)"
-warm_up "http://127.0.0.1:$p_nginx$path"
-measure nginx "nginx direct" "http://127.0.0.1:$p_nginx$path" "$nginx_worker"
-
-echo "-- nginx proxy, one worker (127.0.0.1:$p_nginx_proxy)"
-start_nginx nginx-proxy
-proxy_pid=$nginx_pid
-wait_ready "nginx proxy" "http://127.0.0.1:$p_nginx_proxy$path" "$proxy_pid" \
-  "$work/nginx-proxy/error.log"
-proxy_worker=$(pgrep -P "$proxy_pid" | head -n 1) || die "no nginx proxy worker process"
-warm_up "http://127.0.0.1:$p_nginx_proxy$path"
-measure nginx_proxy "nginx proxy (1 worker)" "http://127.0.0.1:$p_nginx_proxy$path" \
-  "$proxy_worker"
-stop "$proxy_pid"
-
 # outcomes ADMIN_PORT: "ALLOWED OTHER": keygate_requests_total summed over routes.
 outcomes() {
   curl -sf "http://127.0.0.1:$1/metrics" | awk '
@@ -483,29 +476,36 @@ measure_keygate() {
 }
 
 # The comparison that matters, bare Pingora against keygate, runs in alternating rounds with
-# both processes up (each idle while the other is loaded), so that a drift in the machine's
-# speed during the run reaches both alike; the report takes each one's median round.
-echo "-- bare Pingora proxy (127.0.0.1:$p_bare) and keygate (127.0.0.1:$p_kg, admin" \
-  "$p_kg_admin), $rounds alternating rounds"
+# every process up (each idle while another is loaded), so that a drift in the machine's speed
+# during the run reaches all alike; the report takes each one's median round.
+start_nginx nginx-proxy
+proxy_pid=$nginx_pid
+wait_ready "nginx proxy" "http://127.0.0.1:$p_nginx_proxy$path" "$proxy_pid" \
+  "$work/nginx-proxy/error.log"
+proxy_worker=$(pgrep -P "$proxy_pid" | head -n 1) || die "no nginx proxy worker process"
 "$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" >"$work/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
 wait_ready "bare proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid" "$work/bare.log"
-start_keygate keygate "$work/keygate.yaml" "$p_kg" "$p_kg_admin" "$work/keygate.log" \
-  "$work/keygate-access.log"
+access=$work/keygate-access.log
+start_keygate "keygate" "$work/keygate.yaml" "$p_kg" "$p_kg_admin" "$work/keygate.log" "$access"
 kg_pid=$keygate_pid
-warm_up "http://127.0.0.1:$p_bare$path"
-warm_up "http://127.0.0.1:$p_kg$path"
+if [ "$feature_rows" = 1 ]; then
+  start_keygate "keygate (access log off)" "$work/keygate-nolog.yaml" "$p_kg2" "$p_kg2_admin" \
+    "$work/keygate-nolog.log" /dev/null
+  kg2_pid=$keygate_pid
+  start_keygate "keygate (no access log, no rate headers)" "$work/keygate-minimal.yaml" "$p_kg4" \
+    "$p_kg4_admin" "$work/keygate-minimal.log" /dev/null
+  kg4_pid=$keygate_pid
+fi
 if [ "$redis_run" = 1 ]; then
-  echo "-- and keygate with fleet-wide limits (127.0.0.1:$p_kg3) on redis-server (127.0.0.1:$p_redis)"
   redis-server --bind 127.0.0.1 --port "$p_redis" --save "" --appendonly no \
     --dir "$work" >"$work/redis.log" 2>&1 &
   redis_pid=$!
   pids+=("$redis_pid")
   start_keygate "keygate (fleet limits, Redis)" "$work/keygate-redis.yaml" "$p_kg3" \
-    "$p_kg3_admin" "$work/keygate-redis.log" "$work/keygate-redis-access.log"
+    "$p_kg3_admin" "$work/keygate-redis.log" /dev/null
   kg3_pid=$keygate_pid
-  warm_up "http://127.0.0.1:$p_kg3$path"
 fi
 # fleet_counts ADMIN_PORT: "WAITED CALLS" so far: decisions that waited on Redis (a subject with
 # no lease), and calls to Redis whatever their result.
@@ -517,9 +517,9 @@ fleet_counts() {
 }
 
 # Each measured run follows a short warm-up of its own: while the other rows run, a target sits
-# idle for two runs' time, long enough for the Redis row's leases to lapse, and without one its
-# run would open with every workspace's first request waiting on Redis at once (1,000 of about
-# 100,000 requests: the p99 itself). Those cold waits are a real cost, but of a workspace's
+# idle for several runs' time, long enough for the Redis row's leases to lapse, and without one
+# its run would open with every workspace's first request waiting on Redis at once (1,000 of
+# about 100,000 requests: the p99 itself). Those cold waits are a real cost, but of a workspace's
 # first request after an idle spell, not of steady load: the Redis row prints how many fell
 # inside its measured run, and how many calls to Redis it made.
 round_warmup=${BENCH_ROUND_WARMUP:-1s}
@@ -527,23 +527,55 @@ warm_round() {
   run_wrk -t1 -c"$connections" -d"$round_warmup" -s "$lua" "$1" -- "$secrets" >/dev/null
   sleep 0.3
 }
-for round in $(seq "$rounds"); do
-  warm_round "http://127.0.0.1:$p_bare$path"
-  measure bare "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
-  warm_round "http://127.0.0.1:$p_kg$path"
-  measure_keygate keygate "keygate (access log off)" "$p_kg" "$p_kg_admin" "$kg_pid"
-  if [ "$redis_run" = 1 ]; then
-    warm_round "http://127.0.0.1:$p_kg3$path"
-    read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
-    measure_keygate keygate_redis "keygate (fleet limits, Redis)" "$p_kg3" "$p_kg3_admin" "$kg3_pid"
-    read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
-    echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
-      "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
-      "$((waited1 - waited0)) decisions waited on Redis"
-  fi
+for connections in $connection_counts; do
+  echo "== $connections connections"
+  echo "-- nginx directly (127.0.0.1:$p_nginx)"
+  warm_up "http://127.0.0.1:$p_nginx$path"
+  measure "nginx@$connections" "nginx direct" "http://127.0.0.1:$p_nginx$path" "$nginx_worker"
+  echo "-- nginx proxy, one worker (127.0.0.1:$p_nginx_proxy)"
+  warm_up "http://127.0.0.1:$p_nginx_proxy$path"
+  measure "nginx_proxy@$connections" "nginx proxy (1 worker)" \
+    "http://127.0.0.1:$p_nginx_proxy$path" "$proxy_worker"
+  echo "-- bare Pingora proxy (127.0.0.1:$p_bare) and keygate (127.0.0.1:$p_kg, admin" \
+    "$p_kg_admin) as shipped, $rounds alternating rounds, with the other rows"
+  for round in $(seq "$rounds"); do
+    warm_round "http://127.0.0.1:$p_bare$path"
+    measure "bare@$connections" "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
+    warm_round "http://127.0.0.1:$p_kg$path"
+    measure_keygate "keygate@$connections" "keygate as shipped (log on)" "$p_kg" "$p_kg_admin" \
+      "$kg_pid"
+    if [ "$feature_rows" = 1 ]; then
+      warm_round "http://127.0.0.1:$p_kg2$path"
+      measure_keygate "keygate_nolog@$connections" "keygate, access log off" "$p_kg2" \
+        "$p_kg2_admin" "$kg2_pid"
+      warm_round "http://127.0.0.1:$p_kg4$path"
+      measure_keygate "keygate_minimal@$connections" "keygate, log off, no rate headers" \
+        "$p_kg4" "$p_kg4_admin" "$kg4_pid"
+    fi
+    if [ "$redis_run" = 1 ]; then
+      warm_round "http://127.0.0.1:$p_kg3$path"
+      read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
+      measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" "$p_kg3" \
+        "$p_kg3_admin" "$kg3_pid"
+      read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
+      echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
+        "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
+        "$((waited1 - waited0)) decisions waited on Redis"
+    fi
+  done
 done
+stop "$proxy_pid"
 stop "$bare_pid"
+# Every request keygate as shipped allowed has its access-log line (written out on its stop).
+allowed_total=$(outcomes "$p_kg_admin" | cut -d' ' -f1)
 stop "$kg_pid"
+lines=$(grep -c '"keygate::access"' "$access" || true)
+echo "-- keygate as shipped: access log of $lines lines ($(du -h "$access" | cut -f1))"
+[ "$lines" -ge "$allowed_total" ] || die "keygate logged $lines requests of $allowed_total allowed"
+if [ "$feature_rows" = 1 ]; then
+  stop "$kg2_pid"
+  stop "$kg4_pid"
+fi
 if [ "$redis_run" = 1 ]; then
   curl -s "http://127.0.0.1:$p_kg3_admin/metrics" | grep -E '^keygate_fleet_(decisions|redis_calls)_total' |
     sed 's/^/   /'
@@ -555,24 +587,10 @@ if [ "$redis_run" = 1 ]; then
   stop "$redis_pid"
 fi
 
-if [ "$access_log_run" = 1 ]; then
-  label="keygate (access log on, to a file)"
-  echo "-- $label (127.0.0.1:$p_kg2, admin $p_kg2_admin)"
-  access=$work/keygate_log-access.log
-  start_keygate "$label" "$work/keygate-log.yaml" "$p_kg2" "$p_kg2_admin" \
-    "$work/keygate_log.log" "$access"
-  warm_up "http://127.0.0.1:$p_kg2$path"
-  measure_keygate keygate_log "$label" "$p_kg2" "$p_kg2_admin" "$keygate_pid"
-  allowed_total=$(outcomes "$p_kg2_admin" | cut -d' ' -f1)
-  lines=$(grep -c '"keygate::access"' "$access" || true)
-  echo "   access log: $lines lines ($(du -h "$access" | cut -f1))"
-  [ "$lines" -ge "$allowed_total" ] || die "$label logged $lines requests of $allowed_total allowed"
-  stop "$keygate_pid"
-fi
-
 stop "$upstream_pid"
 echo
-echo "== results ($cpus CPUs; wrk -t1 -c$connections -d$duration per run; bare Pingora and keygate:"  "median of $rounds rounds; $n_keys keys)"
+echo "== results ($cpus CPUs; wrk -t1 -d$duration per run; bare Pingora and keygate: median of" \
+  "$rounds rounds; $n_keys keys)"
 python3 scripts/bench/report.py "$results"
 echo
 echo "bench-load: done in $((SECONDS - started)) s"
