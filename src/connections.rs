@@ -150,6 +150,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
                 }
             }
         }
+        if crate::upgrade::draining() {
+            // Once this process stops, Pingora drops every connection whose request has not
+            // arrived yet, and a client that connected just before would lose its request.
+            // While it drains, a new connection is handed on only once its first byte is here
+            // (put back for the proxy to read), so that its request is read, and answered.
+            let mut first = [0u8; 1];
+            let arrived = stream.inner.try_peek(&mut first);
+            match tokio::time::timeout(self.shared.limits.head_timeout, arrived).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
         // HTTP/1 connections are served to the end inside; nothing comes back to reuse.
         self.inner.process_new(Box::new(stream), shutdown).await
     }

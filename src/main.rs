@@ -6,6 +6,7 @@ use keygate::config::Config;
 use keygate::logging::LogGuard;
 use keygate::shutdown::Signals;
 use keygate::sync::usage_report::UsageReporter;
+use keygate::upgrade::Upgrade;
 use pingora::server::configuration::Opt;
 use std::sync::Arc;
 
@@ -47,6 +48,10 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         daemon: args.daemon,
         ..Opt::default()
     };
+    // Resolved now: after a package upgrade the path names the new binary, which SIGHUP runs.
+    let upgrade = Upgrade::for_this_process(&args.config, &config.server.upgrade_sock)
+        .map_err(|e| tracing::warn!("SIGHUP will not reload: cannot find this binary ({e})"))
+        .ok();
     let built = keygate::server::build(config, opt)?;
     tracing::info!(config = %args.config.display(), "keygate starting");
     // Run once, by whichever stop path gets there first.
@@ -63,6 +68,7 @@ fn run(args: cli::RunArgs) -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals::new(
             Box::new(last_steps.clone()),
             Some(built.drain),
+            upgrade,
         )),
     });
     last_steps();

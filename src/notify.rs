@@ -106,8 +106,10 @@ impl BackgroundService for Readiness {
                 _ = tokio::time::sleep(READY_POLL) => {}
             }
         };
+        // `MAINPID`: after a reload the new process is the service's main process.
         self.notifier.send(&format!(
-            "READY=1\nSTATUS=serving snapshot version {version}"
+            "MAINPID={}\nREADY=1\nSTATUS=serving snapshot version {version}",
+            std::process::id()
         ));
         let Some(watchdog) = self.watchdog else {
             return;

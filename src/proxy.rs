@@ -223,8 +223,11 @@ impl ProxyHttp for Keygate {
             None => (false, None),
         };
         if session.get_keepalive().is_some() {
-            // Short of connections, none is kept idle: this one closes after its response.
-            session.set_keepalive((!pressure).then_some(self.client_keepalive_secs));
+            // Short of connections, none is kept idle: this one closes after its response. While
+            // another process takes over the sockets (a reload), every connection closes after
+            // its response, so that its client's next request goes to the new process.
+            let keep = !pressure && !crate::upgrade::draining();
+            session.set_keepalive(keep.then_some(self.client_keepalive_secs));
         }
         let started = Instant::now();
         // The peer: the socket's, or the client a PROXY protocol header named for it.

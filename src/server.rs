@@ -17,7 +17,7 @@ use crate::sync::{self, SnapshotStore, Source, file::FileSource};
 use crate::usage::UsageTracker;
 use async_trait::async_trait;
 use pingora::server::configuration::Opt;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct Drain {
     pub open_connections: crate::connections::OpenConnections,
     /// `server.grace_period_seconds`: past it, Pingora's own stop carries on.
     pub grace_period: Duration,
+    /// Pingora's phases: the drain waits for its stop to start (taken by the first drain).
+    pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
 /// Builds a server ready to `run`. The keys file is loaded here, so a broken one stops the start
@@ -70,7 +72,6 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     ));
     let store = SnapshotStore::new();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
     let max_staleness = snapshot.max_staleness;
     let mut control_plane = None;
     match snapshot.source {
@@ -189,6 +190,10 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         };
         server.add_service(background_service("systemd notifications", readiness));
     }
+    // Only now, with the snapshot loaded: with `run -u` this is where the listening sockets of
+    // the running keygate are taken over, and from then on requests arrive here.
+    server.bootstrap();
+    let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
     let grace_period = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
     Ok(Built {
         server,
@@ -196,6 +201,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         drain: Drain {
             open_connections,
             grace_period,
+            phases,
         },
     })
 }

@@ -1,4 +1,7 @@
-//! What each stop signal does. SIGQUIT (graceful upgrade) goes to Pingora unchanged. SIGINT, the
+//! What each signal does. SIGHUP reloads: a new keygate process with the config and binary now
+//! on disk takes over the listening sockets ([`crate::upgrade`]), and this one drains and exits
+//! as after SIGTERM. SIGQUIT (the hand-over alone, for a new process an operator started with
+//! `run -u`) goes to Pingora unchanged. SIGINT, the
 //! "stop now" signal, keygate finishes itself: it runs the same last steps as every other stop
 //! (the final usage report, writing out queued access-log lines) and exits, without waiting for
 //! in-flight requests.
@@ -18,14 +21,15 @@
 //! and did not exit in about 1 run in 10 with two threads.
 
 use crate::server::Drain;
+use crate::upgrade::{self, Upgrade};
 use async_trait::async_trait;
-use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// How long after SIGTERM the drain starts watching: time for Pingora to stop its listeners, so
-/// that no connection is accepted after keygate has seen none open.
+/// How long after Pingora starts its stop the drain starts watching: time for its listeners to
+/// stop, so that no connection is accepted after keygate has seen none open.
 pub const SETTLE: Duration = Duration::from_millis(100);
 /// How often the drain looks at the open connections.
 const POLL: Duration = Duration::from_millis(10);
@@ -37,14 +41,18 @@ pub type Finish = Box<dyn FnOnce() + Send>;
 pub struct Signals {
     finish: Arc<Mutex<Option<Finish>>>,
     drain: Option<Drain>,
+    /// What SIGHUP starts; `None`: SIGHUP is ignored, with a warning.
+    upgrade: Option<Upgrade>,
 }
 
 impl Signals {
-    /// `finish` runs on SIGINT, or once drained after SIGTERM, right before the process exits.
-    pub fn new(finish: Finish, drain: Option<Drain>) -> Self {
+    /// `finish` runs on SIGINT, or once drained after SIGTERM or a reload, right before the
+    /// process exits.
+    pub fn new(finish: Finish, drain: Option<Drain>, upgrade: Option<Upgrade>) -> Self {
         Self {
             finish: Arc::new(Mutex::new(Some(finish))),
             drain,
+            upgrade,
         }
     }
 
@@ -52,17 +60,34 @@ impl Signals {
         exit_with(&self.finish)
     }
 
-    /// After SIGTERM: exits once no client connection is open, if that happens within the grace
-    /// period. On a plain thread: Pingora's stop may block the runtime this watch runs on.
+    /// After SIGTERM or a hand-over: exits once no client connection is open, if that happens
+    /// within the grace period of Pingora's stop. On a plain thread: Pingora's stop may block the
+    /// runtime this watch runs on.
     fn drain_then_exit(&self) {
-        crate::notify::notify("STOPPING=1");
+        upgrade::start_draining();
         let Some(drain) = &self.drain else { return };
         let (open, grace) = (drain.open_connections.clone(), drain.grace_period);
+        let phases = drain
+            .phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let finish = self.finish.clone();
-        let started = Instant::now();
         let spawned = std::thread::Builder::new()
             .name("keygate-drain".into())
             .spawn(move || {
+                // After a hand-over both processes accept for a while: only once Pingora has
+                // stopped this one's listeners does "no connection open" mean "done".
+                if let Some(mut phases) = phases {
+                    use tokio::sync::broadcast::error::RecvError;
+                    loop {
+                        match phases.blocking_recv() {
+                            Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => break,
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        }
+                    }
+                }
+                let started = Instant::now();
                 std::thread::sleep(SETTLE);
                 while started.elapsed() < grace + SETTLE {
                     if open.count() == 0 {
@@ -99,25 +124,73 @@ fn exit_with(finish: &Mutex<Option<Finish>>) -> ! {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut quit), Ok(mut terminate), Ok(mut interrupt)) = (
+        let (Ok(mut quit), Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             // Only fails if the process may not handle signals at all; wait for nothing rather
             // than stop a running proxy.
             tracing::error!("cannot watch for stop signals; stop keygate with SIGKILL");
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = terminate.recv() => {
-                self.drain_then_exit();
-                ShutdownSignal::GracefulTerminate
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    self.drain_then_exit();
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = terminate.recv() => {
+                    crate::notify::notify("STOPPING=1");
+                    self.drain_then_exit();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = interrupt.recv() => {
+                    tracing::info!("SIGINT received, exiting now");
+                    self.exit_now()
+                }
+                _ = hangup.recv() => {
+                    if self.reload().await {
+                        self.drain_then_exit();
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                }
             }
-            _ = interrupt.recv() => {
-                tracing::info!("SIGINT received, exiting now");
-                self.exit_now()
+        }
+    }
+}
+
+impl Signals {
+    /// SIGHUP: starts the new process; `true` once it waits for the sockets. On `false` this
+    /// process serves on, unchanged, and the log says why.
+    async fn reload(&self) -> bool {
+        let Some(upgrade) = self.upgrade.clone() else {
+            tracing::warn!("SIGHUP received, but this keygate cannot reload; restart it instead");
+            return false;
+        };
+        tracing::info!(config = %upgrade.config.display(), binary = %upgrade.exe.display(),
+            "SIGHUP received: reloading");
+        crate::notify::notify("RELOADING=1");
+        // It polls for the new process for up to a minute: off the runtime.
+        let started = tokio::task::spawn_blocking(move || upgrade.start_successor()).await;
+        match started {
+            Ok(Ok(child)) => {
+                tracing::info!(
+                    pid = child.id(),
+                    "the new keygate is taking over the sockets"
+                );
+                true
+            }
+            Ok(Err(why)) => {
+                tracing::error!("reload failed: {why}");
+                crate::notify::notify("READY=1\nSTATUS=reload failed; serving the previous config");
+                false
+            }
+            Err(e) => {
+                tracing::error!("reload failed: {e}");
+                crate::notify::notify("READY=1\nSTATUS=reload failed; serving the previous config");
+                false
             }
         }
     }

@@ -99,7 +99,13 @@ fn systemd_hears_ready_watchdog_and_stopping() {
         let n = systemd.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    assert_eq!(next(), "READY=1\nSTATUS=serving snapshot version 3");
+    assert_eq!(
+        next(),
+        format!(
+            "MAINPID={}\nREADY=1\nSTATUS=serving snapshot version 3",
+            kg.pid()
+        )
+    );
     // Ready means serving.
     assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
     let started = Instant::now();

@@ -268,6 +268,8 @@ pub struct Setup<'a> {
     pub env: Vec<(&'a str, String)>,
     /// A fixed listen port instead of a free one (for restarts on the same address).
     pub port: Option<u16>,
+    /// Another keygate binary than this build's (for upgrades: a copy whose file is replaced).
+    pub binary: Option<PathBuf>,
 }
 
 impl<'a> Setup<'a> {
@@ -278,6 +280,7 @@ impl<'a> Setup<'a> {
             log_filter: "info",
             env: Vec::new(),
             port: None,
+            binary: None,
         }
     }
 
@@ -317,7 +320,7 @@ impl Keygate {
         let log = std::fs::File::create(&log_path).unwrap();
         let access_path = dir.path().join("access.log");
         let access = std::fs::File::create(&access_path).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(setup.binary.as_deref().unwrap_or(Path::new(BIN)))
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", setup.log_filter)
@@ -425,6 +428,16 @@ impl Keygate {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The config file keygate was started with (and reloads on SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("keygate.yaml")
+    }
+
+    /// The process this harness started (after a reload, another one serves).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, as systemd stops a service; waits up to 10 s for the process to exit.

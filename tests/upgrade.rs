@@ -1,0 +1,275 @@
+//! Reloads and a binary upgrade (SIGHUP) under steady load, counted: no failed request and no
+//! reset connection. A refused config changes nothing. Through the real binary, with clients on
+//! kept-alive and on fresh connections.
+
+mod common;
+
+use common::http::{Connection, Echo, Request};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sk_live_UPGRADEKEY000000000000000000000001";
+
+fn keys() -> Keys {
+    Keys::new(1)
+        .workspace("ws", WorkspaceKind::Live)
+        .key("key_up", KEY, Some("ws"), Some(&["*"]))
+}
+
+/// keygate from `binary`, its upgrade socket in `sock_dir`, with a grace period long enough for
+/// in-flight requests.
+fn start(up: &Echo, keys: &Keys, binary: &Path, sock_dir: &Path) -> Keygate {
+    let sock = sock_dir.join("upgrade.sock").display().to_string();
+    Keygate::start(Setup {
+        binary: Some(binary.to_path_buf()),
+        ..Setup::new(up, keys).config(|c| {
+            c.server.upgrade_sock = Some(sock);
+            c.server.grace_period_seconds = Some(5);
+        })
+    })
+}
+
+/// A copy of this build's binary at `path`, as a package upgrade would put a new one there: a
+/// new file renamed into place. `marker` makes each copy's bytes differ (ELF ignores a tail).
+fn install_binary(path: &Path, marker: &str) {
+    let mut bytes = std::fs::read(BIN).unwrap();
+    bytes.extend_from_slice(marker.as_bytes());
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet waited for by its parent) is not running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// SIGHUP to `pid`; returns the process that took over once `pid` has exited.
+fn reload(pid: u32) -> u32 {
+    signal("-HUP", pid);
+    let mut successor = None;
+    let took = within(Duration::from_secs(30), || {
+        successor = successor.or_else(|| children(pid).first().copied());
+        successor.is_some() && !alive(pid)
+    });
+    assert!(
+        took.is_some(),
+        "keygate {pid} did not hand over (successor {successor:?})"
+    );
+    successor.unwrap()
+}
+
+fn signal(signal: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+/// Stops the process serving at the end of a test (not the harness's child after a reload).
+struct Last(u32);
+
+impl Drop for Last {
+    fn drop(&mut self) {
+        signal("-INT", self.0);
+        within(Duration::from_secs(10), || !alive(self.0));
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Requests as fast as one client goes until `stop`: on one kept-alive connection at a time
+/// (a new one when the server says `Connection: close`), or on a fresh connection each.
+/// Any answer but 200, and any error on the connection, counts as a failure.
+fn load(addr: std::net::SocketAddr, kept_alive: bool, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let auth = bearer(KEY);
+    let mut conn: Option<Connection> = None;
+    let mut failures = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let req = Request::get("/v1/me").header("Authorization", &auth);
+        let result = if kept_alive {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => conn.insert(Connection::open(addr).expect("connect")),
+            };
+            c.send(&req)
+        } else {
+            common::http::send(addr, &req)
+        };
+        match result {
+            Ok(r) if r.status == 200 => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                {
+                    conn = None;
+                }
+            }
+            other => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                failures.push(format!("{:?}", other.map(|r| r.status)));
+                conn = None;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "kept_alive={kept_alive}: {failures:?}");
+}
+
+#[test]
+fn ten_reloads_and_a_binary_upgrade_under_load_fail_no_request() {
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary: PathBuf = bin_dir.path().join("keygate");
+    install_binary(&binary, "first");
+    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let mut last = Last(kg.pid());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = [true, true, false]
+        .into_iter()
+        .map(|kept_alive| {
+            let (stop, tally, addr) = (stop.clone(), tally.clone(), kg.addr);
+            thread::spawn(move || load(addr, kept_alive, stop, tally))
+        })
+        .collect();
+    let started = Instant::now();
+    thread::sleep(Duration::from_millis(300));
+
+    for _ in 0..10 {
+        last.0 = reload(last.0);
+    }
+    // A package upgrade puts a new binary at the same path; the next reload runs it.
+    install_binary(&binary, "second");
+    last.0 = reload(last.0);
+    let running = std::fs::metadata(format!("/proc/{}/exe", last.0)).unwrap();
+    let installed = std::fs::metadata(&binary).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(running.ino(), installed.ino(), "the new binary runs");
+    thread::sleep(Duration::from_millis(300));
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client saw failures");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    eprintln!("{ok} requests in {elapsed:.1} s over 11 hand-overs, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(
+        ok as f64 / elapsed >= 1_000.0,
+        "{ok} requests in {elapsed:.1} s"
+    );
+    // The last process serves, and its successor chain left no process behind.
+    assert!(alive(last.0));
+    assert!(children(last.0).is_empty());
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+}
+
+#[test]
+fn a_refused_config_leaves_the_running_keygate_serving() {
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("keygate");
+    install_binary(&binary, "only");
+    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let _last = Last(kg.pid());
+    let good = std::fs::read_to_string(kg.config_path()).unwrap();
+    std::fs::write(
+        kg.config_path(),
+        format!("{good}\nlisten_everywhere: true\n"),
+    )
+    .unwrap();
+
+    signal("-HUP", kg.pid());
+    let said = within(Duration::from_secs(10), || {
+        kg.log().contains("reload failed")
+    });
+    assert!(said.is_some(), "{}", kg.log());
+    let log = kg.log();
+    assert!(
+        log.contains("listen_everywhere"),
+        "the reason names the field: {log}"
+    );
+    assert!(alive(kg.pid()) && children(kg.pid()).is_empty());
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+
+    // Fixed, the next reload goes through.
+    std::fs::write(kg.config_path(), good).unwrap();
+    let next = reload(kg.pid());
+    let _last = Last(next);
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+}
+
+/// Under systemd: `RELOADING=1` from the old process, then `MAINPID=` of the new one with
+/// `READY=1`, so that `systemctl reload` returns once the new process serves and systemd follows
+/// it as the service's main process.
+#[test]
+fn systemd_hears_the_reload_and_the_new_main_process() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let up = Echo::start();
+    let keys = keys();
+    let binary = dir.path().join("keygate");
+    install_binary(&binary, "notify");
+    let sock = dir.path().join("upgrade.sock").display().to_string();
+    let kg = Keygate::start(Setup {
+        binary: Some(binary),
+        env: vec![("NOTIFY_SOCKET", path.display().to_string())],
+        ..Setup::new(&up, &keys).config(|c| c.server.upgrade_sock = Some(sock))
+    });
+    let mut last = Last(kg.pid());
+    assert!(next().starts_with(&format!("MAINPID={}\nREADY=1\n", kg.pid())));
+    signal("-HUP", kg.pid());
+    assert_eq!(next(), "RELOADING=1");
+    let ready = next();
+    let successor = children(kg.pid());
+    assert_eq!(successor.len(), 1, "{successor:?}");
+    last.0 = successor[0];
+    assert!(
+        ready.starts_with(&format!("MAINPID={}\nREADY=1\n", successor[0])),
+        "{ready}"
+    );
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+}
