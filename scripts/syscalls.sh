@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the units' system-call filter against what the binaries really call. keygate runs on
 # conf/keygate.yaml under strace while it serves allowed, refused and public requests, reloads
-# its keys file, answers the admin endpoints, notifies systemd and stops on SIGTERM; the
+# its keys file, answers the admin endpoints, notifies systemd, reloads itself on SIGHUP (a new
+# process taking over the sockets), serves again and stops on SIGTERM; the
 # reference control plane while it creates a workspace and keys, serves snapshots and a
 # long-poll, rotates and revokes a key, and stops. Then it lists every system call made that
 # the units' SystemCallFilter= (both the same) would refuse.
@@ -42,7 +43,16 @@ curl -s -o /dev/null http://127.0.0.1:9901/metrics
 curl -s -o /dev/null http://127.0.0.1:9901/status
 cp "$work/keys.example.yaml" "$work/keys.new" && mv "$work/keys.new" "$work/keys.example.yaml"
 sleep 2
-kill -TERM "$(pgrep -P $gate keygate || echo $gate)" 2>/dev/null || kill -TERM $gate
+# A reload: the old process starts the new one (traced too: strace -f), hands the sockets over
+# and exits; the new one serves.
+old=$(pgrep -P $gate keygate)
+kill -HUP "$old"
+for _ in $(seq 200); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+new=$(pgrep -f "keygate run --upgrade -c $work/keygate.yaml")
+for _ in $(seq 10); do
+  curl -s -o /dev/null -H "$good" http://127.0.0.1:8080/v1/products
+done
+kill -TERM "$new" 2>/dev/null || kill -TERM $gate
 wait $gate || true
 kill $listener 2>/dev/null || true
 
