@@ -180,6 +180,10 @@ impl Signals {
                     pid = child.id(),
                     "the new keygate is taking over the sockets"
                 );
+                // Said by this process, the main one, so that the unit can keep
+                // `NotifyAccess=main`: from now on systemd hears the new process (its READY=1
+                // comes after the hand-over, so after this).
+                crate::notify::notify(&format!("MAINPID={}", child.id()));
                 true
             }
             Ok(Err(why)) => {

@@ -263,10 +263,13 @@ fn systemd_hears_the_reload_and_the_new_main_process() {
     assert!(next().starts_with(&format!("MAINPID={}\nREADY=1\n", kg.pid())));
     signal("-HUP", kg.pid());
     assert_eq!(next(), "RELOADING=1");
-    let ready = next();
+    // The main process names its successor, which then says it is ready.
+    let named = next();
     let successor = children(kg.pid());
     assert_eq!(successor.len(), 1, "{successor:?}");
     last.0 = successor[0];
+    assert_eq!(named, format!("MAINPID={}", successor[0]));
+    let ready = next();
     assert!(
         ready.starts_with(&format!("MAINPID={}\nREADY=1\n", successor[0])),
         "{ready}"
