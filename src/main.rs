@@ -37,6 +37,7 @@ fn report(result: anyhow::Result<()>) -> i32 {
 }
 
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
+    keygate::upgrade::hold_early_reloads();
     let config = Config::load(&args.config)?;
     // Held until the server has stopped: flushing it writes out the queued access-log lines.
     let log_guard = Arc::new(keygate::logging::init(

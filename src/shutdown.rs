@@ -135,6 +135,12 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot watch for stop signals; stop keygate with SIGKILL");
             return std::future::pending().await;
         };
+        // A reload asked for while this process was still starting (see
+        // `upgrade::hold_early_reloads`): carried out now.
+        if upgrade::early_reload_requested() && self.reload().await {
+            self.drain_then_exit();
+            return ShutdownSignal::GracefulUpgrade;
+        }
         loop {
             tokio::select! {
                 _ = quit.recv() => {

@@ -42,6 +42,29 @@ pub fn start_draining() {
     DRAINING.store(true, Ordering::Relaxed);
 }
 
+/// Set by a SIGHUP that came before the signal watch runs (see [`hold_early_reloads`]).
+static EARLY_RELOAD: std::sync::OnceLock<std::sync::Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Keeps a SIGHUP from killing this process before its signal watch runs, and remembers it.
+///
+/// SIGHUP's default action ends a process. A reload names the new process the service's main
+/// one as soon as it waits for the sockets, so a second `systemctl reload` right after the first
+/// sends SIGHUP to a process still loading: without this, it would die, and the old one, its
+/// sockets already promised, would stop serving as well. Call first thing.
+pub fn hold_early_reloads() {
+    let flag = EARLY_RELOAD.get_or_init(Default::default);
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone()) {
+        tracing::warn!("cannot hold SIGHUP while starting ({e}); a reload then would stop keygate");
+    }
+}
+
+/// Whether a SIGHUP came before the signal watch ran (and forgets it).
+pub fn early_reload_requested() -> bool {
+    EARLY_RELOAD
+        .get()
+        .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))
+}
+
 /// What a reload starts the new process with.
 #[derive(Debug, Clone)]
 pub struct Upgrade {

@@ -276,3 +276,52 @@ fn systemd_hears_the_reload_and_the_new_main_process() {
     );
     assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
 }
+
+/// A second reload right after the first (systemd already names the new process the main one
+/// while it still starts): the new process must not die of the SIGHUP, and carries it out once
+/// it serves.
+#[test]
+fn a_reload_sent_to_the_starting_new_process_is_carried_out_after_it() {
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("keygate");
+    install_binary(&binary, "twice");
+    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let mut last = Last(kg.pid());
+    let sock = bin_dir.path().join("upgrade.sock");
+    let _ = std::fs::remove_file(&sock);
+
+    signal("-HUP", kg.pid());
+    // The moment the old process says MAINPID= of the new one: its upgrade socket is there.
+    let mut successor = None;
+    let ready = within(Duration::from_secs(30), || {
+        successor = children(kg.pid()).first().copied();
+        successor.is_some() && sock.exists()
+    });
+    assert!(ready.is_some(), "no new process waiting for the sockets");
+    let successor = successor.unwrap();
+    signal("-HUP", successor);
+    last.0 = successor;
+
+    // The first hand-over completes, and the new process then reloads in its turn.
+    let third = reload_done(kg.pid(), successor);
+    last.0 = third;
+    assert_eq!(kg.get_with_key("/v1/me", KEY).status, 200);
+}
+
+/// Waits for `old` to exit and `successor` to have handed over to a process of its own.
+fn reload_done(old: u32, successor: u32) -> u32 {
+    let mut third = None;
+    let done = within(Duration::from_secs(40), || {
+        third = third.or_else(|| children(successor).first().copied());
+        !alive(old) && third.is_some() && !alive(successor)
+    });
+    assert!(
+        done.is_some(),
+        "old alive {}, successor alive {}, its successor {third:?}",
+        alive(old),
+        alive(successor)
+    );
+    third.unwrap()
+}
