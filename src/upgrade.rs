@@ -14,9 +14,10 @@
 //!    clients move their kept-alive connections to the new process while this one still answers
 //!    them, instead of meeting a close between two requests.
 //!
-//! What is lost: the limiter's counts and the usage counts not yet reported start afresh in the
-//! new process (a workspace may get up to one more window's worth of requests on this host
-//! during a reload), as after a restart.
+//! What is lost: the local limiter's counts and the usage counts not yet reported start afresh
+//! in the new process (a workspace may get up to one more window's worth of requests on this
+//! host during a reload), as after a restart. Fleet-wide counts are Redis's and carry on; a
+//! lease the old process does not return is charged in full at its expiry.
 
 use crate::config::Config;
 use std::path::{Path, PathBuf};
