@@ -325,3 +325,45 @@ fn reload_done(old: u32, successor: u32) -> u32 {
     );
     third.unwrap()
 }
+
+/// Clients that connected during the hand-over but send their request only once the old
+/// process has begun to stop: Pingora would drop each connection the old process accepted
+/// whose request had not arrived, and keygate holds them until it has (`Bounded::process_new`).
+#[test]
+fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("keygate");
+    install_binary(&binary, "late");
+    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let mut last = Last(kg.pid());
+
+    signal("-HUP", kg.pid());
+    let waiting = within(Duration::from_secs(30), || {
+        kg.log().contains("the new keygate is taking over")
+    });
+    assert!(waiting.is_some(), "{}", kg.log());
+    last.0 = children(kg.pid())[0];
+    // Both processes accept now; some of these land on the old one.
+    thread::sleep(Duration::from_millis(500));
+    let mut silent: Vec<Connection> = (0..40)
+        .map(|_| Connection::open(kg.addr).unwrap())
+        .collect();
+    let stopping = within(Duration::from_secs(15), || {
+        kg.log().contains("Graceful shutdown started")
+    });
+    assert!(stopping.is_some(), "{}", kg.log());
+    thread::sleep(Duration::from_millis(300));
+    let auth = bearer(KEY);
+    let answers: Vec<String> = silent
+        .iter_mut()
+        .map(
+            |c| match c.send(&Request::get("/v1/me").header("Authorization", &auth)) {
+                Ok(r) => r.status.to_string(),
+                Err(e) => e.to_string(),
+            },
+        )
+        .collect();
+    assert!(answers.iter().all(|a| a == "200"), "{answers:?}");
+}
