@@ -136,12 +136,13 @@ impl ShutdownSignalWatch for Signals {
             return std::future::pending().await;
         };
         // A reload asked for while this process was still starting (see
-        // `upgrade::hold_early_reloads`): carried out now.
-        if upgrade::early_reload_requested() && self.reload().await {
-            self.drain_then_exit();
-            return ShutdownSignal::GracefulUpgrade;
-        }
+        // `upgrade::hold_early_reloads`) is carried out first.
+        let mut reload_asked = upgrade::early_reload_requested();
         loop {
+            if std::mem::take(&mut reload_asked) && self.reload().await {
+                self.drain_then_exit();
+                return ShutdownSignal::GracefulUpgrade;
+            }
             tokio::select! {
                 _ = quit.recv() => {
                     self.drain_then_exit();
@@ -156,12 +157,7 @@ impl ShutdownSignalWatch for Signals {
                     tracing::info!("SIGINT received, exiting now");
                     self.exit_now()
                 }
-                _ = hangup.recv() => {
-                    if self.reload().await {
-                        self.drain_then_exit();
-                        return ShutdownSignal::GracefulUpgrade;
-                    }
-                }
+                _ = hangup.recv() => reload_asked = true,
             }
         }
     }
@@ -179,9 +175,12 @@ impl Signals {
             "SIGHUP received: reloading");
         crate::notify::notify("RELOADING=1");
         // It polls for the new process for up to a minute: off the runtime.
-        let started = tokio::task::spawn_blocking(move || upgrade.start_successor()).await;
+        let started = tokio::task::spawn_blocking(move || upgrade.start_successor())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|started| started);
         match started {
-            Ok(Ok(child)) => {
+            Ok(child) => {
                 tracing::info!(
                     pid = child.id(),
                     "the new keygate is taking over the sockets"
@@ -192,13 +191,8 @@ impl Signals {
                 crate::notify::notify(&format!("MAINPID={}", child.id()));
                 true
             }
-            Ok(Err(why)) => {
+            Err(why) => {
                 tracing::error!("reload failed: {why}");
-                crate::notify::notify("READY=1\nSTATUS=reload failed; serving the previous config");
-                false
-            }
-            Err(e) => {
-                tracing::error!("reload failed: {e}");
                 crate::notify::notify("READY=1\nSTATUS=reload failed; serving the previous config");
                 false
             }

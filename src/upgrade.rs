@@ -3,8 +3,9 @@
 //! socket hand-over, and this one drains.
 //!
 //! The steps, from this process's side:
-//! 1. The config file is checked as `keygate check` would; if it is refused, nothing changes
-//!    and the reason goes to the log.
+//! 1. The config file is loaded and validated as at start; if it is refused, nothing changes
+//!    and the reason goes to the log. (The keys file is the new process's to load: if it cannot,
+//!    it exits, and that too changes nothing.)
 //! 2. `keygate run -u -c CONFIG` is started. It loads its snapshot first and only then listens on
 //!    `server.upgrade_sock` for the sockets: it never takes a request it cannot decide.
 //! 3. Once that socket appears (or the new process exits: then nothing changes), Pingora's

@@ -201,35 +201,15 @@ fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` for `secs` after the Unix epoch (proleptic Gregorian calendar; Howard
-/// Hinnant's `civil_from_days`).
+/// `YYYY-MM-DDTHH:MM:SS` for `secs` after the Unix epoch: humantime's RFC 3339 text without its
+/// `Z`. Written into a fixed buffer (no allocation); it runs once a second per request thread.
 fn calendar(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
-    let of_day = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // No `format!`: this runs once a second on every request thread, and allocates nothing.
-    let mut text = *b"0000-00-00T00:00:00";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, 4, year.clamp(0, 9_999) as u64);
-    put(5, 2, month as u64);
-    put(8, 2, day as u64);
-    put(11, 2, of_day / 3_600);
-    put(14, 2, of_day / 60 % 60);
-    put(17, 2, of_day % 60);
-    text
+    let mut text = *b"0000-00-00T00:00:00Z";
+    let at = UNIX_EPOCH + Duration::from_secs(secs);
+    let _ = write!(&mut text[..], "{}", humantime::format_rfc3339_seconds(at));
+    let mut out = [0; 19];
+    out.copy_from_slice(&text[..19]);
+    out
 }
 
 #[cfg(test)]
