@@ -501,4 +501,30 @@ fn no_probe_gets_a_request_past_keygate_that_it_did_not_decide() {
     assert!(forwarded >= 15, "only {forwarded} requests were forwarded");
     assert!(probes.len() >= 60, "the corpus shrank to {}", probes.len());
     assert!(!kg.log().contains(READER_TAG), "a secret reached the log");
+
+    // keygate writes its access-log lines itself: whatever a probe put in its method or target,
+    // each request it recorded has one line, a JSON object of its own, holding no secret.
+    let recorded = within(Duration::from_secs(5), || {
+        let n = kg
+            .metric("keygate_request_duration_seconds_count")
+            .unwrap_or(0.0) as usize;
+        n > 0 && kg.access_log_text().lines().count() == n
+    });
+    let text = kg.access_log_text();
+    assert!(
+        recorded.is_some(),
+        "lines and recorded requests differ:\n{text}"
+    );
+    for line in text.lines() {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("an access-log line is not JSON ({e}): {line}"));
+        assert_eq!(parsed["target"], "keygate::access", "{line}");
+        assert!(
+            parsed["path"].is_string() && parsed["method"].is_string(),
+            "{line}"
+        );
+    }
+    for tag in [READER_TAG, NOSCOPE_TAG] {
+        assert!(!text.contains(tag), "a secret reached the access log");
+    }
 }
