@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building keygate needs and a fresh Debian machine lacks: cmake (Pingora's
-# zlib-ng), a C compiler, curl and python3 (for the quickstart). With `--test`, also Prometheus
+# zlib-ng), a C compiler, curl and python3 (for the quickstart). With `--test`, also openssl
+# and h2load (the TLS tests), Prometheus
 # (`promtool` and `prometheus`) and Redis (`redis-server`, `redis-cli`), which the test suite
 # runs. Safe to run again.
 set -euo pipefail
@@ -11,6 +12,11 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v cc >/dev/null || missing+=(gcc)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+if $for_tests; then
+  # The TLS tests make certificates with openssl and load the listener with h2load.
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+fi
 # Debian's `prometheus` package provides both binaries; `redis-server` pulls in `redis-tools`.
 # Both would start a service on install: see the policy below.
 services=()

@@ -240,6 +240,10 @@ pub struct BoundedStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// HTTP/2 multiplexes heads and has its own limits: only HTTP/1 reads are watched.
     watched: bool,
+    /// HTTP/2 only: until the client's connection preface has arrived, its deadline and the
+    /// bytes still to come. Pingora's HTTP/2 handshake waits for the preface without a bound,
+    /// so a client that chose `h2` by ALPN and then sent nothing would hold its connection.
+    h2_preface: Option<(Instant, usize)>,
     /// The client a PROXY protocol header named, on a listener that reads one.
     proxied_client: Option<std::net::SocketAddr>,
 }
@@ -247,6 +251,8 @@ pub struct BoundedStream {
 impl BoundedStream {
     fn new(inner: Stream, shared: Arc<Shared>) -> Self {
         let watched = !matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113 §3.4), within the head timeout.
+        let h2_preface = (!watched).then(|| (Instant::now() + shared.limits.head_timeout, 24));
         BoundedStream {
             inner,
             shared,
@@ -254,6 +260,7 @@ impl BoundedStream {
             head: HeadProgress::default(),
             timer: None,
             watched,
+            h2_preface,
             proxied_client: None,
         }
     }
@@ -280,6 +287,39 @@ impl BoundedStream {
     }
 }
 
+impl BoundedStream {
+    /// A read while an HTTP/2 client's preface is still due: past its deadline, the connection
+    /// is closed (no answer: an HTTP/2 client would not read an HTTP/1 one).
+    fn poll_read_h2_preface(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        deadline: Instant,
+        missing: usize,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                self.h2_preface = match missing.saturating_sub(n) {
+                    0 => None,
+                    left => Some((deadline, left)),
+                };
+                self.timer = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.timer_fired(cx, deadline) => {
+                self.shared.metrics.head_timeouts.inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{HEAD_REFUSED}: no HTTP/2 preface in time"),
+                )))
+            }
+            polled => polled,
+        }
+    }
+}
+
 impl Drop for BoundedStream {
     fn drop(&mut self) {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
@@ -294,6 +334,9 @@ impl AsyncRead for BoundedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some((deadline, missing)) = this.h2_preface {
+            return this.poll_read_h2_preface(cx, buf, deadline, missing);
+        }
         let watching = this.watched && !this.state.in_request.load(Ordering::Relaxed);
         if !watching {
             return Pin::new(&mut this.inner).poll_read(cx, buf);

@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod sync;
 pub mod target;
+pub mod tls;
 pub mod upgrade;
 pub mod usage;
 

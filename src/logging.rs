@@ -66,16 +66,28 @@ pub fn subscriber(level: &str, rust_log: Option<&str>) -> impl Subscriber + Send
     tracing_subscriber::registry().with(app)
 }
 
-/// Pingora events logged as errors for what is routine, dropped: `(target, message)`.
+/// Pingora events logged as errors for what is routine, dropped: `(target, message start)`.
 ///
 /// "failed to acquire reusable stream": a pooled upstream connection was still held, for a
 /// moment, by the task that watched it while idle. Pingora then opens a new connection and the
 /// request goes on unharmed. Under load it happened on about 0.3% of requests, and an ERROR line
 /// at that rate in the journal reads as an incident.
-const ROUTINE_PINGORA_ERRORS: &[(&str, &str)] = &[(
-    "pingora_core::connectors",
-    "failed to acquire reusable stream",
-)];
+///
+/// "Downstream handshake error": a client's TLS handshake failed (a scanner, a TLS 1.1 client,
+/// a client that distrusts the certificate). It is the client's fault, any client can cause
+/// one per connection, and each is counted in `keygate_tls_handshake_failures_total` instead.
+const ROUTINE_PINGORA_ERRORS: &[(&str, &str)] = &[
+    (
+        "pingora_core::connectors",
+        "failed to acquire reusable stream",
+    ),
+    (TLS_HANDSHAKE_ERROR.0, TLS_HANDSHAKE_ERROR.1),
+];
+
+const TLS_HANDSHAKE_ERROR: (&str, &str) = (
+    "pingora_core::services::listening",
+    "Downstream handshake error",
+);
 
 /// Drops [`ROUTINE_PINGORA_ERRORS`]; passes everything else. Only Pingora's error events are
 /// looked at, so the check costs nothing on the request path.
@@ -97,10 +109,13 @@ impl<S> tracing_subscriber::layer::Filter<S> for RoutinePingoraErrors {
         event.record(&mut message);
         // Each head keygate refuses is counted in a metric; an ERROR line per slow client would
         // let a flood of them write the journal full.
+        if meta.target() == TLS_HANDSHAKE_ERROR.0 && message.0.starts_with(TLS_HANDSHAKE_ERROR.1) {
+            crate::tls::HANDSHAKE_FAILURES.inc();
+        }
         !message.0.contains(HEAD_REFUSED)
             && !ROUTINE_PINGORA_ERRORS
                 .iter()
-                .any(|&(target, text)| meta.target() == target && message.0 == text)
+                .any(|&(target, text)| meta.target() == target && message.0.starts_with(text))
     }
 
     /// Places no bound on the level (see `subscriber` on why a hint matters).

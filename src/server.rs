@@ -49,6 +49,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         path,
         checksum,
         listen,
+        tls,
         keepalive_timeout,
         connection_limits,
         upstream,
@@ -70,6 +71,15 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         &route_names,
         observability.per_workspace_metrics,
     ));
+    // Before anything is started: a pair that no longer loads stops the start with its reason.
+    let tls = match tls {
+        None => None,
+        Some(config) => {
+            let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry());
+            let (certificates, watch) = crate::tls::start(&config, tls_metrics)?;
+            Some((config.addresses, certificates, watch))
+        }
+    };
     let store = SnapshotStore::new();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     let max_staleness = snapshot.max_staleness;
@@ -169,12 +179,27 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         max_staleness,
         observers,
     );
-    let proxy = pingora::proxy::http_proxy(&server.configuration, keygate);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, keygate);
+    // HTTP/1 connections idle out through each response's keep-alive; an HTTP/2 connection
+    // (TLS listeners) with no stream open is closed after the same time.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(keepalive_timeout);
+    proxy.server_options = Some(options);
     let bounded = Bounded::new(proxy, connection_limits, connection_metrics);
     let open_connections = bounded.open_connections();
     let mut proxy = Service::new("keygate".to_string(), bounded);
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    if let Some((addresses, certificates, watch)) = tls {
+        for addr in &addresses {
+            proxy.add_tls_with_settings(
+                &addr.to_string(),
+                None,
+                crate::tls::settings(&certificates)?,
+            );
+        }
+        server.add_service(background_service("TLS certificate watch", watch));
     }
     server.add_service(proxy);
     if let Some(notifier) = crate::notify::Notifier::from_env() {

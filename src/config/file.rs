@@ -189,6 +189,23 @@ pub struct ListenFile {
     /// Every connection begins with a PROXY protocol header (v1 or v2) from a load balancer,
     /// naming the client. Default false.
     pub proxy_protocol: Option<bool>,
+    /// HTTPS listeners (HTTP/2 and HTTP/1.1 by ALPN), beside or instead of `addresses`.
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// `host:port` addresses to accept TLS clients on.
+    pub addresses: Vec<String>,
+    /// The PEM certificate chain, leaf first (relative to this config file).
+    pub cert_file: String,
+    /// The PEM private key of the leaf (relative to this config file).
+    pub key_file: String,
+    /// How often both files are read again; a changed, valid pair is served from the next
+    /// handshake. Default 10s.
+    #[serde(default, with = "human_duration")]
+    pub watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

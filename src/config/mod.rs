@@ -44,6 +44,61 @@ pub enum ConfigError {
 // ---------------------------------------------------------------------------------------------
 // The validated configuration.
 
+/// A list of `ip:port` addresses; an error names the entry (`field[i]`).
+fn socket_addresses(list: &[String], field: &str) -> Result<Vec<SocketAddr>, (String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                (
+                    format!("{field}[{i}]"),
+                    format!(
+                        "{a:?} is not an IP address and port such as 127.0.0.1:8080 or [::1]:8080"
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `listen.tls`, checked, with its certificate pair loaded once: a start or `keygate check`
+/// fails on a pair the listeners could not serve.
+fn tls_listen_config(
+    tls: &TlsFile,
+    config_path: &Path,
+) -> Result<crate::tls::TlsListenConfig, (String, String)> {
+    let addresses = socket_addresses(&tls.addresses, "listen.tls.addresses")?;
+    if addresses.is_empty() {
+        return Err((
+            "listen.tls.addresses".into(),
+            "empty; give at least one address such as 0.0.0.0:8443, or remove listen.tls".into(),
+        ));
+    }
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let watch_interval = tls.watch_interval.unwrap_or(Duration::from_secs(10));
+    if watch_interval < Duration::from_millis(100) {
+        return Err((
+            "listen.tls.watch_interval".into(),
+            "must be at least 100ms".into(),
+        ));
+    }
+    let config = crate::tls::TlsListenConfig {
+        addresses,
+        cert_file: base.join(&tls.cert_file),
+        key_file: base.join(&tls.key_file),
+        watch_interval,
+    };
+    crate::tls::check(&config.cert_file, &config.key_file).map_err(|e| {
+        let field = match e {
+            crate::tls::TlsError::Read(ref p, _) if *p == config.cert_file => "cert_file",
+            crate::tls::TlsError::NoCertificate(_) => "cert_file",
+            _ => "key_file",
+        };
+        (format!("listen.tls.{field}"), e.to_string())
+    })?;
+    Ok(config)
+}
+
 /// `listen`'s bounds on client connections, checked.
 fn connection_limits(listen: &ListenFile) -> Result<ConnectionLimits, (String, String)> {
     let limits = ConnectionLimits {
@@ -181,7 +236,10 @@ pub struct Config {
     pub path: PathBuf,
     /// SHA-256 of the file's bytes (hex), shown on /status.
     pub checksum: String,
+    /// Plain HTTP/1.1 listeners.
     pub listen: Vec<SocketAddr>,
+    /// `Some` with TLS listeners (`listen.tls`).
+    pub tls: Option<crate::tls::TlsListenConfig>,
     pub keepalive_timeout: Duration,
     pub connection_limits: ConnectionLimits,
     pub upstream: UpstreamConfig,
@@ -248,21 +306,34 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         shield,
     } = file;
 
-    if listen.addresses.is_empty() {
+    let addrs =
+        socket_addresses(&listen.addresses, "listen.addresses").map_err(|(f, m)| invalid(f, m))?;
+    let tls = match &listen.tls {
+        None => None,
+        Some(tls) => Some(tls_listen_config(tls, path).map_err(|(f, m)| invalid(f, m))?),
+    };
+    let tls_addrs = tls.as_ref().map_or(&[][..], |t| &t.addresses[..]);
+    if addrs.is_empty() && tls_addrs.is_empty() {
         return Err(invalid(
             "listen.addresses".into(),
-            "empty; give at least one address such as 127.0.0.1:8080".into(),
+            "empty; give at least one address such as 127.0.0.1:8080 (or listen.tls.addresses)"
+                .into(),
         ));
     }
-    let mut addrs = Vec::new();
-    for (i, a) in listen.addresses.iter().enumerate() {
-        let addr = a.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                format!("listen.addresses[{i}]"),
-                format!("{a:?} is not an IP address and port such as 127.0.0.1:8080 or [::1]:8080"),
-            )
-        })?;
-        addrs.push(addr);
+    if let Some(a) = tls_addrs.iter().find(|a| addrs.contains(a)) {
+        return Err(invalid(
+            "listen.tls.addresses".into(),
+            format!("{a} is also in listen.addresses; one port serves either TLS or plain HTTP"),
+        ));
+    }
+    if tls.is_some() && listen.proxy_protocol == Some(true) {
+        return Err(invalid(
+            "listen.proxy_protocol".into(),
+            "cannot be used with listen.tls: the PROXY header comes before the TLS handshake, \
+             which Pingora completes before keygate reads the connection; terminate TLS at the \
+             load balancer, or remove proxy_protocol"
+                .into(),
+        ));
     }
     let connection_limits = connection_limits(&listen).map_err(|(f, m)| invalid(f, m))?;
 
@@ -367,7 +438,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
             )
         })?),
     };
-    if admin_addr.is_some_and(|a| addrs.contains(&a)) {
+    if admin_addr.is_some_and(|a| addrs.contains(&a) || tls_addrs.contains(&a)) {
         return Err(invalid(
             "admin.address".into(),
             "is also a listen address; give the admin endpoints their own port".into(),
@@ -413,6 +484,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         checksum: String::new(),
         listen: addrs,
+        tls,
         keepalive_timeout: listen.keepalive_timeout.unwrap_or(Duration::from_secs(60)),
         connection_limits,
         upstream,
