@@ -171,6 +171,7 @@ mod tests {
     fn upstream(strip_method_override: bool) -> UpstreamConfig {
         UpstreamConfig {
             address: "127.0.0.1:1".parse().unwrap(),
+            tls: None,
             connect_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
             write_timeout: std::time::Duration::from_secs(1),

@@ -572,3 +572,215 @@ fn a_silent_or_idle_http2_connection_is_closed() {
         .value(1)
         .assert_at(k.admin);
 }
+
+/// A CA and a leaf it signs for `sans` (`DNS:…`, `IP:…`): `(ca.crt, leaf.crt, leaf.key)`.
+fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ]
+    .into_iter()
+    .chain([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ])
+    .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ]
+    .into_iter()
+    .chain([
+        "-subj",
+        "/CN=upstream",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ])
+    .collect::<Vec<_>>());
+    std::fs::write(dir.join("leaf.ext"), format!("subjectAltName={sans}\n")).unwrap();
+    run(&[
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+    ]
+    .into_iter()
+    .chain([
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.crt",
+    ])
+    .collect::<Vec<_>>());
+    (
+        dir.join("ca.crt"),
+        dir.join("leaf.crt"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// An HTTPS upstream (Python's, a different TLS stack from keygate's) that answers each GET
+/// with what it saw: the TLS version, the SNI, the headers.
+struct TlsUpstream {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl TlsUpstream {
+    fn start(cert: &Path, key: &Path) -> TlsUpstream {
+        const SERVER: &str = r#"
+import http.server, json, ssl, sys
+seen = {}
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({"tls": self.connection.version(), "sni": seen.get("sni"),
+                           "headers": [[k, v] for k, v in self.headers.items()]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+def on_sni(sock, name, context):
+    seen["sni"] = name
+ctx.sni_callback = on_sni
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+        let port = common::http::free_port();
+        let child = Command::new("python3")
+            .args(["-c", SERVER, &port.to_string()])
+            .arg(cert)
+            .arg(key)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(common::http::wait_for_port(addr, Duration::from_secs(10)));
+        TlsUpstream { child, addr }
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_upstream_over_tls_is_verified_against_its_name_and_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf, leaf_key) = make_ca_and_leaf(dir.path(), "DNS:upstream.test,IP:127.0.0.1");
+    let upstream = TlsUpstream::start(&leaf, &leaf_key);
+    let unused = Echo::start();
+    let through = |sni: Option<&str>, ca_file: Option<&Path>| {
+        let k = Keygate::start(Setup::new(&unused, &keys()).config(|c| {
+            c.upstream.address = upstream.addr.to_string();
+            c.upstream.tls = true;
+            c.upstream.sni = sni.map(str::to_owned);
+            c.upstream.ca_file = ca_file.map(|p| p.display().to_string());
+        }));
+        k.get_with_key("/v1/products/1", READER)
+    };
+    // The address's IP, verified against the certificate's IP SAN (no SNI is sent for an IP).
+    let r = through(None, Some(&ca));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert!(
+        seen["tls"].as_str().unwrap().starts_with("TLSv1."),
+        "{seen}"
+    );
+    assert_eq!(
+        upstream_header(&r, "x-workspace-id").as_deref(),
+        Some("ws_tls")
+    );
+    // A name: sent as SNI and verified.
+    let r = through(Some("upstream.test"), Some(&ca));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sni"], "upstream.test");
+    // A name the certificate does not carry, or a CA that did not sign it: no request leaves.
+    assert_eq!(through(Some("other.test"), Some(&ca)).status, 502);
+    assert_eq!(through(Some("upstream.test"), None).status, 502);
+    assert_eq!(unused.requests_seen(), 0);
+}
+
+#[test]
+fn upstream_tls_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, leaf, _) = make_ca_and_leaf(dir.path(), "DNS:upstream.test");
+    let config = |upstream: &str| {
+        format!(
+            "listen: {{ addresses: ['127.0.0.1:8080'] }}\nupstream: {{ address: '127.0.0.1:9443', {upstream} }}\nsnapshot: {{ file: keys.yaml }}\nroutes: [{{ name: h, path: /health, auth: none }}]\n"
+        )
+    };
+    let (ok, text) = check(
+        &config("tls: true, ca_file: ca.crt, sni: upstream.test"),
+        dir.path(),
+    );
+    assert!(ok, "{text}");
+    for (upstream, field, message) in [
+        (
+            "sni: upstream.test",
+            "upstream.sni",
+            "only with upstream.tls: true",
+        ),
+        (
+            "ca_file: ca.crt",
+            "upstream.ca_file",
+            "only with upstream.tls: true",
+        ),
+        (
+            "tls: true, ca_file: missing.crt",
+            "upstream.ca_file",
+            "cannot read it",
+        ),
+        (
+            "tls: true, ca_file: leaf.key",
+            "upstream.ca_file",
+            "no PEM certificate",
+        ),
+        (
+            "tls: true, sni: 'bad name!'",
+            "upstream.sni",
+            "not a DNS name",
+        ),
+    ] {
+        let (ok, text) = check(&config(upstream), dir.path());
+        assert!(!ok, "{upstream} accepted: {text}");
+        assert!(
+            text.contains(field) && text.contains(message),
+            "{upstream}: {text}"
+        );
+    }
+    drop(leaf);
+}

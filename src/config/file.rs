@@ -231,6 +231,15 @@ pub struct UpstreamFile {
     pub forward_authorization: bool,
     /// Remove `X-HTTP-Method-Override` and its variants from forwarded requests. Default true.
     pub strip_method_override: Option<bool>,
+    /// Connect to the upstream over TLS, verifying its certificate. Default false.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the upstream's certificate must carry, sent as SNI. Default: the host of
+    /// `address`.
+    pub sni: Option<String>,
+    /// PEM certificates of the CAs that sign the upstream's certificate (relative to this
+    /// config file). Default: the system's roots.
+    pub ca_file: Option<String>,
 }
 
 /// The Pingora server settings keygate exposes, with keygate's defaults.

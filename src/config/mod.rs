@@ -163,7 +163,12 @@ impl UpstreamConfig {
     /// (`examples/bare_proxy.rs`) both build their peer here, so the benchmark compares like
     /// with like.
     pub fn peer(&self) -> pingora::upstreams::peer::HttpPeer {
-        let mut peer = pingora::upstreams::peer::HttpPeer::new(self.address, false, String::new());
+        // Never an empty SNI with TLS: Pingora's rustls connector then verifies nothing.
+        let (tls, sni) = match &self.tls {
+            Some(tls) => (true, tls.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = pingora::upstreams::peer::HttpPeer::new(self.address, tls, sni);
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.write_timeout);
@@ -175,6 +180,8 @@ impl UpstreamConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub address: SocketAddr,
+    /// `Some` when the upstream is reached over TLS (`upstream.tls`).
+    pub tls: Option<UpstreamTls>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -183,6 +190,73 @@ pub struct UpstreamConfig {
     /// keygate decides on the request's method: an upstream that honours an override header
     /// would run another method than the one whose scopes were checked.
     pub strip_method_override: bool,
+}
+
+/// TLS to the upstream: its certificate is always verified, against this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub sni: String,
+}
+
+/// `upstream.tls`, `sni` and `ca_file`, checked: the TLS settings, and the CA file's path.
+fn upstream_tls(
+    upstream: &UpstreamFile,
+    base: &Path,
+) -> Result<(Option<UpstreamTls>, Option<String>), (String, String)> {
+    if !upstream.tls {
+        for (field, set) in [
+            ("upstream.sni", upstream.sni.is_some()),
+            ("upstream.ca_file", upstream.ca_file.is_some()),
+        ] {
+            if set {
+                return Err((field.into(), "applies only with upstream.tls: true".into()));
+            }
+        }
+        return Ok((None, None));
+    }
+    let sni = match &upstream.sni {
+        Some(sni) => sni.clone(),
+        // The host of `host:port` (an IP address is verified against the certificate's IP SANs).
+        None => upstream
+            .address
+            .rsplit_once(':')
+            .map_or(upstream.address.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    };
+    if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+        return Err((
+            "upstream.sni".into(),
+            format!("{sni:?} is not a DNS name or IP address the certificate could carry"),
+        ));
+    }
+    let ca_file = match &upstream.ca_file {
+        None => None,
+        Some(file) => {
+            let path = base.join(file);
+            let pem = std::fs::read(&path).map_err(|e| {
+                (
+                    "upstream.ca_file".to_string(),
+                    format!("{}: cannot read it: {e}", path.display()),
+                )
+            })?;
+            let certs = rustls_pemfile::certs(&mut &pem[..])
+                .filter_map(Result::ok)
+                .count();
+            if certs == 0 {
+                return Err((
+                    "upstream.ca_file".into(),
+                    format!(
+                        "{}: no PEM certificate in it; give the CA certificates",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(path.display().to_string())
+        }
+    };
+    Ok((Some(UpstreamTls { sni }), ca_file))
 }
 
 /// What happens to per-key usage.
@@ -351,8 +425,12 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
                 ),
             )
         })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (upstream_tls, upstream_ca) =
+        upstream_tls(&upstream, base).map_err(|(f, m)| invalid(f, m))?;
     let upstream = UpstreamConfig {
         address: upstream_addr,
+        tls: upstream_tls,
         connect_timeout: upstream.connect_timeout.unwrap_or(Duration::from_secs(1)),
         read_timeout: upstream.read_timeout.unwrap_or(Duration::from_secs(30)),
         write_timeout: upstream.write_timeout.unwrap_or(Duration::from_secs(30)),
@@ -380,9 +458,10 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
-    let server = server_conf(server).map_err(|(f, m)| invalid(f, m))?;
+    let mut server = server_conf(server).map_err(|(f, m)| invalid(f, m))?;
+    // Pingora's upstream connector trusts the CAs of the server-wide `ca_file`.
+    server.ca_file = upstream_ca;
 
-    let base = path.parent().unwrap_or(Path::new("."));
     let snapshot = source::validate(snapshot, base).map_err(|(f, m)| invalid(f, m))?;
 
     let mut specs = Vec::with_capacity(routes.len());
