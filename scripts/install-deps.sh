@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building keygate needs and a fresh Debian machine lacks: cmake (Pingora's
 # zlib-ng), a C compiler, curl and python3 (for the quickstart). With `--test`, also openssl
-# and h2load (the TLS tests), Prometheus
+# and h2load (the TLS tests), cargo-deb (the package test), Prometheus
 # (`promtool` and `prometheus`) and Redis (`redis-server`, `redis-cli`), which the test suite
 # runs. Safe to run again.
 set -euo pipefail
@@ -53,4 +53,9 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#services[@]} -gt 0 ]; then
       $sudo systemctl disable --now prometheus.service redis-server.service >/dev/null 2>&1 || true
     fi
   fi
+fi
+# The package test (tests/package.rs) builds the .deb with cargo-deb, from crates.io.
+if $for_tests && ! command -v cargo-deb >/dev/null; then
+  echo "installing: cargo-deb"
+  cargo install --quiet --locked cargo-deb --version '^3'
 fi

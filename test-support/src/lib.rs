@@ -6,7 +6,8 @@
 //!   it is given;
 //! - [`metrics`]: assertions on a `/metrics` page, `metric("name").label(..).value(..)`;
 //! - [`prometheus`]: a real Prometheus server scraping one endpoint;
-//! - [`redis`]: a real `redis-server` on a loopback port, for the fleet-wide limits.
+//! - [`redis`]: a real `redis-server` on a loopback port, for the fleet-wide limits;
+//! - [`systemd`]: a unit file verified and scored by `systemd-analyze`.
 //!
 //! It depends on neither keygate nor its control plane (nor SQLite): it drives their binaries.
 
@@ -15,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod prometheus;
 pub mod redis;
+pub mod systemd;
 
 pub use cp::ControlPlane;
 pub use http::{Echo, Request, Response, free_port, wait_for_port};
