@@ -153,13 +153,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         if crate::upgrade::draining() {
             // Once this process stops, Pingora drops every connection whose request has not
             // arrived yet, and a client that connected just before would lose its request.
-            // While it drains, a new connection is handed on only once its first byte is here
+            // While it drains, a new connection is handed on only once its first bytes are here
             // (put back for the proxy to read), so that its request is read, and answered.
-            let mut first = [0u8; 1];
-            let arrived = stream.inner.try_peek(&mut first);
+            let arrived = stream.wait_for_first_bytes();
             match tokio::time::timeout(self.shared.limits.head_timeout, arrived).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return None,
             }
         }
         // HTTP/1 connections are served to the end inside; nothing comes back to reuse.
@@ -246,6 +245,9 @@ pub struct BoundedStream {
     h2_preface: Option<(Instant, usize)>,
     /// The client a PROXY protocol header named, on a listener that reads one.
     proxied_client: Option<std::net::SocketAddr>,
+    /// Bytes read ahead of the proxy (only while draining, from a stream that cannot peek:
+    /// TLS), handed to its first reads. Empty, and unallocated, otherwise.
+    prefetched: bytes::Bytes,
 }
 
 impl BoundedStream {
@@ -262,7 +264,32 @@ impl BoundedStream {
             watched,
             h2_preface,
             proxied_client: None,
+            prefetched: bytes::Bytes::new(),
         }
+    }
+
+    /// Waits until the client has sent something: `Ok(false)` if it closed first. A plain
+    /// socket is peeked; a TLS stream cannot be, so its first bytes are read and kept for the
+    /// proxy's first reads.
+    async fn wait_for_first_bytes(&mut self) -> io::Result<bool> {
+        if self.inner.try_peek(&mut [0u8; 1]).await? {
+            return Ok(true);
+        }
+        let mut first = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut self.inner, &mut first).await?;
+        first.truncate(n);
+        self.prefetched = first.into();
+        Ok(n > 0)
+    }
+
+    /// A read from the client: the bytes read ahead first, then the stream.
+    fn poll_client(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.prefetched.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefetched.len().min(buf.remaining());
+        buf.put_slice(&self.prefetched.split_to(n));
+        Poll::Ready(Ok(()))
     }
 
     /// Fails the read with `answer` sent first, as far as the socket takes it without waiting.
@@ -298,7 +325,7 @@ impl BoundedStream {
         missing: usize,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+        match self.poll_client(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 self.h2_preface = match missing.saturating_sub(n) {
@@ -339,7 +366,7 @@ impl AsyncRead for BoundedStream {
         }
         let watching = this.watched && !this.state.in_request.load(Ordering::Relaxed);
         if !watching {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            return this.poll_client(cx, buf);
         }
         let heads = this.state.heads.load(Ordering::Relaxed);
         if heads != this.head.heads_seen {
@@ -350,7 +377,7 @@ impl AsyncRead for BoundedStream {
         }
         let limits = this.shared.limits;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = this.poll_client(cx, buf);
         let now = Instant::now();
         match polled {
             Poll::Ready(Ok(())) => {

@@ -8,8 +8,9 @@ use common::http::Echo;
 use common::*;
 use keygate::config::file::TlsFile;
 use keygate_test_support::metric;
+use keygate_test_support::tls::{make_ca_and_leaf, make_certificate};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -26,31 +27,6 @@ fn keys() -> Keys {
             Some(&["products:read"]),
         )
         .key("key_writer", WRITER, Some("ws_tls"), Some(&["products:*"]))
-}
-
-/// A self-signed certificate for `localhost` and its key, as `<name>.crt` and `<name>.key`.
-fn make_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(out.status.success(), "openssl req: {out:?}");
-    (cert, key)
 }
 
 /// keygate with a plain listener and a TLS one on a free port, serving `cert` and `key`.
@@ -571,77 +547,6 @@ fn a_silent_or_idle_http2_connection_is_closed() {
         .label("reason", "timeout")
         .value(1)
         .assert_at(k.admin);
-}
-
-/// A CA and a leaf it signs for `sans` (`DNS:…`, `IP:…`): `(ca.crt, leaf.crt, leaf.key)`.
-fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ]
-    .into_iter()
-    .chain([
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ])
-    .collect::<Vec<_>>());
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ]
-    .into_iter()
-    .chain([
-        "-subj",
-        "/CN=upstream",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-    ])
-    .collect::<Vec<_>>());
-    std::fs::write(dir.join("leaf.ext"), format!("subjectAltName={sans}\n")).unwrap();
-    run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-    ]
-    .into_iter()
-    .chain([
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "leaf.crt",
-    ])
-    .collect::<Vec<_>>());
-    (
-        dir.join("ca.crt"),
-        dir.join("leaf.crt"),
-        dir.join("leaf.key"),
-    )
 }
 
 /// An HTTPS upstream (Python's, a different TLS stack from keygate's) that answers each GET

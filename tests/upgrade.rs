@@ -367,3 +367,68 @@ fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
         .collect();
     assert!(answers.iter().all(|a| a == "200"), "{answers:?}");
 }
+
+/// The same over TLS, where the first bytes cannot be peeked: clients that finished their
+/// handshake with the old process during the hand-over, and send their request only once it
+/// has begun to stop, are answered (keygate reads their first bytes ahead and keeps them).
+#[test]
+fn a_tls_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) =
+        keygate_test_support::tls::make_ca_and_leaf(certs.path(), "DNS:localhost");
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("keygate");
+    install_binary(&binary, "late-tls");
+    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
+        .parse()
+        .unwrap();
+    let sock = bin_dir.path().join("upgrade.sock").display().to_string();
+    let kg = Keygate::start(Setup {
+        binary: Some(binary.clone()),
+        ..Setup::new(&up, &keys).config(|c| {
+            c.server.upgrade_sock = Some(sock);
+            c.server.grace_period_seconds = Some(5);
+            c.listen.tls = Some(TlsFile {
+                addresses: vec![tls_addr.to_string()],
+                cert_file: cert.display().to_string(),
+                key_file: key.display().to_string(),
+                watch_interval: None,
+            });
+        })
+    });
+    assert!(common::http::wait_for_port(
+        tls_addr,
+        Duration::from_secs(5)
+    ));
+    let mut last = Last(kg.pid());
+
+    signal("-HUP", kg.pid());
+    let waiting = within(Duration::from_secs(30), || {
+        kg.log().contains("the new keygate is taking over")
+    });
+    assert!(waiting.is_some(), "{}", kg.log());
+    last.0 = children(kg.pid())[0];
+    thread::sleep(Duration::from_millis(500));
+    let mut silent: Vec<_> = (0..40)
+        .map(|_| keygate_test_support::tls::TlsClient::connect(tls_addr, &ca, "localhost").unwrap())
+        .collect();
+    let stopping = within(Duration::from_secs(15), || {
+        kg.log().contains("Graceful shutdown started")
+    });
+    assert!(stopping.is_some(), "{}", kg.log());
+    thread::sleep(Duration::from_millis(300));
+    let request = format!(
+        "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        bearer(KEY)
+    );
+    let answers: Vec<String> = silent
+        .iter_mut()
+        .map(|c| match c.exchange(request.as_bytes()) {
+            Ok(raw) => String::from_utf8_lossy(&raw[..raw.len().min(12)]).into_owned(),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert!(answers.iter().all(|a| a == "HTTP/1.1 200"), "{answers:?}");
+}

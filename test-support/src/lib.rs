@@ -7,7 +7,8 @@
 //! - [`metrics`]: assertions on a `/metrics` page, `metric("name").label(..).value(..)`;
 //! - [`prometheus`]: a real Prometheus server scraping one endpoint;
 //! - [`redis`]: a real `redis-server` on a loopback port, for the fleet-wide limits;
-//! - [`systemd`]: a unit file verified and scored by `systemd-analyze`.
+//! - [`systemd`]: a unit file verified and scored by `systemd-analyze`;
+//! - [`tls`]: certificates made by `openssl`, and a blocking TLS client.
 //!
 //! It depends on neither keygate nor its control plane (nor SQLite): it drives their binaries.
 
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod prometheus;
 pub mod redis;
 pub mod systemd;
+pub mod tls;
 
 pub use cp::ControlPlane;
 pub use http::{Echo, Request, Response, free_port, wait_for_port};
