@@ -9,6 +9,9 @@
 //! Everything else is left out: no snapshot, no authentication, no route or limit, no header
 //! rewriting, no metrics, no access log, no admin listener. Every request goes to the upstream.
 //!
+//! With `--tls-listen`, it also serves HTTPS as keygate's `listen.tls` does, from the same
+//! certificate pair and with the same settings (TLS 1.2/1.3, ALPN h2 then http/1.1).
+//!
 //! Run: `cargo run --release --example bare_proxy -- -c conf/keygate.yaml --listen 127.0.0.1:8081`
 
 use async_trait::async_trait;
@@ -35,6 +38,10 @@ struct Args {
     /// the same config at the same time).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// An HTTPS listener with the config's `listen.tls` certificate pair, instead of its
+    /// `listen.tls.addresses`.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
 }
 
 struct BareProxy {
@@ -82,6 +89,19 @@ fn main() -> anyhow::Result<()> {
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "bare proxy");
     for addr in &listen {
         service.add_tcp(&addr.to_string());
+    }
+    if let Some(addr) = args.tls_listen {
+        let tls = config
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--tls-listen needs listen.tls in the config"))?;
+        let metrics = keygate::tls::TlsMetrics::register(&prometheus::Registry::new());
+        let (certificates, _watch) = keygate::tls::start(tls, metrics)?;
+        service.add_tls_with_settings(
+            &addr.to_string(),
+            None,
+            keygate::tls::settings(&certificates)?,
+        );
     }
     server.add_service(service);
     server.run_forever()

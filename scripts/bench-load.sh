@@ -16,7 +16,10 @@
 #   5. the same keygate with the access log off, and with the access log off and no rate-limit
 #      headers (what each feature costs), unless BENCH_FEATURE_ROWS=0, and
 #   6. keygate with the access log off and fleet-wide limits through a local redis-server
-#      (`limits.global`), unless BENCH_REDIS=0 or redis-server is missing.
+#      (`limits.global`), unless BENCH_REDIS=0 or redis-server is missing, and
+#   7. over TLS (keep-alive, HTTP/1.1; a self-signed P-256 certificate, TLS 1.3): the bare
+#      Pingora proxy with keygate's TLS settings and certificate, and keygate as shipped on its
+#      `listen.tls` listener, unless BENCH_TLS=0.
 # All of it at each client concurrency in BENCH_CONNECTIONS (32, then 64).
 # Every request carries `Authorization: Bearer <key>`, cycling through all 10,000 keys. Before
 # loading keygate the script checks that a good key gets 200 and a bad or missing one 401; after
@@ -28,12 +31,13 @@
 # nginx proxy. Other load on the machine during a run is measured and warned about.
 #
 # Needs a Rust toolchain and the build dependencies (scripts/install-deps.sh); installs wrk and
-# nginx-light when missing. Takes about 8 minutes on 2 cores with a warm release build (5
-# rounds of 4 targets at 2 concurrencies; BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 takes 2).
+# nginx-light when missing. On 2 cores with a warm release build, 5 rounds of up to 7 targets
+# at 2 concurrencies take about 12 minutes; BENCH_FEATURE_ROWS=0 BENCH_REDIS=0 (4 targets)
+# took 7.5.
 #
 # Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (5), BENCH_WARMUP (2s),
 # BENCH_ROUND_WARMUP (1s, before each run of the alternating rounds), BENCH_CONNECTIONS ("32 64"),
-# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_FEATURE_ROWS (1), BENCH_REDIS (1),
+# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_FEATURE_ROWS (1), BENCH_REDIS (1), BENCH_TLS (1),
 # BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
 # Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
 # BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128); keygate's
@@ -55,6 +59,7 @@ connections=${connection_counts%% *}
 n_keys=${BENCH_KEYS:-10000}
 n_workspaces=${BENCH_WORKSPACES:-1000}
 feature_rows=${BENCH_FEATURE_ROWS:-1}
+tls_run=${BENCH_TLS:-1}
 rounds=${BENCH_ROUNDS:-5}
 threads=${BENCH_THREADS:-2}
 work_stealing=${BENCH_WORK_STEALING:-false}
@@ -127,7 +132,7 @@ stop() {
 wait_ready() {
   local name=$1 url=$2 pid=$3 log=$4
   for _ in $(seq 100); do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; then
+    if [ "$(curl -sk -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; then
       return 0
     fi
     if ! alive "$pid"; then
@@ -176,15 +181,23 @@ bare=${BENCH_BARE:-target/release/examples/bare_proxy}
 lua=scripts/bench/keys.lua
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
-# Twelve free loopback ports, all held at once so that they differ.
-read -r p_nginx p_nginx_proxy p_bare p_kg p_kg_admin p_kg2 p_kg2_admin p_kg3 p_kg3_admin p_kg4 p_kg4_admin p_redis < <(python3 -c '
+# Fourteen free loopback ports, all held at once so that they differ.
+read -r p_nginx p_nginx_proxy p_bare p_kg p_kg_admin p_kg2 p_kg2_admin p_kg3 p_kg3_admin p_kg4 p_kg4_admin p_redis p_bare_tls p_kg_tls < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(12)]
+socks = [socket.socket() for _ in range(14)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 ')
-[ -n "${p_redis:-}" ] || die "could not pick free ports"
+[ -n "${p_kg_tls:-}" ] || die "could not pick free ports"
+# The TLS rows' certificate: self-signed, for 127.0.0.1 (wrk does not verify it).
+tls_section=""
+if [ "$tls_run" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null || die "openssl could not make a certificate"
+  tls_section="  tls: { addresses: [\"127.0.0.1:$p_kg_tls\"], cert_file: tls.crt, key_file: tls.key }"
+fi
 
 echo "== generating $n_keys keys in $n_workspaces workspaces"
 secrets=$work/secrets.txt
@@ -195,7 +208,9 @@ python3 scripts/bench/gen_keys.py "$work/keys.json" "$secrets" "$n_keys" "$n_wor
 # conf/keygate.yaml's settings, with the generated keys, one route over everything, and limits
 # that never bind (held fleet-wide through the Redis on REDIS_PORT when given).
 keygate_config() {
-  local global=""
+  local global="" tls=""
+  # keygate as shipped also listens for TLS clients (measured in turn, never at once).
+  [ "$2" = "$p_kg" ] && tls=$tls_section
   if [ -n "${6:-}" ]; then
     global="  global:
     redis: { url: \"redis://127.0.0.1:$6/0\" }
@@ -206,6 +221,7 @@ keygate_config() {
 listen:
   addresses: ["127.0.0.1:$2"]
   keepalive_timeout: 60s
+$tls
 upstream:
   address: 127.0.0.1:$p_nginx
   connect_timeout: 1s
@@ -453,14 +469,14 @@ start_keygate() {
   expect_status 401 "$url"
 }
 
-# measure_keygate NAME LABEL PORT ADMIN_PORT PID: `measure`, then a check that keygate counted
+# measure_keygate NAME LABEL URL ADMIN_PORT PID: `measure`, then a check that keygate counted
 # as allowed (its admin /metrics) every request wrk reports, and refused none.
 measure_keygate() {
-  local name=$1 label=$2 port=$3 admin=$4 pid=$5
+  local name=$1 label=$2 url=$3 admin=$4 pid=$5
   local counts allowed0 other0 allowed1 other1 allowed other
   counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
   read -r allowed0 other0 <<<"$counts"
-  measure "$name" "$label" "http://127.0.0.1:$port$path" "$pid"
+  measure "$name" "$label" "$url" "$pid"
   sleep 0.3 # the last responses are counted just after they are sent
   counts=$(outcomes "$admin") || die "no metrics from $label's admin port"
   read -r allowed1 other1 <<<"$counts"
@@ -483,13 +499,23 @@ proxy_pid=$nginx_pid
 wait_ready "nginx proxy" "http://127.0.0.1:$p_nginx_proxy$path" "$proxy_pid" \
   "$work/nginx-proxy/error.log"
 proxy_worker=$(pgrep -P "$proxy_pid" | head -n 1) || die "no nginx proxy worker process"
-"$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" >"$work/bare.log" 2>&1 &
+bare_tls=()
+[ "$tls_run" = 1 ] && bare_tls=(--tls-listen "127.0.0.1:$p_bare_tls")
+"$bare" -c "$work/keygate.yaml" --listen "127.0.0.1:$p_bare" "${bare_tls[@]}" >"$work/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
 wait_ready "bare proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid" "$work/bare.log"
+if [ "$tls_run" = 1 ]; then
+  wait_ready "bare proxy (TLS)" "https://127.0.0.1:$p_bare_tls$path" "$bare_pid" "$work/bare.log"
+fi
 access=$work/keygate-access.log
 start_keygate "keygate" "$work/keygate.yaml" "$p_kg" "$p_kg_admin" "$work/keygate.log" "$access"
 kg_pid=$keygate_pid
+if [ "$tls_run" = 1 ]; then
+  expect_status 200 "https://127.0.0.1:$p_kg_tls$path" -k \
+    -H "Authorization: Bearer $(sed -n 1p "$secrets")"
+  expect_status 401 "https://127.0.0.1:$p_kg_tls$path" -k
+fi
 if [ "$feature_rows" = 1 ]; then
   start_keygate "keygate (access log off)" "$work/keygate-nolog.yaml" "$p_kg2" "$p_kg2_admin" \
     "$work/keygate-nolog.log" /dev/null
@@ -542,25 +568,33 @@ for connections in $connection_counts; do
     warm_round "http://127.0.0.1:$p_bare$path"
     measure "bare@$connections" "bare Pingora proxy" "http://127.0.0.1:$p_bare$path" "$bare_pid"
     warm_round "http://127.0.0.1:$p_kg$path"
-    measure_keygate "keygate@$connections" "keygate as shipped (log on)" "$p_kg" "$p_kg_admin" \
-      "$kg_pid"
+    measure_keygate "keygate@$connections" "keygate as shipped (log on)" \
+      "http://127.0.0.1:$p_kg$path" "$p_kg_admin" "$kg_pid"
     if [ "$feature_rows" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg2$path"
-      measure_keygate "keygate_nolog@$connections" "keygate, access log off" "$p_kg2" \
-        "$p_kg2_admin" "$kg2_pid"
+      measure_keygate "keygate_nolog@$connections" "keygate, access log off" \
+        "http://127.0.0.1:$p_kg2$path" "$p_kg2_admin" "$kg2_pid"
       warm_round "http://127.0.0.1:$p_kg4$path"
       measure_keygate "keygate_minimal@$connections" "keygate, log off, no rate headers" \
-        "$p_kg4" "$p_kg4_admin" "$kg4_pid"
+        "http://127.0.0.1:$p_kg4$path" "$p_kg4_admin" "$kg4_pid"
     fi
     if [ "$redis_run" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg3$path"
       read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
-      measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" "$p_kg3" \
-        "$p_kg3_admin" "$kg3_pid"
+      measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" \
+        "http://127.0.0.1:$p_kg3$path" "$p_kg3_admin" "$kg3_pid"
       read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
       echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
         "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
         "$((waited1 - waited0)) decisions waited on Redis"
+    fi
+    if [ "$tls_run" = 1 ]; then
+      warm_round "https://127.0.0.1:$p_bare_tls$path"
+      measure "bare_tls@$connections" "bare Pingora proxy, TLS" \
+        "https://127.0.0.1:$p_bare_tls$path" "$bare_pid"
+      warm_round "https://127.0.0.1:$p_kg_tls$path"
+      measure_keygate "keygate_tls@$connections" "keygate as shipped, TLS" \
+        "https://127.0.0.1:$p_kg_tls$path" "$p_kg_admin" "$kg_pid"
     fi
   done
 done

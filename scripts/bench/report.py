@@ -7,7 +7,8 @@ Each line of RESULTS_TSV is one run (a target may have several), tab-separated: 
 REQUESTS_PER_SEC P50_MS P99_MS REQUESTS SERVER_CPU_US UPSTREAM_CPU_US WRK_CPU_US OTHER_CPU_PCT
 (CPU per request; the last in percent of one CPU). NAME is TARGET@CONNECTIONS; a table and
 its ratios are printed per CONNECTIONS. TARGETs compared: nginx, nginx_proxy, bare, keygate (as
-shipped), keygate_nolog, keygate_minimal, keygate_redis (any may be missing).
+shipped), keygate_nolog, keygate_minimal, keygate_redis, bare_tls, keygate_tls (any may be
+missing).
 """
 
 import statistics
@@ -71,6 +72,8 @@ def report(connections: str, runs: dict) -> list:
     ratio("keygate", "keygate_nolog", "access log on / off:")
     ratio("keygate_nolog", "keygate_minimal", "rate-limit headers on / off:")
     ratio("keygate_redis", "keygate_nolog", "fleet limits (Redis) / local:")
+    ratio("keygate_tls", "bare_tls", "over TLS: keygate as shipped / bare:")
+    ratio("bare_tls", "bare", "bare Pingora, TLS / plain:")
     ratio("bare", "nginx_proxy", "bare Pingora / nginx proxy:")
     ratio("keygate", "nginx_proxy", "keygate as shipped / nginx proxy:")
     return [f"{r['label']} (-c{connections})" for r in rows.values()
