@@ -134,7 +134,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
         }
         self.shared.metrics.open.inc();
         let mut stream = BoundedStream::new(stream, self.shared.clone());
-        if self.shared.limits.proxy_protocol {
+        // Over TLS the header came before the handshake, read by `proxy_protocol::BeforeTls`.
+        if self.shared.limits.proxy_protocol && stream.inner.get_ssl().is_none() {
             let header = crate::proxy_protocol::read_header(&mut stream.inner);
             match tokio::time::timeout(self.shared.limits.head_timeout, header).await {
                 Ok(Ok(client)) => stream.proxied_client = client,

@@ -11,6 +11,11 @@
 //! The header is read exactly, never past its end, so the request that follows is untouched:
 //! v2 by its length field, v1 a byte at a time up to its line end (at most 107 bytes, once per
 //! connection).
+//!
+//! On a plain listener the header is read by [`crate::connections::Bounded`]. On a TLS
+//! listener it comes before the handshake, which Pingora performs before keygate sees the
+//! connection, so Pingora's pre-TLS hook reads it ([`BeforeTls`]) and records the client as the
+//! connection's peer address.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -52,6 +57,48 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Opt
         line.push(stream.read_u8().await?);
     }
     parse_v1(&line)
+}
+
+/// Reads the header on a TLS listener's raw connection, before the handshake.
+pub struct BeforeTls {
+    /// The whole header must arrive within this (`listen.request_head_timeout`).
+    pub timeout: std::time::Duration,
+    pub refused: prometheus::IntCounter,
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::PreTlsProcess for BeforeTls {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        use pingora::protocols::{GetSocketDigest, SocketDigest};
+        use std::os::unix::io::AsRawFd;
+        let client = match tokio::time::timeout(self.timeout, read_header(stream)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(self.refuse(e.to_string())),
+            Err(_) => return Err(self.refuse("PROXY protocol: no header in time".into())),
+        };
+        if let Some(client) = client {
+            // Everything that asks for the peer (the request path, the access log) now gets the
+            // client the balancer named, as on a plain listener.
+            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+            let _ = digest
+                .peer_addr
+                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+                    client,
+                )));
+            stream.set_socket_digest(digest);
+        }
+        Ok(())
+    }
+}
+
+impl BeforeTls {
+    fn refuse(&self, why: String) -> Box<pingora::Error> {
+        self.refused.inc();
+        pingora::Error::explain(pingora::ErrorType::HandshakeError, why)
+    }
 }
 
 fn invalid(why: &str) -> io::Error {

@@ -163,6 +163,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
     });
     let gate = Gate::new(routes, unmatched, limits).with_shield(shield);
     let connection_metrics = metrics.connections.clone();
+    let proxy_header_refused = connection_metrics.proxy_header_refused.clone();
     let observers = Observers {
         metrics,
         usage,
@@ -198,6 +199,14 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
                 None,
                 crate::tls::settings(&certificates)?,
             );
+        }
+        if connection_limits.proxy_protocol {
+            proxy
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(crate::proxy_protocol::BeforeTls {
+                    timeout: connection_limits.head_timeout,
+                    refused: proxy_header_refused,
+                }));
         }
         server.add_service(background_service("TLS certificate watch", watch));
     }

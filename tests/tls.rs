@@ -465,10 +465,8 @@ fn a_certificate_pair_that_cannot_serve_is_refused_at_check_with_the_file_at_fau
         &config(&tls("a.crt", "a.key"), "").replace("8080']\n", "8080']\n  proxy_protocol: true\n"),
         dir.path(),
     );
-    assert!(
-        !ok && text.contains("listen.proxy_protocol") && text.contains("TLS handshake"),
-        "{text}"
-    );
+    // The PROXY protocol with TLS: the header is read before the handshake.
+    assert!(ok, "{text}");
     let (ok, text) = check(
         &config(&tls("a.crt", "a.key").replace("8443", "8080"), ""),
         dir.path(),
@@ -688,4 +686,68 @@ fn upstream_tls_settings_are_checked() {
         );
     }
     drop(leaf);
+}
+
+/// Behind a TCP balancer that sends a PROXY header and lets keygate terminate TLS: the header
+/// before the handshake names the client; a connection without one never gets a handshake.
+#[test]
+fn a_proxy_protocol_header_before_the_tls_handshake_names_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca_and_leaf(dir.path(), "DNS:localhost");
+    let up = Echo::start();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
+        .parse()
+        .unwrap();
+    let k = Keygate::start(Setup::new(&up, &keys()).config(|c| {
+        c.listen.proxy_protocol = Some(true);
+        c.listen.request_head_timeout = Some(Duration::from_secs(1));
+        c.listen.tls = Some(TlsFile {
+            addresses: vec![tls_addr.to_string()],
+            cert_file: cert.display().to_string(),
+            key_file: key.display().to_string(),
+            watch_interval: None,
+        });
+    }));
+    assert!(common::http::wait_for_port(
+        tls_addr,
+        Duration::from_secs(5)
+    ));
+    let request = format!(
+        "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        bearer(READER)
+    );
+    let header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n";
+    let mut client =
+        keygate_test_support::tls::TlsClient::connect_after(tls_addr, &ca, "localhost", header)
+            .unwrap();
+    let raw = client.exchange(request.as_bytes()).unwrap();
+    let (response, _) = common::http::parse_response(&raw, false).unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream_header(&response, "x-client-ip").as_deref(),
+        Some("203.0.113.7")
+    );
+    // v2 LOCAL (a balancer's health check): the connection's own peer stands.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    let mut client =
+        keygate_test_support::tls::TlsClient::connect_after(tls_addr, &ca, "localhost", &local)
+            .unwrap();
+    let raw = client.exchange(request.as_bytes()).unwrap();
+    let (response, _) = common::http::parse_response(&raw, false).unwrap();
+    assert_eq!(
+        upstream_header(&response, "x-client-ip").as_deref(),
+        Some("127.0.0.1")
+    );
+    // No header (the ClientHello is no header), or one that never finishes: refused. (The
+    // harness's port probes, without a header, were refused too.)
+    let before = k.metric("keygate_proxy_protocol_refused_total").unwrap();
+    assert!(keygate_test_support::tls::TlsClient::connect(tls_addr, &ca, "localhost").is_err());
+    let slow = std::net::TcpStream::connect(tls_addr).unwrap();
+    std::io::Write::write_all(&mut &slow, b"PROXY TCP4 ").unwrap();
+    metric("keygate_proxy_protocol_refused_total")
+        .value(before + 2.0)
+        .eventually(k.admin);
+    drop(slow);
+    assert!(!k.log().contains("handshake error"), "{}", k.log());
 }

@@ -400,15 +400,6 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
             format!("{a} is also in listen.addresses; one port serves either TLS or plain HTTP"),
         ));
     }
-    if tls.is_some() && listen.proxy_protocol == Some(true) {
-        return Err(invalid(
-            "listen.proxy_protocol".into(),
-            "cannot be used with listen.tls: the PROXY header comes before the TLS handshake, \
-             which Pingora completes before keygate reads the connection; terminate TLS at the \
-             load balancer, or remove proxy_protocol"
-                .into(),
-        ));
-    }
     let connection_limits = connection_limits(&listen).map_err(|(f, m)| invalid(f, m))?;
 
     let upstream_addr = upstream

@@ -108,6 +108,17 @@ impl TlsClient {
     /// Connects to `addr` as `name`, trusting the CA certificates in `ca`, and completes the
     /// handshake (TLS 1.3 or 1.2).
     pub fn connect(addr: std::net::SocketAddr, ca: &Path, name: &str) -> std::io::Result<Self> {
+        Self::connect_after(addr, ca, name, b"")
+    }
+
+    /// As [`TlsClient::connect`], with `preamble` sent in the clear first (a PROXY protocol
+    /// header, as a load balancer sends one).
+    pub fn connect_after(
+        addr: std::net::SocketAddr,
+        ca: &Path,
+        name: &str,
+        preamble: &[u8],
+    ) -> std::io::Result<Self> {
         let pem = std::fs::read(ca)?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut &pem[..]) {
@@ -125,6 +136,7 @@ impl TlsClient {
             .map_err(std::io::Error::other)?;
         let mut socket = std::net::TcpStream::connect(addr)?;
         socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        std::io::Write::write_all(&mut socket, preamble)?;
         while connection.is_handshaking() {
             connection.complete_io(&mut socket)?;
         }
