@@ -432,3 +432,128 @@ fn a_tls_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
         .collect();
     assert!(answers.iter().all(|a| a == "HTTP/1.1 200"), "{answers:?}");
 }
+
+/// curl over TLS until `stop`, `batch` requests per run on one connection (kept alive, or
+/// replaced when the server closes it or says GOAWAY): the status of each request, and
+/// whether each curl run ended well.
+fn curl_tls(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    protocol: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = dir.path().join("urls");
+    let entry = format!(
+        "url = \"https://localhost:{}/v1/me\"\noutput = /dev/null\n",
+        addr.port()
+    );
+    std::fs::write(&urls, entry.repeat(200)).unwrap();
+    let (mut codes, mut errors) = (Vec::new(), Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", protocol, "--max-time", "30", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+            .args(["-H", &format!("Authorization: {}", bearer(KEY))])
+            .args(["-w", "%{http_code}\n", "-K"])
+            .arg(&urls)
+            .output()
+            .unwrap();
+        codes.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned),
+        );
+        if !out.status.success() {
+            errors.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    (codes, errors)
+}
+
+/// Reloads with clients on the TLS listener: HTTP/2 and HTTP/1.1 on kept-alive connections
+/// (curl), and a fresh TLS connection per request; none fails.
+#[test]
+fn reloads_under_tls_load_fail_no_request() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) =
+        keygate_test_support::tls::make_ca_and_leaf(certs.path(), "DNS:localhost");
+    let up = Echo::start();
+    let keys = keys();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("keygate");
+    install_binary(&binary, "tls-load");
+    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
+        .parse()
+        .unwrap();
+    let sock = bin_dir.path().join("upgrade.sock").display().to_string();
+    let kg = Keygate::start(Setup {
+        binary: Some(binary.clone()),
+        ..Setup::new(&up, &keys).config(|c| {
+            c.server.upgrade_sock = Some(sock);
+            c.server.grace_period_seconds = Some(5);
+            c.listen.tls = Some(TlsFile {
+                addresses: vec![tls_addr.to_string()],
+                cert_file: cert.display().to_string(),
+                key_file: key.display().to_string(),
+                watch_interval: None,
+            });
+        })
+    });
+    assert!(common::http::wait_for_port(
+        tls_addr,
+        Duration::from_secs(5)
+    ));
+    let mut last = Last(kg.pid());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let curls: Vec<_> = ["--http2", "--http1.1"]
+        .into_iter()
+        .map(|protocol| {
+            let (stop, ca) = (stop.clone(), ca.clone());
+            thread::spawn(move || curl_tls(tls_addr, &ca, protocol, stop))
+        })
+        .collect();
+    let fresh = {
+        let (stop, ca) = (stop.clone(), ca.clone());
+        thread::spawn(move || {
+            let request = format!(
+                "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                bearer(KEY)
+            );
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer =
+                    keygate_test_support::tls::TlsClient::connect(tls_addr, &ca, "localhost")
+                        .and_then(|mut c| c.exchange(request.as_bytes()))
+                        .map(|raw| String::from_utf8_lossy(&raw[..raw.len().min(12)]).into_owned());
+                answers.push(answer.unwrap_or_else(|e| e.to_string()));
+            }
+            answers
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        last.0 = reload(last.0);
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+
+    let mut summary = Vec::new();
+    for (protocol, curl) in ["HTTP/2", "HTTP/1.1"].into_iter().zip(curls) {
+        let (codes, errors) = curl.join().unwrap();
+        let failed: Vec<_> = codes.iter().filter(|c| *c != "200").collect();
+        assert!(
+            failed.is_empty() && errors.is_empty(),
+            "{protocol}: {failed:?} {errors:?}"
+        );
+        summary.push(format!("{protocol} kept alive: {}", codes.len()));
+    }
+    let answers = fresh.join().unwrap();
+    let failed: Vec<_> = answers.iter().filter(|a| *a != "HTTP/1.1 200").collect();
+    assert!(failed.is_empty(), "fresh TLS connections: {failed:?}");
+    summary.push(format!("fresh TLS connections: {}", answers.len()));
+    eprintln!("3 reloads, no failure: {}", summary.join(", "));
+    assert!(summary.iter().all(|s| !s.ends_with(": 0")), "{summary:?}");
+}
