@@ -6,7 +6,6 @@ mod common;
 
 use common::http::Echo;
 use common::*;
-use keygate::config::file::TlsFile;
 use keygate_test_support::metric;
 use keygate_test_support::tls::{make_ca_and_leaf, make_certificate};
 use std::net::SocketAddr;
@@ -37,27 +36,15 @@ fn start_tls(
     key: &Path,
     limits: bool,
 ) -> (Keygate, SocketAddr) {
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
-        .parse()
-        .unwrap();
+    let mut tls_addr = None;
     let k = Keygate::start(Setup::new(up, keys).config(|c| {
-        c.listen.tls = Some(TlsFile {
-            addresses: vec![tls_addr.to_string()],
-            cert_file: cert.display().to_string(),
-            key_file: key.display().to_string(),
-            watch_interval: Some(Duration::from_millis(100)),
-        });
+        tls_addr = Some(tls_listener(c, cert, key));
         if limits {
             c.limits.enabled = Some(true);
             c.limits.live = policy(Some(3), Some(1000));
         }
     }));
-    assert!(
-        common::http::wait_for_port(tls_addr, Duration::from_secs(5)),
-        "no TLS listener: {}",
-        k.log()
-    );
-    (k, tls_addr)
+    (k, tls_addr.unwrap())
 }
 
 /// What one curl exchange gave: the protocol version, status, headers (names lowercased, in
@@ -514,23 +501,13 @@ fn a_silent_or_idle_http2_connection_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = make_certificate(dir.path(), "server");
     let up = Echo::start();
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
-        .parse()
-        .unwrap();
+    let mut tls_addr = None;
     let k = Keygate::start(Setup::new(&up, &keys()).config(|c| {
         c.listen.request_head_timeout = Some(Duration::from_secs(1));
         c.listen.keepalive_timeout = Some(Duration::from_secs(3));
-        c.listen.tls = Some(TlsFile {
-            addresses: vec![tls_addr.to_string()],
-            cert_file: cert.display().to_string(),
-            key_file: key.display().to_string(),
-            watch_interval: None,
-        });
+        tls_addr = Some(tls_listener(c, &cert, &key));
     }));
-    assert!(common::http::wait_for_port(
-        tls_addr,
-        Duration::from_secs(5)
-    ));
+    let tls_addr = tls_addr.unwrap();
     // No preface: closed at the head timeout (Pingora alone would wait for ever).
     let silent = held_for(tls_addr, b"", Duration::from_secs(10)).expect("silent client held");
     assert!(silent < Duration::from_secs(3), "{silent:?}");
@@ -695,23 +672,13 @@ fn a_proxy_protocol_header_before_the_tls_handshake_names_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_ca_and_leaf(dir.path(), "DNS:localhost");
     let up = Echo::start();
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
-        .parse()
-        .unwrap();
+    let mut tls_addr = None;
     let k = Keygate::start(Setup::new(&up, &keys()).config(|c| {
         c.listen.proxy_protocol = Some(true);
         c.listen.request_head_timeout = Some(Duration::from_secs(1));
-        c.listen.tls = Some(TlsFile {
-            addresses: vec![tls_addr.to_string()],
-            cert_file: cert.display().to_string(),
-            key_file: key.display().to_string(),
-            watch_interval: None,
-        });
+        tls_addr = Some(tls_listener(c, &cert, &key));
     }));
-    assert!(common::http::wait_for_port(
-        tls_addr,
-        Duration::from_secs(5)
-    ));
+    let tls_addr = tls_addr.unwrap();
     let request = format!(
         "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
         bearer(READER)

@@ -23,12 +23,41 @@ fn keys() -> Keys {
 /// keygate from `binary`, its upgrade socket in `sock_dir`, with a grace period long enough for
 /// in-flight requests.
 fn start(up: &Echo, keys: &Keys, binary: &Path, sock_dir: &Path) -> Keygate {
+    start_configured(up, keys, binary, sock_dir, |_| {})
+}
+
+/// As [`start`], with a TLS listener for `localhost` besides: keygate, the listener's address
+/// and the CA file that signs its certificate (made in `sock_dir`).
+fn start_with_tls(
+    up: &Echo,
+    keys: &Keys,
+    binary: &Path,
+    sock_dir: &Path,
+) -> (Keygate, std::net::SocketAddr, PathBuf) {
+    let certs = sock_dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(&certs, "DNS:localhost");
+    let mut tls_addr = None;
+    let kg = start_configured(up, keys, binary, sock_dir, |c| {
+        tls_addr = Some(tls_listener(c, &cert, &key));
+    });
+    (kg, tls_addr.unwrap(), ca)
+}
+
+fn start_configured(
+    up: &Echo,
+    keys: &Keys,
+    binary: &Path,
+    sock_dir: &Path,
+    change: impl FnOnce(&mut ConfigFile),
+) -> Keygate {
     let sock = sock_dir.join("upgrade.sock").display().to_string();
     Keygate::start(Setup {
         binary: Some(binary.to_path_buf()),
         ..Setup::new(up, keys).config(|c| {
             c.server.upgrade_sock = Some(sock);
             c.server.grace_period_seconds = Some(5);
+            change(c);
         })
     })
 }
@@ -326,6 +355,31 @@ fn reload_done(old: u32, successor: u32) -> u32 {
     third.unwrap()
 }
 
+/// Starts a reload of `kg`, opens 40 connections (`open`) while both processes accept, waits
+/// until the old process has begun to stop, then sends each its request (`send`): the answers.
+fn late_in_the_hand_over<C>(
+    kg: &Keygate,
+    last: &mut Last,
+    open: impl Fn() -> C,
+    send: impl Fn(&mut C) -> String,
+) -> Vec<String> {
+    signal("-HUP", kg.pid());
+    let waiting = within(Duration::from_secs(30), || {
+        kg.log().contains("the new keygate is taking over")
+    });
+    assert!(waiting.is_some(), "{}", kg.log());
+    last.0 = children(kg.pid())[0];
+    // Both processes accept now; some of these land on the old one.
+    thread::sleep(Duration::from_millis(500));
+    let mut silent: Vec<C> = (0..40).map(|_| open()).collect();
+    let stopping = within(Duration::from_secs(15), || {
+        kg.log().contains("Graceful shutdown started")
+    });
+    assert!(stopping.is_some(), "{}", kg.log());
+    thread::sleep(Duration::from_millis(300));
+    silent.iter_mut().map(send).collect()
+}
+
 /// Clients that connected during the hand-over but send their request only once the old
 /// process has begun to stop: Pingora would drop each connection the old process accepted
 /// whose request had not arrived, and keygate holds them until it has (`Bounded::process_new`).
@@ -338,33 +392,16 @@ fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
     install_binary(&binary, "late");
     let kg = start(&up, &keys, &binary, bin_dir.path());
     let mut last = Last(kg.pid());
-
-    signal("-HUP", kg.pid());
-    let waiting = within(Duration::from_secs(30), || {
-        kg.log().contains("the new keygate is taking over")
-    });
-    assert!(waiting.is_some(), "{}", kg.log());
-    last.0 = children(kg.pid())[0];
-    // Both processes accept now; some of these land on the old one.
-    thread::sleep(Duration::from_millis(500));
-    let mut silent: Vec<Connection> = (0..40)
-        .map(|_| Connection::open(kg.addr).unwrap())
-        .collect();
-    let stopping = within(Duration::from_secs(15), || {
-        kg.log().contains("Graceful shutdown started")
-    });
-    assert!(stopping.is_some(), "{}", kg.log());
-    thread::sleep(Duration::from_millis(300));
     let auth = bearer(KEY);
-    let answers: Vec<String> = silent
-        .iter_mut()
-        .map(
-            |c| match c.send(&Request::get("/v1/me").header("Authorization", &auth)) {
-                Ok(r) => r.status.to_string(),
-                Err(e) => e.to_string(),
-            },
-        )
-        .collect();
+    let answers = late_in_the_hand_over(
+        &kg,
+        &mut last,
+        || Connection::open(kg.addr).unwrap(),
+        |c| match c.send(&Request::get("/v1/me").header("Authorization", &auth)) {
+            Ok(r) => r.status.to_string(),
+            Err(e) => e.to_string(),
+        },
+    );
     assert!(answers.iter().all(|a| a == "200"), "{answers:?}");
 }
 
@@ -373,63 +410,26 @@ fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
 /// has begun to stop, are answered (keygate reads their first bytes ahead and keeps them).
 #[test]
 fn a_tls_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) =
-        keygate_test_support::tls::make_ca_and_leaf(certs.path(), "DNS:localhost");
     let up = Echo::start();
     let keys = keys();
     let bin_dir = tempfile::tempdir().unwrap();
     let binary = bin_dir.path().join("keygate");
     install_binary(&binary, "late-tls");
-    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
-        .parse()
-        .unwrap();
-    let sock = bin_dir.path().join("upgrade.sock").display().to_string();
-    let kg = Keygate::start(Setup {
-        binary: Some(binary.clone()),
-        ..Setup::new(&up, &keys).config(|c| {
-            c.server.upgrade_sock = Some(sock);
-            c.server.grace_period_seconds = Some(5);
-            c.listen.tls = Some(TlsFile {
-                addresses: vec![tls_addr.to_string()],
-                cert_file: cert.display().to_string(),
-                key_file: key.display().to_string(),
-                watch_interval: None,
-            });
-        })
-    });
-    assert!(common::http::wait_for_port(
-        tls_addr,
-        Duration::from_secs(5)
-    ));
+    let (kg, tls_addr, ca) = start_with_tls(&up, &keys, &binary, bin_dir.path());
     let mut last = Last(kg.pid());
-
-    signal("-HUP", kg.pid());
-    let waiting = within(Duration::from_secs(30), || {
-        kg.log().contains("the new keygate is taking over")
-    });
-    assert!(waiting.is_some(), "{}", kg.log());
-    last.0 = children(kg.pid())[0];
-    thread::sleep(Duration::from_millis(500));
-    let mut silent: Vec<_> = (0..40)
-        .map(|_| keygate_test_support::tls::TlsClient::connect(tls_addr, &ca, "localhost").unwrap())
-        .collect();
-    let stopping = within(Duration::from_secs(15), || {
-        kg.log().contains("Graceful shutdown started")
-    });
-    assert!(stopping.is_some(), "{}", kg.log());
-    thread::sleep(Duration::from_millis(300));
     let request = format!(
         "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
         bearer(KEY)
     );
-    let answers: Vec<String> = silent
-        .iter_mut()
-        .map(|c| match c.exchange(request.as_bytes()) {
+    let answers = late_in_the_hand_over(
+        &kg,
+        &mut last,
+        || keygate_test_support::tls::TlsClient::connect(tls_addr, &ca, "localhost").unwrap(),
+        |c| match c.exchange(request.as_bytes()) {
             Ok(raw) => String::from_utf8_lossy(&raw[..raw.len().min(12)]).into_owned(),
             Err(e) => e.to_string(),
-        })
-        .collect();
+        },
+    );
     assert!(answers.iter().all(|a| a == "HTTP/1.1 200"), "{answers:?}");
 }
 
@@ -476,35 +476,12 @@ fn curl_tls(
 /// (curl), and a fresh TLS connection per request; none fails.
 #[test]
 fn reloads_under_tls_load_fail_no_request() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) =
-        keygate_test_support::tls::make_ca_and_leaf(certs.path(), "DNS:localhost");
     let up = Echo::start();
     let keys = keys();
     let bin_dir = tempfile::tempdir().unwrap();
     let binary = bin_dir.path().join("keygate");
     install_binary(&binary, "tls-load");
-    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::http::free_port())
-        .parse()
-        .unwrap();
-    let sock = bin_dir.path().join("upgrade.sock").display().to_string();
-    let kg = Keygate::start(Setup {
-        binary: Some(binary.clone()),
-        ..Setup::new(&up, &keys).config(|c| {
-            c.server.upgrade_sock = Some(sock);
-            c.server.grace_period_seconds = Some(5);
-            c.listen.tls = Some(TlsFile {
-                addresses: vec![tls_addr.to_string()],
-                cert_file: cert.display().to_string(),
-                key_file: key.display().to_string(),
-                watch_interval: None,
-            });
-        })
-    });
-    assert!(common::http::wait_for_port(
-        tls_addr,
-        Duration::from_secs(5)
-    ));
+    let (kg, tls_addr, ca) = start_with_tls(&up, &keys, &binary, bin_dir.path());
     let mut last = Last(kg.pid());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -30,68 +30,25 @@ pub fn make_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A CA and a leaf it signs for `sans` (`DNS:…`, `IP:…`): `(ca.crt, leaf.crt, leaf.key)`.
 pub fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
+    let run = |args: &str| {
         let out = Command::new("openssl")
             .current_dir(dir)
-            .args(args)
+            .args(args.split_whitespace())
             .output()
             .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        assert!(out.status.success(), "openssl {args}: {out:?}");
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ]
-    .into_iter()
-    .chain([
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ])
-    .collect::<Vec<_>>());
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ]
-    .into_iter()
-    .chain([
-        "-subj",
-        "/CN=upstream",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-    ])
-    .collect::<Vec<_>>());
+    let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    run(&format!(
+        "req -x509 {new_key} -days 2 -subj /CN=keygate-test-CA -keyout ca.key -out ca.crt"
+    ));
+    run(&format!(
+        "req {new_key} -subj /CN=upstream -keyout leaf.key -out leaf.csr"
+    ));
     std::fs::write(dir.join("leaf.ext"), format!("subjectAltName={sans}\n")).unwrap();
-    run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-    ]
-    .into_iter()
-    .chain([
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "leaf.crt",
-    ])
-    .collect::<Vec<_>>());
+    run(
+        "x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out leaf.crt",
+    );
     (
         dir.join("ca.crt"),
         dir.join("leaf.crt"),

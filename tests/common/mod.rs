@@ -246,6 +246,20 @@ pub fn base_config(upstream: SocketAddr) -> ConfigFile {
     }
 }
 
+/// Adds a TLS listener on a free port to `config`, serving `cert` and `key` (the files read
+/// again every 100 ms); returns its address. `Keygate::start` waits for it too.
+#[allow(dead_code)]
+pub fn tls_listener(config: &mut ConfigFile, cert: &Path, key: &Path) -> SocketAddr {
+    let addr: SocketAddr = format!("127.0.0.1:{}", http::free_port()).parse().unwrap();
+    config.listen.tls = Some(TlsFile {
+        addresses: vec![addr.to_string()],
+        cert_file: cert.display().to_string(),
+        key_file: key.display().to_string(),
+        watch_interval: Some(Duration::from_millis(100)),
+    });
+    addr
+}
+
 /// A running keygate process; killed on drop.
 pub struct Keygate {
     child: Child,
@@ -338,8 +352,18 @@ impl Keygate {
             log_path,
             access_path,
         };
+        let tls: Vec<SocketAddr> = setup
+            .config
+            .listen
+            .tls
+            .iter()
+            .flat_map(|t| t.addresses.iter().map(|a| a.parse().unwrap()))
+            .collect();
         if http::wait_for_port(addr, Duration::from_secs(10))
             && http::wait_for_port(admin, Duration::from_secs(5))
+            && tls
+                .iter()
+                .all(|&a| http::wait_for_port(a, Duration::from_secs(5)))
         {
             return Some(k);
         }
