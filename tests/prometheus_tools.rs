@@ -36,6 +36,9 @@ const METRICS: &[&str] = &[
     "keygate_usage_tracked_keys",
     "keygate_sync_responses_total",
     "keygate_workspace_requests_total",
+    "keygate_tls_certificate_expiry_timestamp_seconds",
+    "keygate_tls_certificate_reloads_total",
+    "keygate_tls_handshake_failures_total",
 ];
 
 /// What the dashboard must show.
@@ -60,6 +63,7 @@ const ALERTS: &[&str] = &[
     "Keygate5xxSurge",
     "Keygate429Surge",
     "KeygateAuthFailureSurge",
+    "KeygateTlsCertificateExpiresSoon",
 ];
 
 fn conf(name: &str) -> PathBuf {
