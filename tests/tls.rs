@@ -264,6 +264,12 @@ fn many_streams_on_one_http2_connection_are_each_decided() {
         .sum();
     assert_eq!(total, 1200.0, "{metrics}");
     assert_eq!(up.requests_seen(), 400);
+    // And logged on its own: one access-log line per stream (written out at the stop).
+    let mut k = k;
+    assert!(k.terminate());
+    let lines = k.access_log();
+    assert_eq!(lines.len(), 1200);
+    assert_eq!(lines.iter().filter(|l| l["status"] == 200).count(), 400);
 }
 
 /// What `openssl s_client` makes of the listener with `args`: whether the handshake succeeded,
