@@ -622,3 +622,62 @@ fn the_lease_scripts_running_totals_follow_the_window() {
     redis.cli(&["HSET", "{w}:s", "t", "garbage"]);
     assert_eq!(call("c", 2, 1_000, &[]), [2, 2, 2]);
 }
+
+/// Redis over TLS (`rediss://`): reached and used with the CA that signs its certificate, and
+/// refused without it (the system's roots do not know a private CA), degrading to the outage
+/// mode rather than talking to an unverified server.
+#[test]
+fn redis_over_tls_is_verified_against_its_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(certs.path(), "IP:127.0.0.1");
+    let port = common::http::free_port();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = Redis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&cert),
+            "--tls-key-file",
+            &path(&key),
+            "--tls-ca-cert-file",
+            &path(&ca),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = redis.url().replacen("redis://", "rediss://", 1);
+    let up = Echo::start();
+    let keys = keys_for(&[("ws_a", 10, 100)]);
+    let with_ca = |ca_file: Option<&std::path::Path>| {
+        let mut global = fleet(url.clone(), OnOutage::Local, 1.0);
+        global.redis.ca_file = ca_file.map(|p| p.to_path_buf());
+        start(&up, &keys, global)
+    };
+    let trusted = with_ca(Some(&ca));
+    assert!(
+        within(secs(3.0), || fleet_state(&trusted) == "connected").is_some(),
+        "{}",
+        trusted.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            trusted.get_with_key("/v1/me", &secret_of("ws_a")).status,
+            200
+        );
+    }
+    assert!(trusted.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#) > Some(0.0));
+    assert_eq!(trusted.metric("keygate_fleet_backend_up"), Some(1.0));
+
+    let untrusted = with_ca(None);
+    assert_eq!(
+        untrusted.get_with_key("/v1/me", &secret_of("ws_a")).status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fleet_state(&untrusted), "degraded");
+    assert_eq!(untrusted.metric("keygate_fleet_backend_up"), Some(0.0));
+}

@@ -155,6 +155,9 @@ pub struct RedisFile {
     /// The longest a request waits on Redis. Default 50ms.
     #[serde(default, with = "human_duration")]
     pub command_timeout: Option<Duration>,
+    /// With a `rediss://` url: PEM certificates of the CAs that sign Redis's certificate
+    /// (relative to this config file). Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

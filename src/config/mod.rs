@@ -1583,8 +1583,8 @@ snapshot:
         for (url, fix) in [
             ("http://127.0.0.1:6379", "write it as redis://host:port/db"),
             (
-                "rediss://127.0.0.1:6379",
-                "TLS to Redis (rediss://) is not supported",
+                "rediss://127.0.0.1:6379#insecure",
+                "would skip verifying Redis's certificate",
             ),
             (
                 "redis://:hunter2@127.0.0.1:6379",
@@ -1611,6 +1611,22 @@ snapshot:
             ),
             "limits.global.redis.command_timeout",
             "between 1ms and 1s",
+        );
+        assert_invalid(
+            &with(
+                "limits",
+                "global: { redis: { url: redis://h:1, ca_file: ca.pem } }",
+            ),
+            "limits.global.redis.ca_file",
+            "applies only to a rediss:// url",
+        );
+        assert_invalid(
+            &with(
+                "limits",
+                "global: { redis: { url: rediss://h:1, ca_file: no-such-ca.pem } }",
+            ),
+            "limits.global.redis.ca_file",
+            "cannot read it",
         );
         assert_invalid(
             &with(

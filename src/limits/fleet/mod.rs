@@ -108,9 +108,12 @@ impl OnOutage {
 /// `limits.global`, validated.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// `redis://host:port/db`, without credentials.
+    /// `redis://host:port/db` or `rediss://…` (TLS), without credentials.
     pub url: String,
     pub password: Option<Secret>,
+    /// With `rediss://`: the CA certificates (PEM) Redis's certificate must chain to; `None`:
+    /// the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub on_outage: OnOutage,
@@ -902,6 +905,7 @@ mod tests {
         let config = FleetConfig {
             url: String::new(),
             password: None,
+            tls_ca: None,
             connect_timeout: Duration::from_millis(1),
             command_timeout: Duration::from_millis(1),
             on_outage: OnOutage::Local,

@@ -117,7 +117,17 @@ impl FleetWorker {
                     .set_password(password.expose());
                 info = info.set_redis_settings(settings);
             }
-            let client = redis::Client::open(info)?;
+            let client = match &config.tls_ca {
+                // rediss:// with its own CAs; otherwise the system's roots (or plain TCP).
+                Some(ca) => redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                )?,
+                None => redis::Client::open(info)?,
+            };
             let settings = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.command_timeout));
