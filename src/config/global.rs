@@ -37,27 +37,7 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
             ));
         }
         Some(file) => {
-            let path = base.join(file);
-            let pem = std::fs::read(&path).map_err(|e| {
-                err(
-                    "redis.ca_file",
-                    format!("{}: cannot read it: {e}", path.display()),
-                )
-            })?;
-            if rustls_pemfile::certs(&mut &pem[..])
-                .filter_map(Result::ok)
-                .count()
-                == 0
-            {
-                return Err(err(
-                    "redis.ca_file",
-                    format!(
-                        "{}: no PEM certificate in it; give the CA certificates",
-                        path.display()
-                    ),
-                ));
-            }
-            Some(pem)
+            Some(super::ca_certificates(&base.join(file)).map_err(|m| err("redis.ca_file", m))?)
         }
     };
     let password = match (password_env, password_file) {

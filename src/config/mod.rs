@@ -235,28 +235,28 @@ fn upstream_tls(
         None => None,
         Some(file) => {
             let path = base.join(file);
-            let pem = std::fs::read(&path).map_err(|e| {
-                (
-                    "upstream.ca_file".to_string(),
-                    format!("{}: cannot read it: {e}", path.display()),
-                )
-            })?;
-            let certs = rustls_pemfile::certs(&mut &pem[..])
-                .filter_map(Result::ok)
-                .count();
-            if certs == 0 {
-                return Err((
-                    "upstream.ca_file".into(),
-                    format!(
-                        "{}: no PEM certificate in it; give the CA certificates",
-                        path.display()
-                    ),
-                ));
-            }
+            ca_certificates(&path).map_err(|m| ("upstream.ca_file".to_string(), m))?;
             Some(path.display().to_string())
         }
     };
     Ok((Some(UpstreamTls { sni }), ca_file))
+}
+
+/// The PEM CA certificates in `path`, checked to hold at least one; the error says why not.
+fn ca_certificates(path: &Path) -> Result<Vec<u8>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    if rustls_pemfile::certs(&mut &pem[..])
+        .filter_map(Result::ok)
+        .count()
+        == 0
+    {
+        return Err(format!(
+            "{}: no PEM certificate in it; give the CA certificates",
+            path.display()
+        ));
+    }
+    Ok(pem)
 }
 
 /// What happens to per-key usage.
