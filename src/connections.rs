@@ -313,9 +313,7 @@ impl BoundedStream {
         }
         timer.as_mut().poll(cx).is_ready()
     }
-}
 
-impl BoundedStream {
     /// A read while an HTTP/2 client's preface is still due: past its deadline, the connection
     /// is closed (no answer: an HTTP/2 client would not read an HTTP/1 one).
     fn poll_read_h2_preface(

@@ -46,27 +46,24 @@ pub enum TlsError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
-/// A certificate pair as loaded: the key rustls signs with, and the files' bytes it came from.
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    /// What the files held, to tell a renewal from an unchanged read.
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    /// The leaf's notAfter, in seconds since the epoch (0 when unreadable).
-    not_after: i64,
+/// SHA-256 of each file of a pair: tells a renewal from an unchanged read without keeping a
+/// second copy of the private key.
+type Fingerprint = [[u8; 32]; 2];
+
+fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    [
+        Sha256::digest(cert_pem).into(),
+        Sha256::digest(key_pem).into(),
+    ]
 }
 
 /// Reads and checks a pair: the chain parses, the key parses and belongs to the leaf.
-fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
+fn load(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>, Fingerprint), TlsError> {
     let cert_pem = std::fs::read(cert_file).map_err(|e| TlsError::Read(cert_file.into(), e))?;
     let key_pem = std::fs::read(key_file).map_err(|e| TlsError::Read(key_file.into(), e))?;
     let key = certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
-    Ok(Loaded {
-        not_after: not_after(&key),
-        key,
-        cert_pem,
-        key_pem,
-    })
+    Ok((key, fingerprint(&cert_pem, &key_pem)))
 }
 
 /// The leaf certificate's notAfter, in seconds since the epoch (0 when unreadable).
@@ -193,10 +190,10 @@ pub fn start(
     config: &TlsListenConfig,
     metrics: TlsMetrics,
 ) -> Result<(Arc<Certificates>, CertificateWatch), TlsError> {
-    let loaded = load(&config.cert_file, &config.key_file)?;
-    metrics.expiry.set(loaded.not_after);
+    let (key, seen) = load(&config.cert_file, &config.key_file)?;
+    metrics.expiry.set(not_after(&key));
     let certificates = Arc::new(Certificates {
-        current: ArcSwap::new(loaded.key.clone()),
+        current: ArcSwap::new(key),
     });
     let watch = CertificateWatch {
         certificates: certificates.clone(),
@@ -204,7 +201,7 @@ pub fn start(
         key_file: config.key_file.clone(),
         interval: config.watch_interval,
         metrics,
-        served: std::sync::Mutex::new((loaded.cert_pem, loaded.key_pem)),
+        seen: std::sync::Mutex::new(seen),
     };
     Ok((certificates, watch))
 }
@@ -226,9 +223,9 @@ pub struct CertificateWatch {
     key_file: PathBuf,
     interval: Duration,
     metrics: TlsMetrics,
-    /// The files' bytes last seen (served, or refused: a refused pair is not retried until it
+    /// The files last seen (served, or refused: a refused pair is not retried until it
     /// changes again, so that a broken renewal is logged once, not every interval).
-    served: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    seen: std::sync::Mutex<Fingerprint>,
 }
 
 impl CertificateWatch {
@@ -238,13 +235,15 @@ impl CertificateWatch {
         // keep a modification time, and files are a few kilobytes.
         let cert_pem = std::fs::read(&self.cert_file).ok()?;
         let key_pem = std::fs::read(&self.key_file).ok()?;
-        let mut seen = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.0 == cert_pem && seen.1 == key_pem {
-            return None;
+        let now = fingerprint(&cert_pem, &key_pem);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
         }
         let result = certified_key(&cert_pem, &key_pem, &self.cert_file, &self.key_file);
-        *seen = (cert_pem, key_pem);
-        drop(seen);
         Some(result.map(|key| {
             self.metrics.expiry.set(not_after(&key));
             self.certificates.current.store(key);

@@ -20,46 +20,56 @@ fn keys() -> Keys {
         .key("key_up", KEY, Some("ws"), Some(&["*"]))
 }
 
-/// keygate from `binary`, its upgrade socket in `sock_dir`, with a grace period long enough for
-/// in-flight requests.
-fn start(up: &Echo, keys: &Keys, binary: &Path, sock_dir: &Path) -> Keygate {
-    start_configured(up, keys, binary, sock_dir, |_| {})
+/// What each test here starts from: an upstream, and a copy of this build's binary in a
+/// directory of its own (beside the upgrade socket), which a test may replace as a package
+/// upgrade does. `marker` makes the copy's bytes its own.
+struct Upgradable {
+    up: Echo,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
 }
 
-/// As [`start`], with a TLS listener for `localhost` besides: keygate, the listener's address
-/// and the CA file that signs its certificate (made in `sock_dir`).
-fn start_with_tls(
-    up: &Echo,
-    keys: &Keys,
-    binary: &Path,
-    sock_dir: &Path,
-) -> (Keygate, std::net::SocketAddr, PathBuf) {
-    let certs = sock_dir.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(&certs, "DNS:localhost");
-    let mut tls_addr = None;
-    let kg = start_configured(up, keys, binary, sock_dir, |c| {
-        tls_addr = Some(tls_listener(c, &cert, &key));
-    });
-    (kg, tls_addr.unwrap(), ca)
-}
+impl Upgradable {
+    fn new(marker: &str) -> Upgradable {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("keygate");
+        install_binary(&binary, marker);
+        Upgradable {
+            up: Echo::start(),
+            dir,
+            binary,
+        }
+    }
 
-fn start_configured(
-    up: &Echo,
-    keys: &Keys,
-    binary: &Path,
-    sock_dir: &Path,
-    change: impl FnOnce(&mut ConfigFile),
-) -> Keygate {
-    let sock = sock_dir.join("upgrade.sock").display().to_string();
-    Keygate::start(Setup {
-        binary: Some(binary.to_path_buf()),
-        ..Setup::new(up, keys).config(|c| {
-            c.server.upgrade_sock = Some(sock);
-            c.server.grace_period_seconds = Some(5);
-            change(c);
+    /// keygate from the copy, with a grace period long enough for in-flight requests.
+    fn start(&self) -> Keygate {
+        self.start_configured(|_| {})
+    }
+
+    /// As [`Upgradable::start`], with a TLS listener for `localhost` besides: keygate, the
+    /// listener's address and the CA file that signs its certificate.
+    fn start_with_tls(&self) -> (Keygate, std::net::SocketAddr, PathBuf) {
+        let certs = self.dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(&certs, "DNS:localhost");
+        let mut tls_addr = None;
+        let kg = self.start_configured(|c| {
+            tls_addr = Some(tls_listener(c, &cert, &key));
+        });
+        (kg, tls_addr.unwrap(), ca)
+    }
+
+    fn start_configured(&self, change: impl FnOnce(&mut ConfigFile)) -> Keygate {
+        let sock = self.dir.path().join("upgrade.sock").display().to_string();
+        Keygate::start(Setup {
+            binary: Some(self.binary.clone()),
+            ..Setup::new(&self.up, &keys()).config(|c| {
+                c.server.upgrade_sock = Some(sock);
+                c.server.grace_period_seconds = Some(5);
+                change(c);
+            })
         })
-    })
+    }
 }
 
 /// A copy of this build's binary at `path`, as a package upgrade would put a new one there: a
@@ -172,12 +182,8 @@ fn load(addr: std::net::SocketAddr, kept_alive: bool, stop: Arc<AtomicBool>, tal
 
 #[test]
 fn ten_reloads_and_a_binary_upgrade_under_load_fail_no_request() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary: PathBuf = bin_dir.path().join("keygate");
-    install_binary(&binary, "first");
-    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("first");
+    let kg = fx.start();
     let mut last = Last(kg.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,10 +202,10 @@ fn ten_reloads_and_a_binary_upgrade_under_load_fail_no_request() {
         last.0 = reload(last.0);
     }
     // A package upgrade puts a new binary at the same path; the next reload runs it.
-    install_binary(&binary, "second");
+    install_binary(&fx.binary, "second");
     last.0 = reload(last.0);
     let running = std::fs::metadata(format!("/proc/{}/exe", last.0)).unwrap();
-    let installed = std::fs::metadata(&binary).unwrap();
+    let installed = std::fs::metadata(&fx.binary).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(running.ino(), installed.ino(), "the new binary runs");
     thread::sleep(Duration::from_millis(300));
@@ -227,12 +233,8 @@ fn ten_reloads_and_a_binary_upgrade_under_load_fail_no_request() {
 
 #[test]
 fn a_refused_config_leaves_the_running_keygate_serving() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary = bin_dir.path().join("keygate");
-    install_binary(&binary, "only");
-    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("only");
+    let kg = fx.start();
     let _last = Last(kg.pid());
     let good = std::fs::read_to_string(kg.config_path()).unwrap();
     std::fs::write(
@@ -311,14 +313,10 @@ fn systemd_hears_the_reload_and_the_new_main_process() {
 /// it serves.
 #[test]
 fn a_reload_sent_to_the_starting_new_process_is_carried_out_after_it() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary = bin_dir.path().join("keygate");
-    install_binary(&binary, "twice");
-    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("twice");
+    let kg = fx.start();
     let mut last = Last(kg.pid());
-    let sock = bin_dir.path().join("upgrade.sock");
+    let sock = fx.dir.path().join("upgrade.sock");
     let _ = std::fs::remove_file(&sock);
 
     signal("-HUP", kg.pid());
@@ -385,12 +383,8 @@ fn late_in_the_hand_over<C>(
 /// whose request had not arrived, and keygate holds them until it has (`Bounded::process_new`).
 #[test]
 fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary = bin_dir.path().join("keygate");
-    install_binary(&binary, "late");
-    let kg = start(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("late");
+    let kg = fx.start();
     let mut last = Last(kg.pid());
     let auth = bearer(KEY);
     let answers = late_in_the_hand_over(
@@ -410,12 +404,8 @@ fn a_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
 /// has begun to stop, are answered (keygate reads their first bytes ahead and keeps them).
 #[test]
 fn a_tls_connection_whose_request_comes_late_in_the_hand_over_is_answered() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary = bin_dir.path().join("keygate");
-    install_binary(&binary, "late-tls");
-    let (kg, tls_addr, ca) = start_with_tls(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("late-tls");
+    let (kg, tls_addr, ca) = fx.start_with_tls();
     let mut last = Last(kg.pid());
     let request = format!(
         "GET /v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
@@ -476,12 +466,8 @@ fn curl_tls(
 /// (curl), and a fresh TLS connection per request; none fails.
 #[test]
 fn reloads_under_tls_load_fail_no_request() {
-    let up = Echo::start();
-    let keys = keys();
-    let bin_dir = tempfile::tempdir().unwrap();
-    let binary = bin_dir.path().join("keygate");
-    install_binary(&binary, "tls-load");
-    let (kg, tls_addr, ca) = start_with_tls(&up, &keys, &binary, bin_dir.path());
+    let fx = Upgradable::new("tls-load");
+    let (kg, tls_addr, ca) = fx.start_with_tls();
     let mut last = Last(kg.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
