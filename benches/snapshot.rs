@@ -95,7 +95,7 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
         key_id(&mut out, i);
         let w = i % WORKSPACES;
         // Live workspaces only, so that every key authenticates with its `sk_live_` secret.
-        let w = if w % 5 == 0 { w + 1 } else { w };
+        let w = if w.is_multiple_of(5) { w + 1 } else { w };
         write!(
             out,
             r#"","hash":"{}","workspace":"{}""#,
@@ -159,7 +159,7 @@ fn reissue(snap: &Snapshot, i: usize) -> snapshot::Delta {
     let mut id = vec![];
     key_id(&mut id, i);
     let w = i % WORKSPACES;
-    let w = if w % 5 == 0 { w + 1 } else { w };
+    let w = if w.is_multiple_of(5) { w + 1 } else { w };
     let doc = format!(
         r#"{{"from":{v},"version":{next},"keys":{{"upsert":[{{"id":"{id}","hash":"{hash}","workspace":"{ws}","scopes":["products:read"]}}]}}}}"#,
         v = snap.version(),

@@ -47,7 +47,7 @@ fn snapshot_json() -> String {
 
 /// Version parity says whether the flipped key is revoked: even = active.
 fn delta(from: u64) -> Vec<u8> {
-    let status = if (from + 1) % 2 == 0 {
+    let status = if (from + 1).is_multiple_of(2) {
         "active"
     } else {
         "revoked"
@@ -110,7 +110,7 @@ fn measure(
             let active = matches!(d.verdict, Verdict::Forward { .. });
             assert_eq!(
                 active,
-                s.version() % 2 == 0,
+                s.version().is_multiple_of(2),
                 "version {} saw the other snapshot's key",
                 s.version()
             );

@@ -47,10 +47,10 @@ impl Notifier {
 
 /// `WATCHDOG_USEC`, when it is meant for this process (`WATCHDOG_PID` unset or ours).
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
-        if pid.to_str()?.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID")
+        && pid.to_str()?.parse::<u32>().ok()? != std::process::id()
+    {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
@@ -96,10 +96,10 @@ const READY_POLL: Duration = Duration::from_millis(20);
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let version = loop {
-            if let Some(snapshot) = self.store.load_full() {
-                if self.listening() {
-                    break snapshot.version();
-                }
+            if let Some(snapshot) = self.store.load_full()
+                && self.listening()
+            {
+                break snapshot.version();
             }
             tokio::select! {
                 _ = shutdown.changed() => return,

@@ -112,10 +112,10 @@ impl Keygate {
         ctx.rate = decision.rate;
         let record = &mut ctx.record;
         record.route = decision.route.map(|r| r.index());
-        if let Some(key) = &decision.key {
-            if let Owner::Workspace(w) = &key.owner {
-                record.workspace = Some(Arc::clone(w));
-            }
+        if let Some(key) = &decision.key
+            && let Owner::Workspace(w) = &key.owner
+        {
+            record.workspace = Some(Arc::clone(w));
         }
         record.key = decision.key;
         match decision.verdict {

@@ -118,10 +118,10 @@ impl KeyRestrictions {
         headers: &HeaderMap,
         route: Option<&str>,
     ) -> Result<(), RestrictionKind> {
-        if let Some(ips) = &self.ips {
-            if !client.is_some_and(|c| ips.contains(c)) {
-                return Err(RestrictionKind::Ip);
-            }
+        if let Some(ips) = &self.ips
+            && !client.is_some_and(|c| ips.contains(c))
+        {
+            return Err(RestrictionKind::Ip);
         }
         if let Some(referrers) = &self.referrers {
             let from = headers

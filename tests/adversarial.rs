@@ -453,15 +453,15 @@ fn no_probe_gets_a_request_past_keygate_that_it_did_not_decide() {
                 probe.name, got.text
             ));
         }
-        if let Some(closes) = probe.expect.closes {
-            if got.closed != closes {
-                failures.push(format!(
-                    "{}: connection {}, expected it {}",
-                    probe.name,
-                    if got.closed { "closed" } else { "left open" },
-                    if closes { "closed" } else { "left open" },
-                ));
-            }
+        if let Some(closes) = probe.expect.closes
+            && got.closed != closes
+        {
+            failures.push(format!(
+                "{}: connection {}, expected it {}",
+                probe.name,
+                if got.closed { "closed" } else { "left open" },
+                if closes { "closed" } else { "left open" },
+            ));
         }
         // Everything the upstream has received so far, checked after every probe, so that the
         // first failure names the probe that caused it.

@@ -312,18 +312,12 @@ impl Limiter {
                 self.decide_in(&self.workspaces, Class::Workspace, id.as_bytes(), None, d)
             }
             Subject::CachedWorkspace(key, cache) => {
-                if let Some(slot) = cache.get().as_ref() {
-                    if slot.limiter == self.id {
-                        let mut state = lock(&slot.state);
-                        if !state.evicted {
-                            return self.decide(
-                                &mut state,
-                                slot,
-                                Class::Workspace,
-                                key.as_bytes(),
-                                d,
-                            );
-                        }
+                if let Some(slot) = cache.get().as_ref()
+                    && slot.limiter == self.id
+                {
+                    let mut state = lock(&slot.state);
+                    if !state.evicted {
+                        return self.decide(&mut state, slot, Class::Workspace, key.as_bytes(), d);
                     }
                 }
                 self.decide_in(

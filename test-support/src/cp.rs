@@ -192,11 +192,11 @@ impl ControlPlane {
             if child.try_wait().expect("poll the control plane").is_some() {
                 return false;
             }
-            if let Ok(r) = http::try_request(self.addr, "GET", "/healthz", &[], None) {
-                if r.status == 200 {
-                    self.child = Some(child);
-                    return true;
-                }
+            if let Ok(r) = http::try_request(self.addr, "GET", "/healthz", &[], None)
+                && r.status == 200
+            {
+                self.child = Some(child);
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
