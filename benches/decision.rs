@@ -10,7 +10,9 @@
 //! `allocations per decision: N` (limiter state already made for the workspaces; the first
 //! request of a new workspace is counted apart). Then criterion times the cases for each size:
 //! a known key with scopes checked, the same with limits counted, the same with a cap on
-//! requests in flight, an unknown key (401), and restricted keys allowed by their restrictions.
+//! requests in flight, an unknown key (401), restricted keys allowed by their restrictions, and
+//! OAuth access tokens: verified before (from the cache), and seen for the first time (the
+//! Ed25519 signature and the claims checked).
 //!
 //! Every tenth key is restricted, as the issue's cost bar asks (10% of 1,000,000): 50 CIDR
 //! blocks and three referrer patterns (an exact origin, a `*.` wildcard, a path prefix). Half of
@@ -38,6 +40,8 @@ use keygate::gate::{Decision, Gate, Incoming, RateLimits, Rejection, Verdict};
 use keygate::limits::{Attempt, Limiter, MonotonicClock, Policy, RateHeaders};
 use keygate::secret::KeyHash;
 use keygate::snapshot::{self, Format, Snapshot};
+use keygate::tokens::{TokenConfig, TokenVerifier};
+use keygate_protocol::tokens::{AccessClaims, TokenSigner};
 use mimalloc::MiMalloc;
 use stats_alloc::StatsAlloc;
 use std::hint::black_box;
@@ -46,7 +50,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use support::peak_rss;
 
 /// Counts heap allocations (new blocks and resizes), to tell whether a decision allocates.
@@ -131,8 +135,63 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
         }
         out.push(b'}');
     }
+    // One signing key, and one OAuth client per workspace, for the access-token cases.
+    write!(
+        out,
+        r#"],"signing_keys":[{{"kid":"{KID}","alg":"EdDSA","public_key":"{}"}}],"clients":["#,
+        token_signer().public_key()
+    )
+    .unwrap();
+    for w in 0..keys / KEYS_PER_WORKSPACE {
+        if w > 0 {
+            out.push(b',');
+        }
+        write!(out, r#"{{"id":"oc_{w}","workspace":"ws_{w}"}}"#).unwrap();
+    }
     out.extend_from_slice(b"]}");
     out
+}
+
+const KID: &str = "kid_bench";
+
+fn token_signer() -> TokenSigner {
+    TokenSigner::new(KID, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap()
+}
+
+/// [`SAMPLED`] access tokens, one for each sampled key's workspace's client (so as spread over
+/// the snapshot as the keys are), each in its header. Valid until after [`NOW`]; `nbf` is in
+/// the real past, since the JWT library reads the real clock.
+fn token_headers(keys: usize) -> Vec<HeaderMap> {
+    let signer = token_signer();
+    (0..SAMPLED)
+        .map(|s| {
+            let w = s * keys / SAMPLED / KEYS_PER_WORKSPACE;
+            let claims = AccessClaims {
+                iss: "bench-issuer".into(),
+                sub: format!("oc_{w}"),
+                aud: "keygate".into(),
+                exp: NOW + 3600,
+                nbf: 1_700_000_000,
+                iat: 1_700_000_000,
+                jti: format!("jti_{s}"),
+                client_id: format!("oc_{w}"),
+                scope: "products:* *:read".into(),
+                workspace: format!("ws_{w}"),
+            };
+            bearer(&signer.sign(&claims))
+        })
+        .collect()
+}
+
+/// A gate that accepts access tokens, remembering at most `cache_entries` of them.
+fn token_gate(cache_entries: usize) -> Gate {
+    let tokens = TokenVerifier::new(&TokenConfig {
+        issuer: "bench-issuer".into(),
+        audience: "keygate".into(),
+        leeway: Duration::from_secs(30),
+        cache_entries,
+    });
+    gate(false, false).with_tokens(Some(Arc::new(tokens)))
 }
 
 fn build(keys: usize) -> Snapshot {
@@ -322,6 +381,24 @@ fn cases(keys: usize) -> Vec<Case> {
             allowed: true,
             limits: false,
             client: Some(IpAddr::from(CLIENT)),
+        },
+        Case {
+            name: "access token, verified before: auth + scopes",
+            gate: token_gate(100_000),
+            headers: token_headers(keys),
+            allowed: true,
+            limits: false,
+            client: None,
+        },
+        Case {
+            name: "access token, first sight: signature + claims + scopes",
+            // Sixteen places for 4,096 tokens: once the first sixteen are in, no other is
+            // remembered, so all but 0.4% of decisions check a signature.
+            gate: token_gate(16),
+            headers: token_headers(keys),
+            allowed: true,
+            limits: false,
+            client: None,
         },
     ]
 }

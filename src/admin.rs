@@ -63,6 +63,8 @@ impl Admin {
                 "age_seconds": self.store.age().map(|age| age.as_secs_f64()),
                 "keys": s.key_count(),
                 "workspaces": s.workspace_count(),
+                "signing_keys": s.signing_key_count(),
+                "clients": s.client_count(),
                 "skipped_entries": s.skipped_count(),
             })
         });

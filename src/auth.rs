@@ -21,6 +21,10 @@ pub enum AuthFailure {
     /// An `sk_test_` secret for a live workspace, or the reverse: the snapshot is inconsistent,
     /// and a sandbox key must never reach live data.
     WrongEnvironment,
+    /// An access token that does not verify: signature, algorithm, header or claims.
+    InvalidToken,
+    /// An access token signed under a `kid` the snapshot does not publish.
+    UnknownSigningKey,
 }
 
 impl AuthFailure {
@@ -31,6 +35,8 @@ impl AuthFailure {
             AuthFailure::Revoked => "revoked",
             AuthFailure::Expired => "expired",
             AuthFailure::WrongEnvironment => "wrong_environment",
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::UnknownSigningKey => "unknown_signing_key",
         }
     }
 }
@@ -41,6 +47,8 @@ pub enum Credential<'a> {
     Missing,
     Malformed,
     Token(&'a str, Env),
+    /// Shaped as a JWT: an access token, for [`crate::tokens`].
+    AccessToken(&'a str),
 }
 
 /// Reads `Authorization: Bearer <token>` (scheme in any letter case). Two `Authorization`
@@ -65,6 +73,7 @@ pub fn credential(headers: &HeaderMap) -> Credential<'_> {
     let token = token.trim_matches(' ');
     match secret::parse_token(token) {
         Some(env) => Credential::Token(token, env),
+        None if keygate_protocol::tokens::looks_like_jwt(token) => Credential::AccessToken(token),
         None => Credential::Malformed,
     }
 }
@@ -79,7 +88,7 @@ pub fn authenticate<'s>(
     let key = snapshot
         .key(&KeyHash::of(token))
         .ok_or(AuthFailure::Unknown)?;
-    if key.revoked {
+    if key.revoked() {
         return Err(AuthFailure::Revoked);
     }
     if key.expires_at().is_some_and(|t| now_unix >= t) {

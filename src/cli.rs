@@ -113,13 +113,15 @@ pub fn check(config_path: &std::path::Path) -> i32 {
         }
     };
     println!(
-        "{}: ok: {} routes; snapshot {} version {}: {} keys, {} workspaces",
+        "{}: ok: {} routes; snapshot {} version {}: {} keys, {} workspaces, {} signing keys, {} clients",
         config_path.display(),
         config.routes.routes().len(),
         path.display(),
         snap.version(),
         snap.key_count(),
         snap.workspace_count(),
+        snap.signing_key_count(),
+        snap.client_count(),
     );
     if snap.skipped_count() == 0 {
         return 0;

@@ -7,11 +7,12 @@ use pingora::http::RequestHeader;
 
 /// The headers keygate sets from its decision. The upstream trusts them, so a client's own copy,
 /// in any letter case or with `_` for `-`, must never get through.
-pub const IDENTITY_HEADERS: [&str; 5] = [
+pub const IDENTITY_HEADERS: [&str; 6] = [
     "x-workspace-id",
     "x-workspace-type",
     "x-api-key-id",
     "x-api-key-scopes",
+    "x-auth-type",
     "x-client-ip",
 ];
 
@@ -82,6 +83,8 @@ pub fn prepare(
         req.insert_header("x-workspace-type", kind)?;
         req.insert_header("x-api-key-id", id.key.id_header())?;
         req.insert_header("x-api-key-scopes", id.key.scopes_header())?;
+        let auth = http::HeaderValue::from_static(id.key.auth_type().as_str());
+        req.insert_header("x-auth-type", auth)?;
     }
     if let Some(c) = client {
         use std::io::Write as _;

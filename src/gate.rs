@@ -11,8 +11,10 @@ use crate::limits::{
 use crate::path::{self, PathError};
 use crate::restrictions::RestrictionKind;
 use crate::routes::{Route, RouteTable};
+use crate::secret::Env;
 use crate::shield::Shield;
 use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
+use crate::tokens::TokenVerifier;
 use http::HeaderMap;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -186,6 +188,8 @@ pub struct Gate {
     any_key: RouteAuth,
     limits: Option<RateLimits>,
     shield: Option<Arc<Shield>>,
+    /// `None`: access tokens are not accepted (a JWT is a malformed credential).
+    tokens: Option<Arc<TokenVerifier>>,
 }
 
 impl Gate {
@@ -200,7 +204,14 @@ impl Gate {
             any_key: RouteAuth::Scopes(Box::new([])),
             limits,
             shield: None,
+            tokens: None,
         }
+    }
+
+    /// Accepts OAuth access tokens as well as API keys ([`crate::tokens`]).
+    pub fn with_tokens(mut self, tokens: Option<Arc<TokenVerifier>>) -> Gate {
+        self.tokens = tokens;
+        self
     }
 
     /// Refuses addresses that fail authentication too often ([`crate::shield`]).
@@ -322,11 +333,11 @@ impl Gate {
         // A shielded address is refused before its credential is read: the same answer
         // whatever the key, so the shield cannot tell a guesser which key is good.
         // (No clock is read while no address is shielded, which is nearly always.)
-        if let Some(shield) = self.shield.as_ref().filter(|s| s.shielded() > 0) {
-            if let Some(left) = shield.refused_for(client, Instant::now()) {
-                let retry_after_secs = u32::try_from(left.as_secs() + 1).unwrap_or(u32::MAX);
-                return reject(route, Rejection::TooManyFailures { retry_after_secs });
-            }
+        if let Some(shield) = self.shield.as_ref().filter(|s| s.shielded() > 0)
+            && let Some(left) = shield.refused_for(client, Instant::now())
+        {
+            let retry_after_secs = u32::try_from(left.as_secs() + 1).unwrap_or(u32::MAX);
+            return reject(route, Rejection::TooManyFailures { retry_after_secs });
         }
         let failed = |f: AuthFailure| {
             if let Some(shield) = &self.shield {
@@ -334,14 +345,30 @@ impl Gate {
             }
             reject(route, Rejection::InvalidCredentials(f))
         };
-        let (token, env) = match auth::credential(headers) {
-            Credential::Token(t, e) => (t, e),
+        // An API key is borrowed from the snapshot; a token's entry is made (or cached) for it.
+        let token_entry;
+        let (key, env) = match auth::credential(headers) {
+            Credential::Token(token, env) => {
+                match auth::authenticate(snapshot, token, env, now_unix) {
+                    Ok(k) => (k, env),
+                    Err(f) => return failed(f),
+                }
+            }
+            Credential::AccessToken(token) => {
+                let Some(tokens) = &self.tokens else {
+                    return failed(AuthFailure::Malformed);
+                };
+                match tokens.authenticate(snapshot, token, now_unix) {
+                    Ok(k) => {
+                        token_entry = k;
+                        // The environment matters only to internal keys; a token never is one.
+                        (&token_entry, Env::Live)
+                    }
+                    Err(f) => return failed(f),
+                }
+            }
             Credential::Missing => return reject(route, Rejection::MissingCredentials),
             Credential::Malformed => return failed(AuthFailure::Malformed),
-        };
-        let key = match auth::authenticate(snapshot, token, env, now_unix) {
-            Ok(k) => k,
-            Err(f) => return failed(f),
         };
         // Every authenticated request counts, refused ones included (a 403 flood is still a
         // flood); a request over a limit is not counted and is answered before anything else.
@@ -400,10 +427,10 @@ impl Gate {
         };
         // Restrictions come after the count (a refused request is still counted) and before
         // scopes: a restricted key used from the wrong place learns nothing about its scopes.
-        if let Some(restrictions) = snapshot.restrictions(key) {
-            if let Err(kind) = restrictions.check(client, headers, route.map(|r| r.name())) {
-                return refuse(Rejection::KeyRestricted(kind));
-            }
+        if let Some(restrictions) = snapshot.restrictions(key)
+            && let Err(kind) = restrictions.check(client, headers, route.map(|r| r.name()))
+        {
+            return refuse(Rejection::KeyRestricted(kind));
         }
         if !key.scopes.grants_all(required) {
             let missing = key.scopes.missing(required);

@@ -34,6 +34,7 @@ pub mod snapshot;
 pub mod sync;
 pub mod target;
 pub mod tls;
+pub mod tokens;
 pub mod upgrade;
 pub mod usage;
 

@@ -55,13 +55,15 @@ impl Outcome {
 }
 
 /// Reasons an authentication fails, including a missing credential.
-const AUTH_REASONS: [&str; 6] = [
+const AUTH_REASONS: [&str; 8] = [
     "missing",
     "malformed",
     "unknown",
     "revoked",
     "expired",
     "wrong_environment",
+    "invalid_token",
+    "unknown_signing_key",
 ];
 
 fn auth_reason_index(f: Option<AuthFailure>) -> usize {
@@ -72,6 +74,8 @@ fn auth_reason_index(f: Option<AuthFailure>) -> usize {
         Some(AuthFailure::Revoked) => 3,
         Some(AuthFailure::Expired) => 4,
         Some(AuthFailure::WrongEnvironment) => 5,
+        Some(AuthFailure::InvalidToken) => 6,
+        Some(AuthFailure::UnknownSigningKey) => 7,
     }
 }
 
@@ -86,7 +90,7 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub decision_duration: Histogram,
     upstream_responses: [IntCounter; 5],
-    auth_failures: [IntCounter; 6],
+    auth_failures: [IntCounter; 8],
     /// By [`RestrictionKind`], in its order.
     key_restricted: [IntCounter; 3],
     pub shield_refusals: IntCounter,

@@ -86,7 +86,10 @@ impl Finish<'_> {
         let elapsed = r.started.elapsed();
         self.metrics.request(r.outcome, r.route, r.workspace_id());
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        if let (Some(usage), Some(key)) = (self.usage, &r.key) {
+        // Usage is reported per API key; a token's entry is its client, not a key.
+        if let (Some(usage), Some(key)) = (self.usage, &r.key)
+            && key.auth_type() == crate::snapshot::AuthType::ApiKey
+        {
             usage.record(key.id(), unix_ms());
         }
         let Some(log) = self.access_log else { return };

@@ -35,7 +35,7 @@ impl Answer {
 const MISSING: &str = r#"{"error":"Unauthorized","code":"missing_credentials","message":"Send an API key as 'Authorization: Bearer <key>'."}"#;
 /// One body for malformed, unknown, revoked and expired keys alike: which one it was is not the
 /// caller's to learn.
-const INVALID: &str = r#"{"error":"Unauthorized","code":"invalid_credentials","message":"The API key is not valid."}"#;
+const INVALID: &str = r#"{"error":"Unauthorized","code":"invalid_credentials","message":"The API key or access token is not valid."}"#;
 const NO_ROUTE: &str =
     r#"{"error":"Not Found","code":"no_route","message":"No route matches this method and path."}"#;
 const WORKSPACE_REQUIRED: &str = r#"{"error":"Bad Request","code":"workspace_required","message":"An internal key must name a workspace in the x-workspace-id header."}"#;

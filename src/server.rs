@@ -64,6 +64,7 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         log_level: _,
         client_address,
         shield,
+        tokens,
     } = config;
 
     let route_names: Vec<&str> = routes.routes().iter().map(|r| r.name()).collect();
@@ -161,7 +162,10 @@ pub fn build(config: Config, opt: Opt) -> anyhow::Result<Built> {
         let metrics = ShieldMetrics::register(metrics.registry());
         Arc::new(Shield::new(config, Some(metrics)))
     });
-    let gate = Gate::new(routes, unmatched, limits).with_shield(shield);
+    let tokens = tokens.map(|t| Arc::new(crate::tokens::TokenVerifier::new(&t)));
+    let gate = Gate::new(routes, unmatched, limits)
+        .with_shield(shield)
+        .with_tokens(tokens);
     let connection_metrics = metrics.connections.clone();
     let proxy_header_refused = connection_metrics.proxy_header_refused.clone();
     let observers = Observers {

@@ -48,7 +48,10 @@ fn check_names_the_file_and_field_of_each_error() {
     let dir = tempfile::tempdir().unwrap();
     let (code, text) = check(dir.path(), GOOD, KEYS);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("version 3: 0 keys, 1 workspaces"), "{text}");
+    assert!(
+        text.contains("version 3: 0 keys, 1 workspaces, 0 signing keys, 0 clients"),
+        "{text}"
+    );
 
     let cases = [
         // An unknown field (a typo) is an error, with the allowed names.

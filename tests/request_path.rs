@@ -356,6 +356,8 @@ fn spoofed_identity_headers_are_replaced_in_every_spelling() {
         "X_WORKSPACE_TYPE",
         "x-client-ip",
         "X_Client_IP",
+        "x-auth-type",
+        "X_Auth_Type",
         "X-Forwarded-For",
         "x_forwarded_for",
     ];
@@ -381,6 +383,7 @@ fn spoofed_identity_headers_are_replaced_in_every_spelling() {
             ("x-workspace-type".into(), "sandbox".into()),
             ("x-api-key-id".into(), "key_reader".into()),
             ("x-api-key-scopes".into(), "products:read".into()),
+            ("x-auth-type".into(), "api_key".into()),
             // With no trusted proxy configured, the peer is the client (tests/client_address.rs).
             ("x-forwarded-for".into(), "127.0.0.1".into()),
             ("x-client-ip".into(), "127.0.0.1".into()),

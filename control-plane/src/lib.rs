@@ -9,9 +9,13 @@
 //! - [`store`]: SQLite (WAL) — the rows, the global version, the change log deltas come from.
 //! - [`service`]: the Pingora `ServeHttp` app — routing, tokens, long-polls, caching.
 //! - [`api`]: request bodies, validation, and the JSON written out.
+//! - [`clients`]: OAuth clients and the keys access tokens are signed with; [`oauth`]: the
+//!   token endpoint and their admin API.
 //! - The optional Ed25519 signature of snapshot and delta bodies is `keygate_protocol::signature`.
 
 pub mod api;
+pub mod clients;
+pub mod oauth;
 pub mod service;
 pub mod store;
 pub mod templates;
@@ -51,8 +55,10 @@ pub struct Settings {
     /// Versions of change log kept for deltas.
     pub history: u64,
     pub threads: usize,
-    /// What `"template"` in a new key may name.
+    /// What `"template"` in a new key or client may name.
     pub templates: templates::ScopeTemplates,
+    /// The claims and lifetime of the access tokens `POST /oauth/token` mints.
+    pub tokens: oauth::TokenSettings,
 }
 
 impl Settings {
@@ -83,6 +89,7 @@ impl Settings {
             history,
             threads,
             templates: templates::ScopeTemplates::default(),
+            tokens: oauth::TokenSettings::default(),
         })
     }
 }
@@ -136,7 +143,12 @@ impl BackgroundService for ReleaseLongPolls {
 
 /// Opens the database and assembles the Pingora server, ready to run.
 pub fn build(settings: Settings) -> anyhow::Result<Server> {
+    settings.tokens.check()?;
     let store = Arc::new(Store::open(&settings.db, settings.history)?);
+    // Tokens can be minted from the first request on.
+    store
+        .ensure_signing_key()
+        .map_err(|e| anyhow::anyhow!("creating the first signing key: {}", e.message()))?;
     // Bind once here for a clear error (Pingora binds again when it starts).
     std::net::TcpListener::bind(settings.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -169,6 +181,7 @@ pub fn build(settings: Settings) -> anyhow::Result<Server> {
         TokenDigest::of(&settings.sync_token),
         settings.signer,
         settings.templates,
+        settings.tokens,
         released,
     );
     let mut service = Service::new("keygate control plane".to_string(), app);

@@ -29,6 +29,15 @@ struct Args {
     /// read-only, full-access, booking-management and product-catalog.
     #[arg(long, value_name = "FILE")]
     scope_templates: Option<PathBuf>,
+    /// The `iss` of the access tokens POST /oauth/token mints (keygate's tokens.issuer).
+    #[arg(long, default_value = "keygate-control-plane")]
+    token_issuer: String,
+    /// The `aud` of the access tokens (keygate's tokens.audience).
+    #[arg(long, default_value = "keygate")]
+    token_audience: String,
+    /// How long an access token lives: 1m to 24h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    token_lifetime: std::time::Duration,
     /// Print the base64 Ed25519 public key of KEYGATE_CP_SIGNING_KEY, for keygate's config,
     /// and exit.
     #[arg(long, conflicts_with_all = ["db", "listen"])]
@@ -52,6 +61,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let _log_guard = keygate::logging::init("info", None);
     let mut settings = control_plane::Settings::from_env(db, listen, args.history, args.threads)?;
+    settings.tokens = control_plane::oauth::TokenSettings {
+        issuer: args.token_issuer,
+        audience: args.token_audience,
+        lifetime: args.token_lifetime,
+    };
     if let Some(file) = &args.scope_templates {
         settings.templates = control_plane::templates::ScopeTemplates::load(file)?;
     }

@@ -5,6 +5,8 @@ use crate::api::{
     self, ApiError, KeyUpdate, NewKey, NewWorkspace, OldExpiry, UsageEntry, WorkspaceUpdate,
     snap_key, snap_workspace,
 };
+use crate::clients::{snap_client, snap_signing_key};
+use crate::oauth::{SignerCache, TokenSettings};
 use crate::store::{Db, DeltaOutcome, FullState, Store};
 use crate::templates::ScopeTemplates;
 use async_trait::async_trait;
@@ -103,14 +105,17 @@ impl TokenDigest {
 }
 
 pub struct ControlPlane {
-    db: Db,
+    pub(crate) db: Db,
     versions: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     admin_token: TokenDigest,
     sync_token: TokenDigest,
     signer: Option<Arc<Signer>>,
     cache: Arc<Cache>,
-    templates: Arc<ScopeTemplates>,
+    pub(crate) templates: Arc<ScopeTemplates>,
+    pub(crate) tokens: Arc<TokenSettings>,
+    /// The current signing key, ready to sign.
+    pub(crate) signers: Arc<SignerCache>,
 }
 
 impl ControlPlane {
@@ -120,6 +125,7 @@ impl ControlPlane {
         sync_token: TokenDigest,
         signer: Option<Signer>,
         templates: ScopeTemplates,
+        tokens: TokenSettings,
         shutdown: watch::Receiver<bool>,
     ) -> ControlPlane {
         ControlPlane {
@@ -131,12 +137,14 @@ impl ControlPlane {
             signer: signer.map(Arc::new),
             cache: Arc::default(),
             templates: Arc::new(templates),
+            tokens: Arc::new(tokens),
+            signers: Arc::default(),
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Health,
     Snapshot,
     Usage,
@@ -146,6 +154,14 @@ enum Route<'a> {
     Key(&'a str),
     Rotate(&'a str),
     ScopeTemplates,
+    /// `POST /oauth/token`: authenticated by client credentials, not a bearer token.
+    OAuthToken,
+    Clients,
+    Client(&'a str),
+    ClientSecret(&'a str),
+    SigningKeys,
+    SigningKeyRotate,
+    SigningKey(&'a str),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -172,13 +188,20 @@ impl Route<'_> {
             ["v1", "api-keys", id] => Route::Key(id),
             ["v1", "api-keys", id, "rotate"] => Route::Rotate(id),
             ["v1", "scope-templates"] => Route::ScopeTemplates,
+            ["oauth", "token"] => Route::OAuthToken,
+            ["v1", "oauth-clients"] => Route::Clients,
+            ["v1", "oauth-clients", id] => Route::Client(id),
+            ["v1", "oauth-clients", id, "rotate-secret"] => Route::ClientSecret(id),
+            ["v1", "signing-keys"] => Route::SigningKeys,
+            ["v1", "signing-keys", "rotate"] => Route::SigningKeyRotate,
+            ["v1", "signing-keys", kid] => Route::SigningKey(kid),
             _ => return None,
         })
     }
 
     fn token(self) -> Token {
         match self {
-            Route::Health => Token::None,
+            Route::Health | Route::OAuthToken => Token::None,
             Route::Snapshot | Route::Usage => Token::Sync,
             _ => Token::Admin,
         }
@@ -186,9 +209,15 @@ impl Route<'_> {
 
     fn allow(self) -> &'static str {
         match self {
-            Route::Health | Route::Snapshot | Route::ScopeTemplates => "GET",
-            Route::Usage | Route::Rotate(_) => "POST",
-            Route::Workspaces | Route::Keys => "GET, POST",
+            Route::Health | Route::Snapshot | Route::ScopeTemplates | Route::SigningKeys => "GET",
+            Route::Usage
+            | Route::Rotate(_)
+            | Route::OAuthToken
+            | Route::ClientSecret(_)
+            | Route::SigningKeyRotate => "POST",
+            Route::Workspaces | Route::Keys | Route::Clients => "GET, POST",
+            Route::Client(_) => "GET, DELETE",
+            Route::SigningKey(_) => "DELETE",
             Route::Workspace(_) => "GET, PUT, DELETE",
             Route::Key(_) => "GET, PATCH, DELETE",
         }
@@ -217,7 +246,7 @@ fn json_body(value: &Value) -> Vec<u8> {
     body
 }
 
-fn json_response(status: StatusCode, value: Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, value: Value) -> Response<Vec<u8>> {
     let body = json_body(&value);
     respond(status, body.clone()).body(body).unwrap_or_default()
 }
@@ -255,7 +284,7 @@ fn sync_response(r: &Rendered) -> Response<Vec<u8>> {
     b.body(r.body.clone()).unwrap_or_default()
 }
 
-fn written(status: StatusCode, version: u64, data: Option<Value>) -> Response<Vec<u8>> {
+pub(crate) fn written(status: StatusCode, version: u64, data: Option<Value>) -> Response<Vec<u8>> {
     let mut v = json!({"success": true, "version": version});
     if let Some(data) = data {
         v["data"] = data;
@@ -263,7 +292,7 @@ fn written(status: StatusCode, version: u64, data: Option<Value>) -> Response<Ve
     json_response(status, v)
 }
 
-fn created(version: u64, location: String, data: Value) -> Response<Vec<u8>> {
+pub(crate) fn created(version: u64, location: String, data: Value) -> Response<Vec<u8>> {
     let body = json_body(&json!({"success": true, "version": version, "data": data}));
     respond(StatusCode::CREATED, body.clone())
         .header(header::LOCATION, location)
@@ -289,18 +318,20 @@ fn render_full(state: &FullState, signer: Option<&Signer>) -> Result<Rendered, A
         version: state.version,
         workspaces: state.workspaces.iter().map(snap_workspace).collect(),
         keys: state.keys.iter().map(snap_key).collect(),
+        signing_keys: state.signing_keys.iter().map(snap_signing_key).collect(),
+        clients: state.clients.iter().map(snap_client).collect(),
     };
     render(state.version, &doc, signer)
 }
 
 // --- request parsing -----------------------------------------------------------------------
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
 /// Decodes `%XX` escapes; `None` for a bad escape or a result that is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -326,7 +357,10 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The query's parameters, each at most once and each one of `allowed`: a typo such as
 /// `?sinse=3` is an error, not a silent full snapshot.
-fn parse_query(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_query(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -347,7 +381,7 @@ fn parse_query(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Str
     Ok(out)
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(n, _)| n == name)
@@ -406,7 +440,7 @@ impl IfNoneMatch {
     }
 }
 
-fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
+pub(crate) fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
     match percent_decode(raw) {
         Some(id) if api::valid_id(&id) => Ok(id),
         _ => Err(bad(format!(
@@ -479,6 +513,20 @@ impl ControlPlane {
             return Err(ApiError::MethodNotAllowed(route.allow()));
         }
         let query = uri.query();
+        if route == Route::OAuthToken {
+            let req = session.req_header();
+            let content_type = req
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Ok(self
+                .token_endpoint(authorization, content_type, query, body)
+                .await);
+        }
+        if let Some(r) = self.oauth_admin(route, &method, query, &body).await {
+            return r;
+        }
 
         match route {
             Route::Health => Ok(json_response(
@@ -505,6 +553,14 @@ impl ControlPlane {
                     json!({"success": true, "data": {"updated": outcome.updated, "unknown": outcome.unknown}}),
                 ))
             }
+            // Answered above, by `crate::oauth`.
+            Route::OAuthToken
+            | Route::Clients
+            | Route::Client(_)
+            | Route::ClientSecret(_)
+            | Route::SigningKeys
+            | Route::SigningKeyRotate
+            | Route::SigningKey(_) => Err(ApiError::Internal("OAuth route not dispatched".into())),
             Route::ScopeTemplates => {
                 parse_query(query, &[])?;
                 Ok(json_response(
@@ -771,6 +827,14 @@ impl ControlPlane {
                             keys: Changes {
                                 upsert: d.key_upserts.iter().map(snap_key).collect(),
                                 remove: d.key_removes.clone(),
+                            },
+                            signing_keys: d
+                                .signing_keys
+                                .as_ref()
+                                .map(|keys| keys.iter().map(snap_signing_key).collect()),
+                            clients: Changes {
+                                upsert: d.client_upserts.iter().map(snap_client).collect(),
+                                remove: d.client_removes.clone(),
                             },
                         };
                         let r = Arc::new(render(d.version, &doc, signer.as_deref())?);

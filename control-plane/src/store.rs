@@ -13,6 +13,7 @@ use crate::api::{
     ApiError, Environment, KeyRow, KeyUpdate, Limits, NewKey, NewWorkspace, OldExpiry, UsageEntry,
     WorkspaceKind, WorkspaceRow, WorkspaceUpdate, now,
 };
+use crate::clients::{self, ClientRow, SigningKeyRow};
 use keygate_protocol::secret::{self, Env, KeyHash};
 use keygate_protocol::wire::RestrictionsDoc;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -33,7 +34,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_READERS: usize = 8;
 
 /// The schema this build writes. A database marked with a newer one is refused.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -81,6 +82,42 @@ CREATE TABLE IF NOT EXISTS changes (
     id      TEXT NOT NULL,
     PRIMARY KEY (version, kind, id)
 ) STRICT, WITHOUT ROWID;
+
+-- Schema 4: OAuth clients and the keys access tokens are signed with.
+CREATE TABLE IF NOT EXISTS oauth_clients (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    workspace     TEXT NOT NULL REFERENCES workspaces (id),
+    secret_hash   TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the secret; the secret is never stored
+    secret_prefix TEXT NOT NULL,          -- its first characters, for people
+    scopes        TEXT NOT NULL,          -- JSON list: the most a token may hold
+    status        TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    expires_at    INTEGER,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    secret_rotated_at INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS oauth_clients_by_workspace ON oauth_clients (workspace);
+
+-- The Ed25519 keys tokens are signed with. `current` signs; `previous` is still published so
+-- that tokens it signed keep verifying; `retired` is no longer published.
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid        TEXT PRIMARY KEY,
+    seed       TEXT NOT NULL,             -- base64 private seed: this file is the owner's only
+    public_key TEXT NOT NULL,             -- base64url, as the snapshot carries it
+    state      TEXT NOT NULL CHECK (state IN ('current', 'previous', 'retired')),
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+) STRICT;
+
+-- The change log of clients and signing keys (`changes` cannot take new kinds in place: SQLite
+-- cannot alter a CHECK).
+CREATE TABLE IF NOT EXISTS trust_changes (
+    version INTEGER NOT NULL,
+    kind    TEXT NOT NULL CHECK (kind IN ('client', 'signing_keys')),
+    id      TEXT NOT NULL,
+    PRIMARY KEY (version, kind, id)
+) STRICT, WITHOUT ROWID;
 ";
 
 const KEY_COLUMNS: &str = "id, name, hash, prefix, workspace, internal, environment, scopes, \
@@ -89,9 +126,12 @@ const WORKSPACE_COLUMNS: &str =
     "id, type, burst_per_second, sustained_per_minute, created_at, updated_at, concurrent_requests";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+pub(crate) enum Kind {
     Workspace,
     Key,
+    Client,
+    /// The published set as a whole (id `*`).
+    SigningKeys,
 }
 
 impl Kind {
@@ -99,6 +139,25 @@ impl Kind {
         match self {
             Kind::Workspace => "workspace",
             Kind::Key => "key",
+            Kind::Client => "client",
+            Kind::SigningKeys => "signing_keys",
+        }
+    }
+
+    fn from_str(s: &str) -> Kind {
+        match s {
+            "workspace" => Kind::Workspace,
+            "client" => Kind::Client,
+            "signing_keys" => Kind::SigningKeys,
+            _ => Kind::Key,
+        }
+    }
+
+    /// Where its changes are logged.
+    fn log(self) -> &'static str {
+        match self {
+            Kind::Workspace | Kind::Key => "changes",
+            Kind::Client | Kind::SigningKeys => "trust_changes",
         }
     }
 }
@@ -108,6 +167,9 @@ pub struct FullState {
     pub version: u64,
     pub workspaces: Vec<WorkspaceRow>,
     pub keys: Vec<KeyRow>,
+    pub clients: Vec<ClientRow>,
+    /// The published ones: current and previous.
+    pub signing_keys: Vec<SigningKeyRow>,
 }
 
 /// What changed after `from`, as of `version`.
@@ -118,6 +180,10 @@ pub struct Delta {
     pub workspace_removes: Vec<String>,
     pub key_upserts: Vec<KeyRow>,
     pub key_removes: Vec<String>,
+    pub client_upserts: Vec<ClientRow>,
+    pub client_removes: Vec<String>,
+    /// The whole published set, when it changed.
+    pub signing_keys: Option<Vec<SigningKeyRow>>,
 }
 
 pub enum DeltaOutcome {
@@ -161,6 +227,8 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     history: u64,
     version: watch::Sender<u64>,
+    /// Whether this open created the database: its version 0 was never served to anyone.
+    pub(crate) created: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -212,6 +280,11 @@ impl Store {
             "{}: SQLite refused WAL mode (journal_mode is {mode})",
             path.display()
         );
+        let created: bool = conn.query_row(
+            "SELECT COUNT(*) = 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("{}: creating the schema", path.display()))?;
         let schema: i64 =
@@ -232,6 +305,7 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             history: history.max(1),
             version: tx,
+            created,
         })
     }
 
@@ -245,7 +319,10 @@ impl Store {
     }
 
     /// Runs `f` in a read transaction on a pooled reader connection: one consistent view.
-    fn read<T>(&self, f: impl FnOnce(&Transaction) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let pooled = lock(&self.readers).pop();
         let mut conn = match pooled {
             Some(c) => c,
@@ -271,7 +348,10 @@ impl Store {
     }
 
     /// Runs `f` in a write transaction; commits only when it succeeds.
-    fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -287,16 +367,18 @@ impl Store {
             "UPDATE meta SET value = ?1 WHERE name = 'version'",
             [version],
         )?;
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO changes (version, kind, id) VALUES (?1, ?2, ?3)",
-        )?;
         for (kind, id) in changes {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {} (version, kind, id) VALUES (?1, ?2, ?3)",
+                kind.log()
+            ))?;
             insert.execute(rusqlite::params![version, kind.as_str(), id])?;
         }
         if version > self.history {
             let floor = version - self.history;
             if read_meta(tx, "history_floor")? < floor {
                 tx.execute("DELETE FROM changes WHERE version <= ?1", [floor])?;
+                tx.execute("DELETE FROM trust_changes WHERE version <= ?1", [floor])?;
                 tx.execute(
                     "UPDATE meta SET value = ?1 WHERE name = 'history_floor'",
                     [floor],
@@ -309,7 +391,7 @@ impl Store {
     /// A write that changed something: bumps the version with `changes` and returns `value` as
     /// what was written. (`bump` touches only the version and the change log, so rows read
     /// before it are the rows as written.)
-    fn changed<T>(
+    pub(crate) fn changed<T>(
         &self,
         tx: &Transaction,
         changes: &[(Kind, &str)],
@@ -334,7 +416,7 @@ impl Store {
         });
     }
 
-    fn committed<T>(&self, w: Written<T>) -> Written<T> {
+    pub(crate) fn committed<T>(&self, w: Written<T>) -> Written<T> {
         if w.changed {
             self.publish(w.version);
         }
@@ -361,6 +443,8 @@ impl Store {
                 version,
                 workspaces,
                 keys,
+                clients: clients::query_clients(tx, "ORDER BY id", [])?,
+                signing_keys: clients::published_signing_keys(tx)?,
             }))
         })
     }
@@ -380,19 +464,16 @@ impl Store {
             let mut touched = BTreeSet::new();
             {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT DISTINCT kind, id FROM changes WHERE version > ?1 AND version <= ?2",
+                    "SELECT DISTINCT kind, id FROM changes WHERE version > ?1 AND version <= ?2
+                     UNION SELECT DISTINCT kind, id FROM trust_changes
+                           WHERE version > ?1 AND version <= ?2",
                 )?;
                 let rows = stmt.query_map([since, version], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
                 })?;
                 for row in rows {
                     let (kind, id) = row?;
-                    let kind = if kind == "workspace" {
-                        Kind::Workspace
-                    } else {
-                        Kind::Key
-                    };
-                    touched.insert((kind, id));
+                    touched.insert((Kind::from_str(&kind), id));
                 }
             }
             let mut delta = Delta {
@@ -402,6 +483,9 @@ impl Store {
                 workspace_removes: Vec::new(),
                 key_upserts: Vec::new(),
                 key_removes: Vec::new(),
+                client_upserts: Vec::new(),
+                client_removes: Vec::new(),
+                signing_keys: None,
             };
             for (kind, id) in touched {
                 match kind {
@@ -413,6 +497,13 @@ impl Store {
                         Some(k) => delta.key_upserts.push(k),
                         None => delta.key_removes.push(id),
                     },
+                    Kind::Client => match clients::get_client(tx, &id)? {
+                        Some(c) => delta.client_upserts.push(c),
+                        None => delta.client_removes.push(id),
+                    },
+                    Kind::SigningKeys => {
+                        delta.signing_keys = Some(clients::published_signing_keys(tx)?);
+                    }
                 }
             }
             Ok(DeltaOutcome::Changes(delta))
@@ -530,6 +621,17 @@ impl Store {
                 return Err(ApiError::Conflict(format!(
                     "workspace {id} still has {keys} key(s); purge them first \
                      (DELETE /v1/api-keys/{{id}}?purge=true)"
+                )));
+            }
+            let clients: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM oauth_clients WHERE workspace = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            if clients > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "workspace {id} still has {clients} OAuth client(s); purge them first \
+                     (DELETE /v1/oauth-clients/{{id}}?purge=true)"
                 )));
             }
             tx.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
@@ -744,7 +846,7 @@ fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "query_only", true)
 }
 
-fn read_meta(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+pub(crate) fn read_meta(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
     conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
         r.get(0)
     })
@@ -885,7 +987,7 @@ fn query_keys<P: rusqlite::Params>(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn get_workspace(tx: &Transaction, id: &str) -> Result<Option<WorkspaceRow>, ApiError> {
+pub(crate) fn get_workspace(tx: &Transaction, id: &str) -> Result<Option<WorkspaceRow>, ApiError> {
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = ?1"
     ))?;
@@ -952,9 +1054,111 @@ mod tests {
             None
         );
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(read_meta(&conn, "schema").unwrap(), 3);
+        assert_eq!(read_meta(&conn, "schema").unwrap(), SCHEMA_VERSION as u64);
         // Opening again changes nothing.
         drop(store);
         Store::open(&path, 10).unwrap();
+    }
+
+    /// The schema before OAuth clients: everything up to schema 4's tables.
+    fn schema_3() -> &'static str {
+        let end = SCHEMA
+            .find("-- Schema 4:")
+            .expect("schema 4's tables are marked");
+        &SCHEMA[..end]
+    }
+
+    /// A database of schema 3 with history opens, gains the tables of clients and signing keys
+    /// in place, keeps its rows and its change log, and its first signing key is a version of
+    /// its own, so that a delta from the version a keygate holds carries the key.
+    #[test]
+    fn a_schema_3_database_gains_clients_and_a_signing_key_as_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema_3()).unwrap();
+            conn.execute_batch(
+                "UPDATE meta SET value = 3 WHERE name = 'schema';
+                 UPDATE meta SET value = 2 WHERE name = 'version';
+                 INSERT INTO workspaces VALUES ('ws', 'live', NULL, NULL, 1, 1, NULL);
+                 INSERT INTO api_keys (id, name, hash, prefix, workspace, internal, environment,
+                                       scopes, status, created_at)
+                 VALUES ('key_old', 'old', 'aa', 'sk_live_abcd', 'ws', 0, 'live', '[]',
+                         'active', 1);
+                 INSERT INTO changes VALUES (1, 'workspace', 'ws'), (2, 'key', 'key_old');",
+            )
+            .unwrap();
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master
+                     WHERE name IN ('oauth_clients', 'signing_keys', 'trust_changes')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(tables, 0, "schema 3 has none of schema 4's tables");
+        }
+        let store = Store::open(&path, 10).unwrap();
+        assert!(!store.created);
+        assert_eq!(store.current_version(), 2);
+        store.ensure_signing_key().unwrap();
+        assert_eq!(store.current_version(), 3);
+        let keys = store.signing_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].state, "current");
+        let DeltaOutcome::Changes(d) = store.delta(1).unwrap() else {
+            panic!("a delta from version 1");
+        };
+        assert_eq!(d.version, 3);
+        assert_eq!(
+            d.key_upserts
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>(),
+            ["key_old"]
+        );
+        let published = d.signing_keys.expect("the new key is in the delta");
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].kid, keys[0].kid);
+        assert!(d.client_upserts.is_empty() && d.client_removes.is_empty());
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(read_meta(&conn, "schema").unwrap(), SCHEMA_VERSION as u64);
+        // A second start keeps the key and the version.
+        drop(store);
+        let store = Store::open(&path, 10).unwrap();
+        store.ensure_signing_key().unwrap();
+        assert_eq!(store.current_version(), 3);
+        assert_eq!(store.signing_keys().unwrap()[0].kid, keys[0].kid);
+    }
+
+    /// Version 0 of an upgraded database may be held by a keygate (one that synced a control
+    /// plane with nothing in it yet): the first key still takes a version. Version 0 of a
+    /// database this process made holds the key from the start.
+    #[test]
+    fn the_first_signing_key_takes_a_version_unless_the_database_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.sqlite");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch(schema_3())
+            .unwrap();
+        let store = Store::open(&old, 10).unwrap();
+        store.ensure_signing_key().unwrap();
+        assert_eq!(store.current_version(), 1);
+        assert!(matches!(
+            store.delta(0).unwrap(),
+            DeltaOutcome::Changes(Delta { signing_keys: Some(ref k), .. }) if k.len() == 1
+        ));
+
+        let new = dir.path().join("new.sqlite");
+        let store = Store::open(&new, 10).unwrap();
+        assert!(store.created);
+        store.ensure_signing_key().unwrap();
+        assert_eq!(store.current_version(), 0);
+        let Ok(full) = store.full(|_| false).unwrap() else {
+            panic!("a full state");
+        };
+        assert_eq!(full.signing_keys.len(), 1);
     }
 }

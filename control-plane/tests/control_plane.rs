@@ -42,9 +42,14 @@ fn full_snapshot_has_the_schema_an_etag_and_answers_304() {
     let r = cp.sync_get("/v1/snapshot", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("etag"), Some("\"0\""));
+    // A new database holds nothing but the first signing key of access tokens.
+    let listed = cp.admin("GET", "/v1/signing-keys", None).json()["data"][0].clone();
+    assert_eq!(listed["state"], "current");
     assert_eq!(
         r.json(),
-        json!({"version": 0, "workspaces": [], "keys": []})
+        json!({"version": 0, "workspaces": [], "keys": [], "signing_keys": [
+            {"kid": listed["kid"], "alg": "EdDSA", "public_key": listed["public_key"]}
+        ]})
     );
 
     let r = cp.admin(

@@ -20,6 +20,12 @@ pub struct SnapshotDoc<S = String> {
     pub version: u64,
     pub workspaces: Vec<WorkspaceDoc>,
     pub keys: Vec<KeyDoc<S>>,
+    /// The public keys access tokens are signed with (see [`crate::tokens`]); absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKeyDoc>,
+    /// OAuth clients, so that revoking one stops its tokens; absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +144,39 @@ pub struct RestrictionsDoc {
     pub endpoints: Vec<String>,
 }
 
+/// A public key that access tokens may be signed with. keygate uses the algorithm named here,
+/// never the one a token's header claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyDoc {
+    /// The `kid` of tokens signed with it.
+    pub kid: String,
+    pub alg: SigningAlgorithm,
+    /// The key as a JWK's `x`: the 32 bytes of an Ed25519 public key, base64url without padding.
+    pub public_key: String,
+}
+
+/// The algorithms a signing key may have. One today: adding one is a deliberate change here,
+/// never something a token can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    EdDSA,
+}
+
+/// An OAuth client (client-credentials grant), as keygate needs it: whose it is and whether its
+/// tokens still work. Its secret and scopes stay in the control plane, which mints the tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientDoc {
+    pub id: String,
+    pub workspace: String,
+    #[serde(default)]
+    pub status: KeyStatus,
+    /// RFC 3339 time from which the client's tokens stop working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
 /// A change from snapshot version `from` to `version`, as a control plane serves it for
 /// `GET /v1/snapshot?since=<from>`. An upsert replaces the entry with the same id (or adds it);
 /// a removal names an id. See "Deltas" in `docs/snapshot.md`.
@@ -159,6 +198,12 @@ pub struct DeltaDoc<S = String> {
     pub workspaces: Changes<WorkspaceDoc>,
     #[serde(default)]
     pub keys: Changes<KeyDoc<S>>,
+    /// When present, the whole new set of signing keys (there are only ever a few); absent:
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_keys: Option<Vec<SigningKeyDoc>>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub clients: Changes<ClientDoc>,
 }
 
 /// The changes to one kind of entry: whole entries to add or replace, and ids to remove.
@@ -170,6 +215,12 @@ pub struct Changes<T> {
     /// Ids.
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+impl<T> Changes<T> {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// Not derived: that would require `T: Default`.

@@ -39,6 +39,25 @@ pub struct ConfigFile {
     pub client_address: ClientAddressFile,
     #[serde(default)]
     pub shield: ShieldFile,
+    /// Absent: only API keys are accepted.
+    #[serde(default)]
+    pub tokens: Option<TokensFile>,
+}
+
+/// `tokens`: OAuth access tokens (JWTs) minted by the control plane, verified offline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    /// The `iss` every token must carry: the control plane's `--token-issuer`.
+    pub issuer: String,
+    /// The `aud` every token must carry: the control plane's `--token-audience`.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30s, at most 60s.
+    #[serde(default, with = "human_duration")]
+    pub leeway: Option<Duration>,
+    /// Verified tokens remembered, so that a repeated token costs no signature check.
+    /// Default 100000.
+    pub cache_entries: Option<usize>,
 }
 
 /// `shield`: addresses that fail authentication too often are refused for a while.

@@ -333,6 +333,8 @@ pub struct Config {
     pub client_address: crate::client_address::ClientAddressConfig,
     /// `None` when the failed-authentication shield is off.
     pub shield: Option<crate::shield::ShieldConfig>,
+    /// `None` when access tokens are not accepted.
+    pub tokens: Option<crate::tokens::TokenConfig>,
 }
 
 impl Config {
@@ -378,6 +380,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         log,
         client_address,
         shield,
+        tokens,
     } = file;
 
     let addrs =
@@ -549,6 +552,10 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
 
     let client_address = client_address_config(client_address).map_err(|(f, m)| invalid(f, m))?;
     let shield = shield_config(shield).map_err(|(f, m)| invalid(f, m))?;
+    let tokens = match tokens {
+        None => None,
+        Some(t) => Some(tokens_config(t).map_err(|(f, m)| invalid(f, m))?),
+    };
 
     Ok(Config {
         path: path.to_owned(),
@@ -574,6 +581,46 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         log_level,
         client_address,
         shield,
+        tokens,
+    })
+}
+
+/// `tokens`, checked.
+fn tokens_config(t: TokensFile) -> Result<crate::tokens::TokenConfig, (String, String)> {
+    use crate::tokens::{DEFAULT_CACHE_ENTRIES, DEFAULT_LEEWAY, MAX_LEEWAY};
+    for (field, value) in [
+        ("tokens.issuer", &t.issuer),
+        ("tokens.audience", &t.audience),
+    ] {
+        if value.trim().is_empty() {
+            return Err((
+                field.into(),
+                "empty; give the value the control plane mints with (its --token-issuer or --token-audience)".into(),
+            ));
+        }
+    }
+    let leeway = t.leeway.unwrap_or(DEFAULT_LEEWAY);
+    if leeway > MAX_LEEWAY {
+        return Err((
+            "tokens.leeway".into(),
+            format!(
+                "at most {}s: a longer one keeps expired tokens working",
+                MAX_LEEWAY.as_secs()
+            ),
+        ));
+    }
+    let cache_entries = t.cache_entries.unwrap_or(DEFAULT_CACHE_ENTRIES);
+    if !(1..=10_000_000).contains(&cache_entries) {
+        return Err((
+            "tokens.cache_entries".into(),
+            "must be between 1 and 10000000".into(),
+        ));
+    }
+    Ok(crate::tokens::TokenConfig {
+        issuer: t.issuer,
+        audience: t.audience,
+        leeway,
+        cache_entries,
     })
 }
 

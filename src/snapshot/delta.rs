@@ -19,7 +19,8 @@ use super::model::{
     self, EntryKind, KeyEntry, Owner, Skipped, Skips, Snapshot, TextArena, Workspace,
 };
 use super::raw::Raw;
-use super::wire::{Changes, DeltaDoc, KeyDoc, WorkspaceDoc};
+use super::trust::{self, Clients, SigningKeys};
+use super::wire::{Changes, ClientDoc, DeltaDoc, KeyDoc, SigningKeyDoc, WorkspaceDoc};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,9 @@ pub struct Delta {
     pub version: u64,
     pub workspaces: Changes<WorkspaceDoc>,
     pub keys: Changes<KeyDoc>,
+    /// The whole new set of signing keys, when the delta changes it.
+    pub signing_keys: Option<Vec<SigningKeyDoc>>,
+    pub clients: Changes<ClientDoc>,
     /// Upserts that did not fit the schema, with why. They are skipped, and the entries with
     /// their ids are removed.
     pub unreadable: Vec<Skipped>,
@@ -47,6 +51,8 @@ impl From<DeltaDoc> for Delta {
             version: doc.version,
             workspaces: doc.workspaces,
             keys: doc.keys,
+            signing_keys: doc.signing_keys,
+            clients: doc.clients,
             unreadable: vec![],
             origin: "delta".into(),
         }
@@ -93,7 +99,14 @@ impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
     }
 }
 
-const DELTA_FIELDS: &[&str] = &["from", "version", "workspaces", "keys"];
+const DELTA_FIELDS: &[&str] = &[
+    "from",
+    "version",
+    "workspaces",
+    "keys",
+    "signing_keys",
+    "clients",
+];
 const CHANGES_FIELDS: &[&str] = &["upsert", "remove"];
 
 impl<'de> Visitor<'de> for DeltaSeed<'_> {
@@ -109,6 +122,8 @@ impl<'de> Visitor<'de> for DeltaSeed<'_> {
             version: 0,
             workspaces: Changes::default(),
             keys: Changes::default(),
+            signing_keys: None,
+            clients: Changes::default(),
             unreadable: vec![],
             origin: self.origin.to_owned(),
         };
@@ -131,6 +146,26 @@ impl<'de> Visitor<'de> for DeltaSeed<'_> {
                     delta: &mut delta,
                     anonymous: self.anonymous,
                 })?,
+                "clients" => map.next_value_seed(ChangesSeed {
+                    kind: EntryKind::Client,
+                    delta: &mut delta,
+                    anonymous: self.anonymous,
+                })?,
+                "signing_keys" => {
+                    let mut set = vec![];
+                    let unreadable = &mut delta.unreadable;
+                    map.next_value_seed(Entries(|raw: Raw<'_>, position| {
+                        match SigningKeyDoc::deserialize(&raw) {
+                            Ok(doc) => set.push(doc),
+                            Err(e) => unreadable.push(Skipped {
+                                kind: EntryKind::SigningKey,
+                                id: raw.kid_label(position),
+                                reason: InvalidEntry::Unreadable(e.to_string()),
+                            }),
+                        }
+                    }))?;
+                    delta.signing_keys = Some(set);
+                }
                 other => return Err(de::Error::unknown_field(other, DELTA_FIELDS)),
             }
         }
@@ -179,6 +214,12 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
                             .map(|doc| delta.workspaces.upsert.push(doc)),
                         EntryKind::Key => KeyDoc::<String>::deserialize(&raw)
                             .map(|doc| delta.keys.upsert.push(doc)),
+                        EntryKind::Client => {
+                            ClientDoc::deserialize(&raw).map(|doc| delta.clients.upsert.push(doc))
+                        }
+                        EntryKind::SigningKey => {
+                            unreachable!("signing keys come as a whole set, not as changes")
+                        }
                     };
                     if let Err(e) = read {
                         match raw.id() {
@@ -196,6 +237,10 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
                     match kind {
                         EntryKind::Workspace => delta.workspaces.remove.extend(ids),
                         EntryKind::Key => delta.keys.remove.extend(ids),
+                        EntryKind::Client => delta.clients.remove.extend(ids),
+                        EntryKind::SigningKey => {
+                            unreachable!("signing keys come as a whole set, not as changes")
+                        }
                     }
                 }
                 other => return Err(de::Error::unknown_field(other, CHANGES_FIELDS)),
@@ -240,6 +285,15 @@ impl Snapshot {
             skips.add(s.kind, s.id.clone(), s.reason.clone());
         }
         let (workspaces, moved) = self.apply_workspaces(delta, &mut skips);
+        let signing_keys = match &delta.signing_keys {
+            None => self.signing_keys.clone(),
+            Some(docs) => {
+                let mut keys = SigningKeys::default();
+                trust::add_signing_keys(&mut keys, docs, &mut skips);
+                Arc::new(keys)
+            }
+        };
+        let clients = self.apply_clients(delta, &workspaces, !moved.is_empty(), &mut skips);
         let mut next = Snapshot {
             version: delta.version,
             keys: self.keys.clone(),
@@ -247,6 +301,9 @@ impl Snapshot {
             workspaces,
             scope_sets: self.scope_sets.clone(),
             skips,
+            signing_keys,
+            clients,
+            generation: model::next_generation(),
         };
         next.apply_keys(delta);
         if !moved.is_empty() {
@@ -321,6 +378,55 @@ impl Snapshot {
             })
             .collect();
         (map, moved)
+    }
+
+    /// The clients after `delta`: removals, then upserts (each checked against the new
+    /// workspaces), then, when workspaces changed, the clients of removed ones dropped.
+    fn apply_clients(
+        &self,
+        delta: &Delta,
+        workspaces: &model::Workspaces,
+        workspaces_changed: bool,
+        skips: &mut Skips,
+    ) -> Arc<Clients> {
+        let mut unreadable = delta
+            .unreadable
+            .iter()
+            .filter(|s| s.kind == EntryKind::Client)
+            .peekable();
+        let mut map = self.clients.clone();
+        if delta.clients.is_empty() && unreadable.peek().is_none() && !workspaces_changed {
+            return map;
+        }
+        let clients = Arc::make_mut(&mut map);
+        for id in delta.clients.remove.iter().chain(unreadable.map(|s| &s.id)) {
+            clients.remove(id.as_str());
+        }
+        let mut seen = HashSet::new();
+        for doc in &delta.clients.upsert {
+            if !seen.insert(doc.id.as_str()) {
+                skips.add(EntryKind::Client, doc.id.clone(), InvalidEntry::DuplicateId);
+                continue;
+            }
+            clients.remove(doc.id.as_str());
+            match trust::make_client(doc, |w| workspaces.contains_key(w)) {
+                Ok(c) => {
+                    clients.insert(doc.id.as_str().into(), c);
+                }
+                Err(reason) => skips.add(EntryKind::Client, doc.id.clone(), reason),
+            }
+        }
+        if workspaces_changed {
+            clients.retain(|id, c| {
+                let keep = workspaces.contains_key(&c.workspace);
+                if !keep {
+                    let reason = InvalidEntry::RemovedWorkspace(c.workspace.to_string());
+                    skips.add(EntryKind::Client, id.to_string(), reason);
+                }
+                keep
+            });
+        }
+        map
     }
 
     /// Removes the key with this id, if any.
@@ -503,7 +609,7 @@ mod tests {
                     k.hash.to_hex(),
                     owner(k),
                     k.scopes_header(),
-                    k.revoked,
+                    k.revoked(),
                     k.expires_at(),
                     s.restrictions(k),
                 )
@@ -551,6 +657,20 @@ mod tests {
                     restrictions: None,
                 }],
                 remove: vec!["key_1".into()],
+            },
+            signing_keys: Some(vec![SigningKeyDoc {
+                kid: "kid_1".into(),
+                alg: crate::snapshot::SigningAlgorithm::EdDSA,
+                public_key: PUBLIC_KEY.into(),
+            }]),
+            clients: Changes {
+                upsert: vec![ClientDoc {
+                    id: "oc_1".into(),
+                    workspace: "ws_c".into(),
+                    status: KeyStatus::Revoked,
+                    expires_at: None,
+                }],
+                remove: vec!["oc_2".into()],
             },
         };
         let json = serde_json::to_string(&doc).unwrap();
@@ -651,9 +771,9 @@ mod tests {
             ]}}),
         );
         let next = s.apply(&d).unwrap();
-        assert!(key(&next, "s1").unwrap().revoked);
+        assert!(key(&next, "s1").unwrap().revoked());
         assert!(
-            !key(&s, "s1").unwrap().revoked,
+            !key(&s, "s1").unwrap().revoked(),
             "the old snapshot is untouched"
         );
         assert_eq!(
@@ -1032,5 +1152,121 @@ mod tests {
             assert_eq!(key(&next, &format!("n{i}")).unwrap().id(), format!("n{i}"));
         }
         assert!(key(&next, "s1").is_some());
+    }
+
+    /// An Ed25519 public key (of the seed [1; 32]), base64url.
+    const PUBLIC_KEY: &str = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w";
+
+    fn signing_key(kid: &str) -> serde_json::Value {
+        json!({"kid": kid, "alg": "EdDSA", "public_key": PUBLIC_KEY})
+    }
+
+    fn clients(s: &Snapshot) -> Vec<String> {
+        let mut v: Vec<String> = s
+            .clients
+            .iter()
+            .map(|(id, c)| format!("{id} {} {}", c.workspace, c.revoked))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn with_trust() -> Snapshot {
+        let doc = json!({
+            "version": 3,
+            "workspaces": [{"id": "ws_a", "type": "live"}, {"id": "ws_b", "type": "sandbox"}],
+            "keys": [],
+            "signing_keys": [signing_key("kid_1"), signing_key("bad id!"),
+                             {"kid": "kid_2", "alg": "EdDSA", "public_key": "AAAA"},
+                             {"kid": "kid_3", "alg": "HS256", "public_key": PUBLIC_KEY}],
+            "clients": [
+                {"id": "oc_1", "workspace": "ws_a"},
+                {"id": "oc_2", "workspace": "ws_b", "status": "revoked"},
+                {"id": "oc_3", "workspace": "ws_gone"},
+                {"id": "oc_1", "workspace": "ws_b"},
+            ],
+        });
+        parse(doc.to_string().as_bytes(), Format::Json, "trust").unwrap()
+    }
+
+    #[test]
+    fn signing_keys_and_clients_load_and_bad_ones_are_skipped_with_reasons() {
+        let s = with_trust();
+        assert_eq!(s.signing_key_count(), 1);
+        assert!(s.signing_key("kid_1").is_some());
+        assert_eq!(clients(&s), ["oc_1 ws_a false", "oc_2 ws_b true"]);
+        let reasons = reasons(&s);
+        for want in [
+            "signing key bad id!: id must be",
+            "signing key kid_2: public_key must be an Ed25519 public key",
+            "signing key kid_3: unknown variant `HS256`",
+            "client oc_3: workspace \"ws_gone\" is not in the snapshot",
+            "client oc_1: duplicate id",
+        ] {
+            assert!(
+                reasons.iter().any(|r| r.starts_with(want)),
+                "{want}: {reasons:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delta_replaces_the_signing_keys_whole_and_changes_clients_one_by_one() {
+        let s = with_trust();
+        let unchanged = s.apply(&delta(3, 4, json!({}))).unwrap();
+        assert!(Arc::ptr_eq(&unchanged.signing_keys, &s.signing_keys));
+        assert!(Arc::ptr_eq(&unchanged.clients, &s.clients));
+
+        let next = s
+            .apply(&delta(
+                3,
+                4,
+                json!({
+                    "signing_keys": [signing_key("kid_9")],
+                    "clients": {"upsert": [{"id": "oc_1", "workspace": "ws_a", "status": "revoked"},
+                                           {"id": "oc_4", "workspace": "ws_none"}],
+                                "remove": ["oc_2"]},
+                }),
+            ))
+            .unwrap();
+        assert!(next.signing_key("kid_1").is_none());
+        assert!(next.signing_key("kid_9").is_some());
+        assert_eq!(clients(&next), ["oc_1 ws_a true"]);
+        assert!(
+            reasons(&next)
+                .iter()
+                .any(|r| r.starts_with("client oc_4: workspace"))
+        );
+
+        // An empty set retires every key; a removed workspace takes its clients along.
+        let bare = next
+            .apply(&delta(
+                4,
+                5,
+                json!({"signing_keys": [],
+                                        "workspaces": {"remove": ["ws_a"]}}),
+            ))
+            .unwrap();
+        assert_eq!(bare.signing_key_count(), 0);
+        assert_eq!(clients(&bare), Vec::<String>::new());
+        assert!(
+            reasons(&bare)
+                .iter()
+                .any(|r| r == "client oc_1: workspace \"ws_a\" was removed")
+        );
+    }
+
+    #[test]
+    fn signing_keys_and_clients_are_written_back_out() {
+        let s = with_trust();
+        let mut out = vec![];
+        write_json(&s, &mut out).unwrap();
+        let again = parse(&out, Format::Json, "written").unwrap();
+        assert_eq!(again.signing_key_count(), 1);
+        assert_eq!(
+            again.signing_key("kid_1").unwrap().public_key,
+            s.signing_key("kid_1").unwrap().public_key
+        );
+        assert_eq!(clients(&again), clients(&s));
     }
 }

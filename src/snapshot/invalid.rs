@@ -38,4 +38,6 @@ pub enum InvalidEntry {
     Restriction(#[from] crate::restrictions::RestrictionError),
     #[error("{}", ids::LIMIT_RULE)]
     ZeroLimit,
+    #[error("public_key must be an Ed25519 public key: 32 bytes in base64url, as a JWK's `x`")]
+    PublicKey,
 }

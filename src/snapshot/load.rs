@@ -7,7 +7,7 @@
 use super::invalid::InvalidEntry;
 use super::model::{EntryKind, Snapshot, SnapshotBuilder};
 use super::raw::{Raw, RawSeed};
-use super::wire::{KeyDoc, WorkspaceDoc};
+use super::wire::{ClientDoc, KeyDoc, SigningKeyDoc, WorkspaceDoc};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
@@ -72,7 +72,8 @@ pub fn parse(bytes: &[u8], format: Format, origin: &str) -> Result<Snapshot, Sna
     Ok(builder.finish())
 }
 
-/// The top-level document: `version`, `workspaces`, `keys`; any other field is an error.
+/// The top-level document: `version`, `workspaces`, `keys`, `signing_keys`, `clients`; any
+/// other field is an error.
 struct DocSeed;
 
 impl<'de> DeserializeSeed<'de> for DocSeed {
@@ -82,7 +83,7 @@ impl<'de> DeserializeSeed<'de> for DocSeed {
     }
 }
 
-const FIELDS: &[&str] = &["version", "workspaces", "keys"];
+const FIELDS: &[&str] = &["version", "workspaces", "keys", "signing_keys", "clients"];
 
 impl<'de> Visitor<'de> for DocSeed {
     type Value = SnapshotBuilder;
@@ -112,6 +113,26 @@ impl<'de> Visitor<'de> for DocSeed {
                         Ok(doc) => builder.add_key(doc),
                         Err(e) => builder.skip(
                             EntryKind::Key,
+                            raw.label(position),
+                            InvalidEntry::Unreadable(e.to_string()),
+                        ),
+                    }
+                }))?,
+                "signing_keys" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
+                    match SigningKeyDoc::deserialize(&raw) {
+                        Ok(doc) => builder.add_signing_key(doc),
+                        Err(e) => builder.skip(
+                            EntryKind::SigningKey,
+                            raw.kid_label(position),
+                            InvalidEntry::Unreadable(e.to_string()),
+                        ),
+                    }
+                }))?,
+                "clients" => map.next_value_seed(Entries(|raw: Raw<'_>, position| {
+                    match ClientDoc::deserialize(&raw) {
+                        Ok(doc) => builder.add_client(doc),
+                        Err(e) => builder.skip(
+                            EntryKind::Client,
                             raw.label(position),
                             InvalidEntry::Unreadable(e.to_string()),
                         ),

@@ -8,6 +8,7 @@ mod key_shards;
 pub mod load;
 pub mod model;
 mod raw;
+pub mod trust;
 mod write;
 
 pub use keygate_protocol::wire;
@@ -15,9 +16,11 @@ pub use keygate_protocol::wire;
 pub use delta::{Delta, parse_delta};
 pub use invalid::InvalidEntry;
 pub use load::{Format, SnapshotError, load_file, parse};
-pub use model::{EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, Workspace};
+pub use model::{
+    AuthType, EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, Workspace,
+};
 pub use wire::{
-    Changes, DeltaDoc, KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SnapshotDoc, WorkspaceDoc,
-    WorkspaceKind,
+    Changes, ClientDoc, DeltaDoc, KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SigningAlgorithm,
+    SigningKeyDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
 };
 pub use write::write_json;

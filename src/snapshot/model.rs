@@ -13,6 +13,8 @@
 
 use super::index::{self, IdBuild, IdIndex, KeyIndex};
 use super::invalid::InvalidEntry;
+use super::trust::{self, Client, Clients, SigningKey, SigningKeys};
+use super::wire::{ClientDoc, SigningKeyDoc};
 use super::wire::{KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, WorkspaceDoc, WorkspaceKind};
 use crate::limits::{Policy, StateCache, SubjectKey};
 use crate::restrictions::KeyRestrictions;
@@ -119,7 +121,9 @@ pub struct KeyEntry {
     pub owner: Owner,
     /// Shared by every key with the same scope list.
     pub scopes: Arc<ScopeSet>,
-    pub revoked: bool,
+    /// Also what kind of credential the entry stands for: one byte, where a separate field
+    /// would grow every key by eight.
+    state: EntryState,
     /// Unix seconds, [`NEVER`] when the key does not expire: see [`KeyEntry::expires_at`].
     expires: i64,
     /// The id then the name, at `text_at` in a chunk shared with other keys.
@@ -133,6 +137,30 @@ pub struct KeyEntry {
 }
 
 const NEVER: i64 = i64::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    ActiveKey,
+    RevokedKey,
+    /// A verified access token, made by [`KeyEntry::for_token`]; never in a snapshot.
+    AccessToken,
+}
+
+/// How a request authenticated, sent upstream as `x-auth-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    ApiKey,
+    OAuth,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::ApiKey => "api_key",
+            AuthType::OAuth => "oauth",
+        }
+    }
+}
 
 impl KeyEntry {
     /// Sent upstream as `x-api-key-id`; the only key identifier keygate logs.
@@ -153,6 +181,42 @@ impl KeyEntry {
         std::str::from_utf8(&self.text[at..at + len]).unwrap_or("")
     }
 
+    pub fn revoked(&self) -> bool {
+        self.state == EntryState::RevokedKey
+    }
+
+    pub fn auth_type(&self) -> AuthType {
+        match self.state {
+            EntryState::ActiveKey | EntryState::RevokedKey => AuthType::ApiKey,
+            EntryState::AccessToken => AuthType::OAuth,
+        }
+    }
+
+    /// The entry a verified access token acts as: its client's id as the key id, its own
+    /// scopes, its workspace, and its expiry. Keyed by the token's SHA-256 (the cache's key),
+    /// so that nothing about it can match an API key.
+    pub fn for_token(
+        token_hash: KeyHash,
+        client_id: &str,
+        workspace: Arc<Workspace>,
+        scopes: Arc<ScopeSet>,
+        expires_at: i64,
+    ) -> Arc<KeyEntry> {
+        Arc::new(KeyEntry {
+            hash: token_hash,
+            owner: Owner::Workspace(workspace),
+            scopes,
+            state: EntryState::AccessToken,
+            expires: expires_at,
+            text: Arc::new(Bytes::copy_from_slice(client_id.as_bytes())),
+            text_at: 0,
+            // Client ids are checked ids (at most 64 bytes) before they get here.
+            id_len: client_id.len().min(usize::from(u8::MAX)) as u8,
+            name_len: 0,
+            restrictions: None,
+        })
+    }
+
     /// Unix seconds; the key fails from this instant on.
     pub fn expires_at(&self) -> Option<i64> {
         (self.expires != NEVER).then_some(self.expires)
@@ -171,12 +235,12 @@ impl KeyEntry {
     }
 
     /// The same key under another owner (a workspace replaced by a delta).
-    fn with_owner(&self, owner: Owner) -> KeyEntry {
+    pub(crate) fn with_owner(&self, owner: Owner) -> KeyEntry {
         KeyEntry {
             hash: self.hash,
             owner,
             scopes: self.scopes.clone(),
-            revoked: self.revoked,
+            state: self.state,
             expires: self.expires,
             text: self.text.clone(),
             text_at: self.text_at,
@@ -206,7 +270,8 @@ impl fmt::Debug for KeyEntry {
         f.debug_struct("KeyEntry")
             .field("id", &self.id())
             .field("owner", &owner)
-            .field("revoked", &self.revoked)
+            .field("revoked", &self.revoked())
+            .field("auth", &self.auth_type())
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +289,8 @@ pub struct Skipped {
 pub enum EntryKind {
     Workspace,
     Key,
+    SigningKey,
+    Client,
 }
 
 impl fmt::Display for Skipped {
@@ -231,6 +298,8 @@ impl fmt::Display for Skipped {
         let kind = match self.kind {
             EntryKind::Workspace => "workspace",
             EntryKind::Key => "key",
+            EntryKind::SigningKey => "signing key",
+            EntryKind::Client => "client",
         };
         write!(f, "{kind} {}: {}", self.id, self.reason)
     }
@@ -261,6 +330,17 @@ pub struct Snapshot {
     pub(crate) workspaces: Arc<Workspaces>,
     pub(crate) scope_sets: Arc<ScopeInterner>,
     pub(crate) skips: Skips,
+    pub(crate) signing_keys: Arc<SigningKeys>,
+    pub(crate) clients: Arc<Clients>,
+    /// Unique to this snapshot in this process (unlike `version`, which a keys file may keep
+    /// through an edit): what a cached verification was last checked against.
+    pub(crate) generation: u64,
+}
+
+/// A new [`Snapshot::generation`].
+pub(crate) fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl fmt::Debug for Snapshot {
@@ -317,6 +397,24 @@ impl Snapshot {
     }
     pub fn workspaces(&self) -> impl Iterator<Item = &Arc<Workspace>> {
         self.workspaces.values()
+    }
+    /// The public key tokens signed under `kid` are checked with.
+    pub fn signing_key(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.signing_keys.get(kid)
+    }
+    pub fn signing_key_count(&self) -> usize {
+        self.signing_keys.len()
+    }
+    /// An OAuth client by its id.
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.get(id)
+    }
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+    /// Unique to this snapshot among those this process built.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -490,7 +588,10 @@ pub(crate) fn make_key<S: AsRef<str>>(
         hash,
         owner: Owner::Internal,
         scopes,
-        revoked: doc.status == KeyStatus::Revoked,
+        state: match doc.status {
+            KeyStatus::Active => EntryState::ActiveKey,
+            KeyStatus::Revoked => EntryState::RevokedKey,
+        },
         expires,
         text: arena.placeholder.clone(),
         text_at,
@@ -547,6 +648,9 @@ pub struct SnapshotBuilder {
     /// position in `keys`.
     unresolved: Vec<(usize, Box<str>)>,
     skips: Skips,
+    signing_keys: Vec<SigningKeyDoc>,
+    /// Checked at `finish`, once every workspace is known.
+    clients: Vec<ClientDoc>,
 }
 
 impl SnapshotBuilder {
@@ -561,6 +665,8 @@ impl SnapshotBuilder {
             keys: Vec::new(),
             unresolved: Vec::new(),
             skips: Skips::default(),
+            signing_keys: Vec::new(),
+            clients: Vec::new(),
         }
     }
 
@@ -605,6 +711,14 @@ impl SnapshotBuilder {
         }
     }
 
+    pub fn add_signing_key(&mut self, doc: SigningKeyDoc) {
+        self.signing_keys.push(doc);
+    }
+
+    pub fn add_client(&mut self, doc: ClientDoc) {
+        self.clients.push(doc);
+    }
+
     pub fn finish(mut self) -> Snapshot {
         self.arena.seal(&mut self.keys);
         // Keys listed before their workspace: resolve, or leave out.
@@ -637,6 +751,21 @@ impl SnapshotBuilder {
         let (keys, ids) = index::build(keys, |e, why| {
             skips.add(EntryKind::Key, e.id().to_owned(), why)
         });
+        let mut signing_keys = SigningKeys::default();
+        trust::add_signing_keys(&mut signing_keys, &self.signing_keys, &mut skips);
+        let mut clients = Clients::default();
+        for doc in &self.clients {
+            let made = trust::make_client(doc, |w| self.workspaces.contains_key(w));
+            match made {
+                Ok(_) if clients.contains_key(doc.id.as_str()) => {
+                    skips.add(EntryKind::Client, doc.id.clone(), InvalidEntry::DuplicateId)
+                }
+                Ok(c) => {
+                    clients.insert(doc.id.as_str().into(), c);
+                }
+                Err(reason) => skips.add(EntryKind::Client, doc.id.clone(), reason),
+            }
+        }
         Snapshot {
             version: self.version,
             keys,
@@ -644,6 +773,9 @@ impl SnapshotBuilder {
             workspaces: Arc::new(self.workspaces),
             scope_sets: self.scope_sets,
             skips,
+            signing_keys: Arc::new(signing_keys),
+            clients: Arc::new(clients),
+            generation: next_generation(),
         }
     }
 }
@@ -830,7 +962,7 @@ mod tests {
             };
             assert_eq!(key.name(), name);
             assert_eq!(key.expires_at(), (i % 5 == 1).then_some(1_940_587_200));
-            assert_eq!(key.revoked, i % 100 == 7);
+            assert_eq!(key.revoked(), i % 100 == 7);
             assert_eq!(s.restrictions(key).is_some(), i % 1000 == 11);
             let list = scopes_of(i).unwrap_or("legacy").to_owned();
             let shared = sets

@@ -33,6 +33,18 @@ impl Raw<'_> {
         }
     }
 
+    /// A signing key's `kid`, or its position when it has none.
+    pub(crate) fn kid_label(&self, position: usize) -> String {
+        let kid = match self {
+            Raw::Map(pairs) => pairs.iter().find_map(|(k, v)| match v {
+                Raw::Str(s) if k == "kid" => Some(&**s),
+                _ => None,
+            }),
+            _ => None,
+        };
+        kid.map_or_else(|| format!("#{position} (no kid)"), str::to_owned)
+    }
+
     /// The entry's id, or its position when it has none.
     pub(crate) fn label(&self, position: usize) -> String {
         match self.id() {

@@ -3,13 +3,15 @@
 //! snapshot, so they are not written either.
 
 use super::model::{Owner, Snapshot};
+use super::trust;
 use super::wire::{KeyDoc, KeyStatus, WorkspaceDoc};
 use crate::scopes::KeyScopes;
 use std::io::{self, Write};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Streams `snapshot` as compact JSON: `{"version":…,"workspaces":[…],"keys":[…]}`.
+/// Streams `snapshot` as compact JSON: `{"version":…,"workspaces":[…],"keys":[…]}`, then
+/// `"signing_keys"` and `"clients"` when it has any.
 /// Workspaces are sorted by id; keys come in index order.
 pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
     let mut w = io::BufWriter::with_capacity(64 * 1024, w);
@@ -59,7 +61,7 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
             },
             internal: matches!(key.owner, Owner::Internal),
             scopes,
-            status: if key.revoked {
+            status: if key.revoked() {
                 KeyStatus::Revoked
             } else {
                 KeyStatus::Active
@@ -69,6 +71,16 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
         };
         serde_json::to_writer(&mut w, &doc)?;
     }
-    w.write_all(b"]}")?;
+    w.write_all(b"]")?;
+    if !snapshot.signing_keys.is_empty() {
+        w.write_all(b",\"signing_keys\":")?;
+        serde_json::to_writer(&mut w, &trust::signing_key_docs(&snapshot.signing_keys))?;
+    }
+    if !snapshot.clients.is_empty() {
+        w.write_all(b",\"clients\":")?;
+        let docs = trust::client_docs(&snapshot.clients).map_err(io::Error::other)?;
+        serde_json::to_writer(&mut w, &docs)?;
+    }
+    w.write_all(b"}")?;
     w.flush()
 }

@@ -64,6 +64,8 @@ fn log_accepted(snapshot: &Snapshot, source: &str) {
         version = snapshot.version(),
         keys = snapshot.key_count(),
         workspaces = snapshot.workspace_count(),
+        signing_keys = snapshot.signing_key_count(),
+        clients = snapshot.client_count(),
         skipped = snapshot.skipped_count(),
         "snapshot loaded"
     );

@@ -14,7 +14,8 @@ pub use keygate::config::file::*;
 pub use keygate::config::{Unmatched, UsageMode};
 use keygate::secret::KeyHash;
 pub use keygate_protocol::wire::{
-    KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SnapshotDoc, WorkspaceDoc, WorkspaceKind,
+    ClientDoc, KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SigningAlgorithm, SigningKeyDoc,
+    SnapshotDoc, WorkspaceDoc, WorkspaceKind,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ impl Keys {
                 version,
                 workspaces: Vec::new(),
                 keys: Vec::new(),
+                signing_keys: Vec::new(),
+                clients: Vec::new(),
             },
             raw_keys: Vec::new(),
         }
@@ -120,6 +123,27 @@ impl Keys {
     /// Gives the last key an expiry (RFC 3339).
     pub fn expires_at(mut self, at: &str) -> Keys {
         self.last_key().expires_at = Some(at.into());
+        self
+    }
+
+    /// A public key access tokens may be signed with (base64url, as `TokenSigner::public_key`).
+    pub fn signing_key(mut self, kid: &str, public_key: &str) -> Keys {
+        self.doc.signing_keys.push(SigningKeyDoc {
+            kid: kid.into(),
+            alg: SigningAlgorithm::EdDSA,
+            public_key: public_key.into(),
+        });
+        self
+    }
+
+    /// An OAuth client of `workspace`.
+    pub fn client(mut self, id: &str, workspace: &str, status: KeyStatus) -> Keys {
+        self.doc.clients.push(ClientDoc {
+            id: id.into(),
+            workspace: workspace.into(),
+            status,
+            expires_at: None,
+        });
         self
     }
 
