@@ -332,11 +332,7 @@ impl Store {
         let w = self.write(|tx| {
             let old = get_client(tx, id)?.ok_or_else(|| no_client(id))?;
             if old.revoked {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: old,
-                });
+                return self.unchanged(tx, old);
             }
             tx.execute(
                 "UPDATE oauth_clients SET status = 'revoked', revoked_at = ?2 WHERE id = ?1",
@@ -404,22 +400,13 @@ impl Store {
     pub fn ensure_signing_key(&self) -> Result<(), ApiError> {
         let w = self.write(|tx| {
             if !query_signing_keys(tx, "WHERE state = 'current'")?.is_empty() {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: (),
-                });
+                return self.unchanged(tx, ());
             }
             insert_signing_key(tx)?;
-            let version = read_meta(tx, "version")?;
-            if version == 0 {
+            if read_meta(tx, "version")? == 0 && self.created {
                 // A new database: its first state holds the key. No keygate can hold a version
                 // 0 without it, so the version need not move.
-                return Ok(Written {
-                    version,
-                    changed: false,
-                    value: (),
-                });
+                return self.unchanged(tx, ());
             }
             self.changed(tx, &[(Kind::SigningKeys, "*")], ())
         })?;
@@ -452,11 +439,7 @@ impl Store {
                     "signing key {kid} is the current one; rotate (POST /v1/signing-keys/rotate) \
                      before retiring it"
                 ))),
-                "retired" => Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: key,
-                }),
+                "retired" => self.unchanged(tx, key),
                 _ => {
                     tx.execute(
                         "UPDATE signing_keys SET state = 'retired', retired_at = ?2 WHERE kid = ?1",

@@ -256,7 +256,7 @@ fn mint(
     // Never past the client's own expiry.
     let exp = client
         .expires_at
-        .map_or(issued + lifetime, |_| issued + lifetime);
+        .map_or(issued + lifetime, |t| t.min(issued + lifetime));
     let mut jti = String::from("jti_");
     Alphanumeric.append_string(&mut rand::rng(), &mut jti, 22);
     let scope = scopes.join(" ");

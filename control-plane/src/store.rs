@@ -404,6 +404,15 @@ impl Store {
         })
     }
 
+    /// A write that changed nothing: the version stays, and `value` is what is there.
+    pub(crate) fn unchanged<T>(&self, tx: &Transaction, value: T) -> Result<Written<T>, ApiError> {
+        Ok(Written {
+            version: read_meta(tx, "version")?,
+            changed: false,
+            value,
+        })
+    }
+
     /// Wakes long-polls once a write is committed. Writers may finish out of order: the
     /// published version only ever rises.
     fn publish(&self, version: u64) {
@@ -569,11 +578,7 @@ impl Store {
             let kind = update.kind.unwrap_or(old.kind);
             let limits = update.limits.unwrap_or(old.limits);
             if kind == old.kind && limits == old.limits {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: old,
-                });
+                return self.unchanged(tx, old);
             }
             if kind != old.kind {
                 let env = Environment::for_workspace(kind);
@@ -685,11 +690,7 @@ impl Store {
         let w = self.write(|tx| {
             let old = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
             if old.revoked {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: old,
-                });
+                return self.unchanged(tx, old);
             }
             tx.execute(
                 "UPDATE api_keys SET status = 'revoked', revoked_at = ?2 WHERE id = ?1",
@@ -759,18 +760,10 @@ impl Store {
         let w = self.write(|tx| {
             let old = get_key(tx, id)?.ok_or_else(|| no_key(id))?;
             let Some(restrictions) = update.restrictions else {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: old,
-                });
+                return self.unchanged(tx, old);
             };
             if old.restrictions == restrictions {
-                return Ok(Written {
-                    version: read_meta(tx, "version")?,
-                    changed: false,
-                    value: old,
-                });
+                return self.unchanged(tx, old);
             }
             let json = restrictions
                 .as_ref()

@@ -51,6 +51,9 @@ pub struct Builder {
     history: Option<u64>,
     log_filter: Option<String>,
     scope_templates: Option<PathBuf>,
+    token_issuer: Option<String>,
+    token_audience: Option<String>,
+    token_lifetime: Option<String>,
 }
 
 impl Builder {
@@ -76,6 +79,24 @@ impl Builder {
     /// `--scope-templates`: a JSON file of scope templates.
     pub fn scope_templates(mut self, file: impl Into<PathBuf>) -> Builder {
         self.scope_templates = Some(file.into());
+        self
+    }
+
+    /// `--token-issuer`: the `iss` of the access tokens it mints.
+    pub fn token_issuer(mut self, issuer: impl Into<String>) -> Builder {
+        self.token_issuer = Some(issuer.into());
+        self
+    }
+
+    /// `--token-audience`: the `aud` of the access tokens it mints.
+    pub fn token_audience(mut self, audience: impl Into<String>) -> Builder {
+        self.token_audience = Some(audience.into());
+        self
+    }
+
+    /// `--token-lifetime` (`"10m"`): how long its access tokens live.
+    pub fn token_lifetime(mut self, lifetime: impl Into<String>) -> Builder {
+        self.token_lifetime = Some(lifetime.into());
         self
     }
 
@@ -142,6 +163,9 @@ impl ControlPlane {
             history: None,
             log_filter: None,
             scope_templates: None,
+            token_issuer: None,
+            token_audience: None,
+            token_lifetime: None,
         }
     }
 
@@ -171,6 +195,15 @@ impl ControlPlane {
             .stderr(log);
         if let Some(file) = &self.options.scope_templates {
             cmd.arg("--scope-templates").arg(file);
+        }
+        for (flag, value) in [
+            ("--token-issuer", &self.options.token_issuer),
+            ("--token-audience", &self.options.token_audience),
+            ("--token-lifetime", &self.options.token_lifetime),
+        ] {
+            if let Some(v) = value {
+                cmd.arg(flag).arg(v);
+            }
         }
         if let Some(h) = self.options.history {
             cmd.arg("--history").arg(h.to_string());
