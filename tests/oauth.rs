@@ -129,6 +129,8 @@ fn a_client_credentials_token_is_accepted_within_its_scopes_until_the_client_is_
         status(&kg, "GET", "/v1/products/1", &full) == 401
     });
     let took = refused.expect("the revoked client's token still works");
+    // Quoted in the note: `cargo test --release --test oauth -- --nocapture`.
+    eprintln!("client revoked: its token refused after {took:?}");
     assert!(
         took < Duration::from_secs(1),
         "revocation took {took:?} (from {revoked_at:?})"
@@ -191,6 +193,7 @@ fn a_signing_key_rotation_loses_no_request_and_retiring_the_old_key_ends_its_tok
         s.join().unwrap();
     }
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("signing-key rotation: {failed} of {sent} requests failed");
     assert!(sent > 50, "only {sent} requests");
     assert_eq!(
         failed, 0,
