@@ -8,7 +8,8 @@
 //! 10^6 bytes; the 1M snapshot is built first, on a cold heap). Then, with a wrapping allocator
 //! that counts every allocation, it runs each case over all its sampled requests and prints
 //! `allocations per decision: N` (limiter state already made for the workspaces; the first
-//! request of a new workspace is counted apart). Then criterion times the cases for each size:
+//! request of a new workspace is counted apart), and for the cached access tokens the heap each
+//! remembered token holds. Then criterion times the cases for each size:
 //! a known key with scopes checked, the same with limits counted, the same with a cap on
 //! requests in flight, an unknown key (401), restricted keys allowed by their restrictions, and
 //! OAuth access tokens: verified before (from the cache), and seen for the first time (the
@@ -62,6 +63,12 @@ static ALLOC: StatsAlloc<MiMalloc> = StatsAlloc::new(MiMalloc);
 fn allocations() -> usize {
     let stats = ALLOC.stats();
     stats.allocations + stats.reallocations
+}
+
+/// Heap bytes in use now (as the program asked for them, before the allocator's overhead).
+fn heap_in_use() -> isize {
+    let stats = ALLOC.stats();
+    stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated
 }
 
 /// The snapshot sizes measured; the larger is built first, on a cold heap, for its peak RSS.
@@ -153,6 +160,8 @@ fn snapshot_json(keys: usize) -> Vec<u8> {
 }
 
 const KID: &str = "kid_bench";
+/// The case of tokens decided from the cache; its first pass fills the cache.
+const TOKENS_CACHED: &str = "access token, verified before: auth + scopes";
 
 fn token_signer() -> TokenSigner {
     TokenSigner::new(KID, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap()
@@ -383,7 +392,7 @@ fn cases(keys: usize) -> Vec<Case> {
             client: Some(IpAddr::from(CLIENT)),
         },
         Case {
-            name: "access token, verified before: auth + scopes",
+            name: TOKENS_CACHED,
             gate: token_gate(100_000),
             headers: token_headers(keys),
             allowed: true,
@@ -407,7 +416,16 @@ fn cases(keys: usize) -> Vec<Case> {
 /// the limiter's state for each workspace, which it reports on its own line).
 fn count_allocations(keys: usize, snap: &Snapshot, cases: &[Case]) {
     for case in cases {
+        let held = heap_in_use();
         let first = case.run_all(snap);
+        if case.name == TOKENS_CACHED {
+            // The first pass verified each token once and left it in the cache.
+            let per_token = (heap_in_use() - held) / SAMPLED as isize;
+            println!(
+                "{keys} keys, {}: heap held per remembered token: {per_token} bytes",
+                case.name
+            );
+        }
         if case.limits {
             let workspaces = (0..SAMPLED)
                 .map(|s| s * keys / SAMPLED / KEYS_PER_WORKSPACE)
