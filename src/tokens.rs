@@ -18,7 +18,7 @@ use crate::auth::AuthFailure;
 use crate::scopes::{KeyScopes, ScopeSet};
 use crate::secret::KeyHash;
 use crate::snapshot::trust::Client;
-use crate::snapshot::{KeyEntry, Owner, SigningAlgorithm, Snapshot};
+use crate::snapshot::{KeyEntry, Owner, SigningAlgorithm, Snapshot, Workspace};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use keygate_protocol::tokens::{ACCESS_TOKEN_TYPE, AccessClaims};
@@ -93,10 +93,10 @@ impl TokenVerifier {
             }
         };
         match self.still_good(snapshot, &verified, now_unix) {
-            Ok(Some(entry)) => Ok(entry),
+            Ok(Standing::Good(entry)) => Ok(entry),
             // The workspace was replaced (its limits changed, say): the same token, rehomed.
-            Ok(None) => {
-                let entry = self.rehome(snapshot, &verified)?;
+            Ok(Standing::Moved(workspace)) => {
+                let entry = Arc::new(verified.entry.with_owner(Owner::Workspace(workspace)));
                 let fresh = Verified {
                     entry: entry.clone(),
                     kid: verified.kid.clone(),
@@ -179,20 +179,19 @@ impl TokenVerifier {
         })
     }
 
-    /// Checks what may have changed since `v` was verified. `Ok(None)`: good, but its
-    /// workspace is another version now.
+    /// Checks what may have changed since `v` was verified.
     fn still_good(
         &self,
         snapshot: &Snapshot,
         v: &Verified,
         now_unix: i64,
-    ) -> Result<Option<Arc<KeyEntry>>, AuthFailure> {
+    ) -> Result<Standing, AuthFailure> {
         if v.entry.expires_at().is_some_and(|t| now_unix >= t) {
             return Err(AuthFailure::Expired);
         }
         // A snapshot never changes: checked against this one already, nothing else can fail.
         if v.checked.load(Ordering::Relaxed) == snapshot.generation() {
-            return Ok(Some(v.entry.clone()));
+            return Ok(Standing::Good(v.entry.clone()));
         }
         match snapshot.signing_key(&v.kid) {
             Some(k) if k.public_key == v.public_key => {}
@@ -206,25 +205,19 @@ impl TokenVerifier {
         match snapshot.workspace(&client.workspace) {
             Some(now) if Arc::ptr_eq(now, held) => {
                 v.checked.store(snapshot.generation(), Ordering::Relaxed);
-                Ok(Some(v.entry.clone()))
+                Ok(Standing::Good(v.entry.clone()))
             }
-            Some(_) => Ok(None),
+            Some(now) => Ok(Standing::Moved(now.clone())),
             None => Err(AuthFailure::Unknown),
         }
     }
+}
 
-    fn rehome(&self, snapshot: &Snapshot, v: &Verified) -> Result<Arc<KeyEntry>, AuthFailure> {
-        let Owner::Workspace(held) = &v.entry.owner else {
-            return Err(AuthFailure::Unknown);
-        };
-        let now = snapshot.workspace(&held.id).ok_or(AuthFailure::Unknown)?;
-        Ok(Arc::new(v.entry.with_owner(Owner::Workspace(now.clone()))))
-    }
-
-    /// Tokens remembered now.
-    pub fn cached(&self) -> usize {
-        self.cache.len()
-    }
+/// A verified token in the snapshot in hand.
+enum Standing {
+    Good(Arc<KeyEntry>),
+    /// Good, but its workspace is another version now: the new one.
+    Moved(Arc<Workspace>),
 }
 
 fn client_usable(client: &Client, now_unix: i64) -> Result<(), AuthFailure> {
@@ -298,12 +291,5 @@ impl VerifiedCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&hash.0);
-    }
-
-    fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
     }
 }

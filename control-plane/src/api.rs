@@ -125,7 +125,7 @@ fn check_limits(limits: Limits) -> Result<Limits, ApiError> {
 
 pub use keygate_protocol::ids::valid_id;
 
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if valid_id(id) {
         Ok(())
     } else {
@@ -327,13 +327,7 @@ impl NewKey {
                     "give \"template\" or \"scopes\" (or \"legacy\"), not both",
                 ));
             }
-            let scopes = templates.get(&name).ok_or_else(|| {
-                bad(format!(
-                    "no scope template {name:?}; known: {}",
-                    templates.names()
-                ))
-            })?;
-            b.scopes = Some(Some(scopes.to_vec()));
+            b.scopes = Some(Some(template_scopes(templates, &name)?));
         }
         let workspace = match (b.workspace, b.internal) {
             (Some(_), true) => {
@@ -381,16 +375,7 @@ impl NewKey {
             }
         }
         check_name(&b.name)?;
-        let expires_at = match b.expires_at {
-            None => None,
-            Some(s) => {
-                let t = parse_time("expires_at", &s)?;
-                if t <= now() {
-                    return Err(bad(format!("expires_at {s} is not in the future")));
-                }
-                Some(t)
-            }
-        };
+        let expires_at = future_expiry(b.expires_at)?;
         Ok(NewKey {
             name: b.name,
             workspace,
@@ -402,7 +387,41 @@ impl NewKey {
     }
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+/// The scopes of the template `name`, or a 400 listing the known ones.
+pub(crate) fn template_scopes(
+    templates: &ScopeTemplates,
+    name: &str,
+) -> Result<Vec<String>, ApiError> {
+    templates.get(name).map(<[String]>::to_vec).ok_or_else(|| {
+        bad(format!(
+            "no scope template {name:?}; known: {}",
+            templates.names()
+        ))
+    })
+}
+
+/// An optional `expires_at`, which must be an RFC 3339 time in the future.
+pub(crate) fn future_expiry(expires_at: Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(s) = expires_at else { return Ok(None) };
+    let t = parse_time("expires_at", &s)?;
+    if t <= now() {
+        return Err(bad(format!("expires_at {s} is not in the future")));
+    }
+    Ok(Some(t))
+}
+
+/// `active`, `revoked`, or `expired` (active but past `expires_at`), as listings show it.
+pub(crate) fn status_word(revoked: bool, expires_at: Option<i64>, now: i64) -> &'static str {
+    if revoked {
+        "revoked"
+    } else if expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(bad(format!("name: at most {MAX_NAME_CHARS} characters")));
     }
@@ -575,13 +594,7 @@ pub fn workspace_json(w: &WorkspaceRow) -> Value {
 
 /// A key as listed: never its secret, nor its hash.
 pub fn key_json(k: &KeyRow, now: i64) -> Value {
-    let status = if k.revoked {
-        "revoked"
-    } else if k.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "active"
-    };
+    let status = status_word(k.revoked, k.expires_at, now);
     json!({
         "id": k.id,
         "name": k.name,

@@ -6,12 +6,14 @@
 //! What keygate needs of a client (its workspace and status) and the public signing keys go into
 //! the snapshot; its secret, scopes and the private seeds never do.
 
-use crate::api::{ApiError, format_time, now, parse_body, parse_time};
+use crate::api::{
+    ApiError, check_id, check_name, format_time, future_expiry, now, parse_body, status_word,
+    template_scopes,
+};
 use crate::store::{Kind, Store, Written, get_workspace, read_meta};
 use crate::templates::ScopeTemplates;
-use keygate_protocol::ids;
 use keygate_protocol::scopes::{RequiredScope, ScopePattern};
-use keygate_protocol::secret::KeyHash;
+use keygate_protocol::secret::{self, KeyHash};
 use keygate_protocol::tokens::TokenSigner;
 use keygate_protocol::wire::{ClientDoc, KeyStatus, SigningAlgorithm, SigningKeyDoc};
 use rand::distr::{Alphanumeric, SampleString};
@@ -54,12 +56,7 @@ impl ClientRow {
     /// Whether `secret` is this client's (compared as hashes, in constant time).
     pub fn secret_matches(&self, secret: &str) -> bool {
         let given = KeyHash::of(secret).to_hex();
-        given.len() == self.secret_hash.len()
-            && given
-                .bytes()
-                .zip(self.secret_hash.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::service::constant_time_eq(given.as_bytes(), self.secret_hash.as_bytes())
     }
 }
 
@@ -114,25 +111,11 @@ pub struct NewClient {
 impl NewClient {
     pub fn parse(body: &[u8], templates: &ScopeTemplates) -> Result<NewClient, ApiError> {
         let b: NewClientBody = parse_body(body)?;
-        if !ids::valid_id(&b.workspace) {
-            return Err(bad(format!(
-                "invalid workspace id {:?}: {}",
-                b.workspace,
-                ids::ID_RULE
-            )));
-        }
+        check_id("workspace id", &b.workspace)?;
         let scopes = match (b.scopes, b.template) {
             (Some(_), Some(_)) => return Err(bad("give \"template\" or \"scopes\", not both")),
             (Some(list), None) => list,
-            (None, Some(name)) => templates
-                .get(&name)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "no scope template {name:?}; known: {}",
-                        templates.names()
-                    ))
-                })?
-                .to_vec(),
+            (None, Some(name)) => template_scopes(templates, &name)?,
             (None, None) => {
                 return Err(bad(
                     "give \"scopes\" (the most its tokens may hold) or a \"template\"",
@@ -145,19 +128,8 @@ impl NewClient {
         for s in &scopes {
             ScopePattern::parse(s).map_err(|e| bad(e.to_string()))?;
         }
-        if b.name.chars().count() > 256 || b.name.chars().any(char::is_control) {
-            return Err(bad("name: at most 256 characters, no control characters"));
-        }
-        let expires_at = match b.expires_at {
-            None => None,
-            Some(s) => {
-                let t = parse_time("expires_at", &s)?;
-                if t <= now() {
-                    return Err(bad(format!("expires_at {s} is not in the future")));
-                }
-                Some(t)
-            }
-        };
+        check_name(&b.name)?;
+        let expires_at = future_expiry(b.expires_at)?;
         Ok(NewClient {
             workspace: b.workspace,
             name: b.name,
@@ -204,13 +176,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 /// A client as listed: never its secret, nor its hash.
 pub fn client_json(c: &ClientRow, now: i64) -> Value {
-    let status = if c.revoked {
-        "revoked"
-    } else if c.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "active"
-    };
+    let status = status_word(c.revoked, c.expires_at, now);
     json!({
         "id": c.id,
         "name": c.name,
@@ -277,12 +243,6 @@ fn new_secret() -> String {
     s
 }
 
-fn random_id(prefix: &str) -> String {
-    let mut s = String::from(prefix);
-    Alphanumeric.append_string(&mut rand::rng(), &mut s, 16);
-    s
-}
-
 impl Store {
     pub fn clients(&self, workspace: Option<&str>) -> Result<Vec<ClientRow>, ApiError> {
         self.read(|tx| match workspace {
@@ -300,7 +260,7 @@ impl Store {
             if get_workspace(tx, &new.workspace)?.is_none() {
                 return Err(bad(format!("workspace {} does not exist", new.workspace)));
             }
-            let id = random_id("oc_");
+            let id = secret::generate_id("oc_");
             let secret = new_secret();
             let scopes = serde_json::to_string(&new.scopes)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -456,7 +416,7 @@ impl Store {
 }
 
 fn insert_signing_key(tx: &Transaction) -> Result<SigningKeyRow, ApiError> {
-    let kid = random_id("kid_");
+    let kid = secret::generate_id("kid_");
     let seed = TokenSigner::generate_seed();
     let public_key = TokenSigner::new(&kid, &seed)
         .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -5,7 +5,7 @@ use crate::api::{ApiError, now};
 use crate::clients::{self, ClientRow, NewClient, SigningKeyRow};
 use crate::service::{
     ControlPlane, Route, bad, created, json_response, param, parse_query, path_id, percent_decode,
-    written,
+    purge_param, written,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -100,15 +100,23 @@ fn invalid_client() -> OAuthError {
     )
 }
 
-/// `Cache-Control: no-store` and `Pragma: no-cache` on every answer (RFC 6749 §5.1).
-fn token_json(status: StatusCode, value: &Value) -> http::response::Builder {
-    let len = value.to_string().len();
-    Response::builder()
+/// An answer of the token endpoint: JSON, with `Cache-Control: no-store` and
+/// `Pragma: no-cache` (RFC 6749 §5.1); a 401 carries the Basic challenge (§5.2).
+fn token_json(status: StatusCode, value: &Value) -> Response<Vec<u8>> {
+    let body = value.to_string().into_bytes();
+    let mut b = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::PRAGMA, "no-cache")
-        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_LENGTH, body.len());
+    if status == StatusCode::UNAUTHORIZED {
+        b = b.header(
+            header::WWW_AUTHENTICATE,
+            r#"Basic realm="keygate-control-plane""#,
+        );
+    }
+    b.body(body).unwrap_or_default()
 }
 
 fn error_answer(e: OAuthError) -> Response<Vec<u8>> {
@@ -120,14 +128,7 @@ fn error_answer(e: OAuthError) -> Response<Vec<u8>> {
     } else {
         StatusCode::BAD_REQUEST
     };
-    let mut b = token_json(status, &body);
-    if status == StatusCode::UNAUTHORIZED {
-        b = b.header(
-            header::WWW_AUTHENTICATE,
-            r#"Basic realm="keygate-control-plane""#,
-        );
-    }
-    b.body(body.to_string().into_bytes()).unwrap_or_default()
+    token_json(status, &body)
 }
 
 /// The form's parameters, each at most once (RFC 6749 §3.2: parameters must not repeat).
@@ -322,18 +323,13 @@ impl ControlPlane {
         match answer {
             Ok(Ok((client, token))) => {
                 tracing::info!(client = %client, "access token issued");
-                let body = token.to_string().into_bytes();
                 token_json(StatusCode::OK, &token)
-                    .body(body)
-                    .unwrap_or_default()
             }
             Ok(Err(e)) => error_answer(e),
             Err(e) => {
                 tracing::error!(error = %e.message(), "token endpoint failed");
                 let body = json!({"error": "server_error", "error_description": "internal error"});
                 token_json(StatusCode::INTERNAL_SERVER_ERROR, &body)
-                    .body(body.to_string().into_bytes())
-                    .unwrap_or_default()
             }
         }
     }
@@ -404,13 +400,7 @@ impl ControlPlane {
                         json!({"success": true, "data": clients::client_json(&row, now())}),
                     ));
                 }
-                let purge = match param(&params, "purge") {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(bad(format!("purge: {other:?} is not true or false")));
-                    }
-                };
+                let purge = purge_param(&params)?;
                 let log_id = id.clone();
                 let version = if purge {
                     let w = self.db.call(move |s| s.purge_client(&id)).await?;

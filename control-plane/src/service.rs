@@ -95,13 +95,13 @@ impl TokenDigest {
     }
 
     fn matches(&self, presented: &str) -> bool {
-        let other = TokenDigest::of(presented);
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        constant_time_eq(&self.0, &TokenDigest::of(presented).0)
     }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub struct ControlPlane {
@@ -440,6 +440,15 @@ impl IfNoneMatch {
     }
 }
 
+/// `?purge=true` on a DELETE: delete outright instead of revoking.
+pub(crate) fn purge_param(params: &[(String, String)]) -> Result<bool, ApiError> {
+    match param(params, "purge") {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(bad(format!("purge: {other:?} is not true or false"))),
+    }
+}
+
 pub(crate) fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
     match percent_decode(raw) {
         Some(id) if api::valid_id(&id) => Ok(id),
@@ -675,13 +684,7 @@ impl ControlPlane {
                         ))
                     }
                     _ => {
-                        let purge = match param(&params, "purge") {
-                            None | Some("false") => false,
-                            Some("true") => true,
-                            Some(other) => {
-                                return Err(bad(format!("purge: {other:?} is not true or false")));
-                            }
-                        };
+                        let purge = purge_param(&params)?;
                         let log_id = id.clone();
                         if purge {
                             let w = self.db.call(move |s| s.purge_key(&id)).await?;

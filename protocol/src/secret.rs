@@ -173,7 +173,13 @@ pub fn display_prefix(secret: &str) -> &str {
 
 /// A short random id for a new key entry: safe to log, unrelated to the secret.
 pub fn generate_key_id() -> String {
-    let mut s = String::from("key_");
+    generate_id("key_")
+}
+
+/// `prefix` and 16 random letters and digits: the ids a control plane gives what it makes
+/// (keys, OAuth clients, signing keys).
+pub fn generate_id(prefix: &str) -> String {
+    let mut s = String::from(prefix);
     Alphanumeric.append_string(&mut rand::rng(), &mut s, 16);
     s
 }

@@ -648,7 +648,7 @@ pub struct SnapshotBuilder {
     /// position in `keys`.
     unresolved: Vec<(usize, Box<str>)>,
     skips: Skips,
-    signing_keys: Vec<SigningKeyDoc>,
+    signing_keys: SigningKeys,
     /// Checked at `finish`, once every workspace is known.
     clients: Vec<ClientDoc>,
 }
@@ -665,7 +665,7 @@ impl SnapshotBuilder {
             keys: Vec::new(),
             unresolved: Vec::new(),
             skips: Skips::default(),
-            signing_keys: Vec::new(),
+            signing_keys: SigningKeys::default(),
             clients: Vec::new(),
         }
     }
@@ -712,7 +712,11 @@ impl SnapshotBuilder {
     }
 
     pub fn add_signing_key(&mut self, doc: SigningKeyDoc) {
-        self.signing_keys.push(doc);
+        trust::add_signing_keys(
+            &mut self.signing_keys,
+            std::slice::from_ref(&doc),
+            &mut self.skips,
+        );
     }
 
     pub fn add_client(&mut self, doc: ClientDoc) {
@@ -751,8 +755,6 @@ impl SnapshotBuilder {
         let (keys, ids) = index::build(keys, |e, why| {
             skips.add(EntryKind::Key, e.id().to_owned(), why)
         });
-        let mut signing_keys = SigningKeys::default();
-        trust::add_signing_keys(&mut signing_keys, &self.signing_keys, &mut skips);
         let mut clients = Clients::default();
         for doc in &self.clients {
             let made = trust::make_client(doc, |w| self.workspaces.contains_key(w));
@@ -773,7 +775,7 @@ impl SnapshotBuilder {
             workspaces: Arc::new(self.workspaces),
             scope_sets: self.scope_sets,
             skips,
-            signing_keys: Arc::new(signing_keys),
+            signing_keys: Arc::new(self.signing_keys),
             clients: Arc::new(clients),
             generation: next_generation(),
         }

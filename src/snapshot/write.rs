@@ -3,8 +3,7 @@
 //! snapshot, so they are not written either.
 
 use super::model::{Owner, Snapshot};
-use super::trust;
-use super::wire::{KeyDoc, KeyStatus, WorkspaceDoc};
+use super::wire::{ClientDoc, KeyDoc, KeyStatus, SigningKeyDoc, WorkspaceDoc};
 use crate::scopes::KeyScopes;
 use std::io::{self, Write};
 use time::OffsetDateTime;
@@ -35,15 +34,7 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
         if i > 0 {
             w.write_all(b",")?;
         }
-        let expires_at = match key.expires_at() {
-            None => None,
-            Some(t) => Some(
-                OffsetDateTime::from_unix_timestamp(t)
-                    .map_err(io::Error::other)?
-                    .format(&Rfc3339)
-                    .map_err(io::Error::other)?,
-            ),
-        };
+        let expires_at = key.expires_at().map(rfc3339).transpose()?;
         let scopes = match key.scopes.scopes() {
             KeyScopes::Legacy => None,
             KeyScopes::Listed(patterns) => {
@@ -61,11 +52,7 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
             },
             internal: matches!(key.owner, Owner::Internal),
             scopes,
-            status: if key.revoked() {
-                KeyStatus::Revoked
-            } else {
-                KeyStatus::Active
-            },
+            status: status(key.revoked()),
             expires_at: expires_at.as_deref(),
             restrictions: snapshot.restrictions(key).map(|r| r.doc().clone()),
         };
@@ -73,14 +60,49 @@ pub fn write_json<W: Write>(snapshot: &Snapshot, w: W) -> io::Result<()> {
     }
     w.write_all(b"]")?;
     if !snapshot.signing_keys.is_empty() {
+        let mut docs: Vec<SigningKeyDoc> = snapshot
+            .signing_keys
+            .iter()
+            .map(|(kid, k)| SigningKeyDoc {
+                kid: kid.to_string(),
+                alg: k.alg,
+                public_key: k.public_key.to_string(),
+            })
+            .collect();
+        docs.sort_unstable_by(|a, b| a.kid.cmp(&b.kid));
         w.write_all(b",\"signing_keys\":")?;
-        serde_json::to_writer(&mut w, &trust::signing_key_docs(&snapshot.signing_keys))?;
+        serde_json::to_writer(&mut w, &docs)?;
     }
     if !snapshot.clients.is_empty() {
+        let mut docs = Vec::with_capacity(snapshot.clients.len());
+        for (id, c) in snapshot.clients.iter() {
+            docs.push(ClientDoc {
+                id: id.to_string(),
+                workspace: c.workspace.to_string(),
+                status: status(c.revoked),
+                expires_at: c.expires_at.map(rfc3339).transpose()?,
+            });
+        }
+        docs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         w.write_all(b",\"clients\":")?;
-        let docs = trust::client_docs(&snapshot.clients).map_err(io::Error::other)?;
         serde_json::to_writer(&mut w, &docs)?;
     }
     w.write_all(b"}")?;
     w.flush()
+}
+
+/// Unix seconds as the RFC 3339 time the loader reads back.
+fn rfc3339(t: i64) -> io::Result<String> {
+    OffsetDateTime::from_unix_timestamp(t)
+        .map_err(io::Error::other)?
+        .format(&Rfc3339)
+        .map_err(io::Error::other)
+}
+
+fn status(revoked: bool) -> KeyStatus {
+    if revoked {
+        KeyStatus::Revoked
+    } else {
+        KeyStatus::Active
+    }
 }
