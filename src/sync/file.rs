@@ -43,6 +43,10 @@ pub struct FileSource {
     interval: Duration,
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    /// The file as it was when `load_initial` read it. The watch starts from this, not from a
+    /// fresh look when its task first runs: an edit made in between (the proxy already answers
+    /// by then) would otherwise count as seen and never load.
+    loaded: std::sync::Mutex<Option<Fingerprint>>,
 }
 
 impl FileSource {
@@ -57,13 +61,17 @@ impl FileSource {
             interval,
             store,
             metrics,
+            loaded: std::sync::Mutex::new(None),
         }
     }
 
     /// The first load, before serving: a keys file that cannot be read is a start-up error.
     pub fn load_initial(&self) -> Result<(), snapshot::SnapshotError> {
+        // Taken before the read: an edit racing the read then shows as a change and is re-read.
+        let before = fingerprint(&self.path);
         let snapshot = snapshot::load_file(&self.path)?;
         install(&self.store, &self.metrics, snapshot, SOURCE);
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = before;
         Ok(())
     }
 
@@ -93,7 +101,7 @@ impl FileSource {
 #[async_trait]
 impl BackgroundService for FileSource {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut seen = fingerprint(&self.path);
+        let mut seen = *self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // A rejected read may have caught an editor half-way through writing: look once more on
         // the next tick even if the file looks unchanged, then wait for the next change.
         let mut retry = false;
@@ -126,5 +134,59 @@ impl BackgroundService for FileSource {
             in_force = self.reload();
             retry = !in_force && !had_retry;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_file(version: u64) -> String {
+        format!("version: {version}\nworkspaces: [{{ id: ws, type: live }}]\nkeys: []\n")
+    }
+
+    /// An edit that lands after the first load but before the watch's task first runs is still
+    /// loaded. (The proxy answers before background services start, so this is reachable: CI
+    /// once saw a revocation ignored this way.)
+    #[test]
+    fn an_edit_before_the_watch_starts_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        std::fs::write(&path, keys_file(1)).unwrap();
+        let store = SnapshotStore::new();
+        let metrics = Arc::new(Metrics::new(&[], None));
+        let source = FileSource::new(
+            path.clone(),
+            Duration::from_millis(5),
+            store.clone(),
+            metrics,
+        );
+        source.load_initial().unwrap();
+
+        let tmp = dir.path().join("keys.yaml.tmp");
+        std::fs::write(&tmp, keys_file(2)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+
+        let version = || store.load().as_ref().map(|s| s.version());
+        assert_eq!(version(), Some(1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let loaded = runtime.block_on(async {
+            let wait = async {
+                let loaded = tokio::time::timeout(Duration::from_secs(5), async {
+                    while version() != Some(2) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                stop.send(true).unwrap();
+                loaded.is_ok()
+            };
+            tokio::join!(source.start(shutdown), wait).1
+        });
+        assert!(loaded, "the edit was never loaded");
     }
 }
