@@ -306,6 +306,22 @@ impl KeyScopes {
         required.iter().all(|r| self.grants(r))
     }
 
+    /// Whether a credential derived from this one (a narrowed OAuth token, a browser client
+    /// token) may hold `scope`: a legacy key may hand on anything; otherwise `scope` must be
+    /// one of these as written, or a scope without wildcards that one of them grants
+    /// (`products:read` under `products:*`). A wildcard is never widened: `*:read` does not
+    /// cover `products:*`.
+    pub fn may_hold(&self, scope: &str) -> bool {
+        match self {
+            Self::Legacy => true,
+            Self::Listed(patterns) => {
+                patterns.iter().any(|p| p.as_str() == scope)
+                    || RequiredScope::parse(scope)
+                        .is_ok_and(|r| patterns.iter().any(|p| p.grants(&r)))
+            }
+        }
+    }
+
     /// the required scopes this key lacks, in order (used only to build a 403 message)
     pub fn missing<'a>(
         &'a self,
@@ -760,5 +776,36 @@ mod tests {
     #[test]
     fn error_exposes_scope() {
         assert_eq!(pattern_err("a b").scope(), "a b");
+    }
+
+    #[test]
+    fn a_derived_credential_may_hold_what_its_source_covers_and_never_a_wider_wildcard() {
+        let listed = KeyScopes::parse_list(&["products:*", "*:read", "orders:write"]).unwrap();
+        for ok in [
+            "products:*",
+            "products:read",
+            "products:images:write",
+            "geo:read",
+            "*:read",
+            "orders:write",
+        ] {
+            assert!(listed.may_hold(ok), "{ok}");
+        }
+        for refused in [
+            "*",
+            "orders:*",
+            "orders:read:all:*",
+            "orders:delete",
+            "*:write",
+            "not a scope",
+        ] {
+            assert!(!listed.may_hold(refused), "{refused}");
+        }
+        assert!(KeyScopes::Legacy.may_hold("*"));
+        assert!(
+            !KeyScopes::parse_list::<&str>(&[])
+                .unwrap()
+                .may_hold("products:read")
+        );
     }
 }

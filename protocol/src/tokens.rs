@@ -19,6 +19,14 @@ use std::sync::Once;
 
 /// The JWT `typ` of an access token (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// The JWT `typ` of a browser client token: minted by a control plane for an API key, carried
+/// in the same claims as an access token with the minting key's id as `sub` and `client_id`.
+/// A distinct type, signed into the header, so that neither kind can pass as the other.
+pub const CLIENT_TOKEN_TYPE: &str = "client+jwt";
+/// A client token's lifetime unless the request asks for less or more.
+pub const DEFAULT_CLIENT_TOKEN_SECS: u64 = 600;
+/// The longest a client token may live: it is handed to a browser.
+pub const MAX_CLIENT_TOKEN_SECS: u64 = 3600;
 /// How long a token lives unless the control plane is told otherwise.
 pub const DEFAULT_LIFETIME_SECS: u64 = 3600;
 /// The longest lifetime a control plane may give a token: also how long a retired signing key
@@ -171,11 +179,20 @@ impl TokenSigner {
         &self.public_key
     }
 
-    /// The signed token.
+    /// The signed access token.
     pub fn sign(&self, claims: &AccessClaims) -> String {
+        self.sign_as(ACCESS_TOKEN_TYPE, claims)
+    }
+
+    /// The signed browser client token ([`CLIENT_TOKEN_TYPE`]).
+    pub fn sign_client_token(&self, claims: &AccessClaims) -> String {
+        self.sign_as(CLIENT_TOKEN_TYPE, claims)
+    }
+
+    fn sign_as(&self, typ: &str, claims: &AccessClaims) -> String {
         install_provider();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        header.typ = Some(typ.to_owned());
         header.kid = Some(self.kid.clone());
         // Cannot fail: the key is a valid Ed25519 seed and the claims plain data.
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
