@@ -12,7 +12,7 @@ use crate::api::{
 };
 use crate::store::{Kind, Store, Written, get_workspace, read_meta};
 use crate::templates::ScopeTemplates;
-use keygate_protocol::scopes::{RequiredScope, ScopePattern};
+use keygate_protocol::scopes::{KeyScopes, ScopePattern};
 use keygate_protocol::secret::{self, KeyHash};
 use keygate_protocol::tokens::TokenSigner;
 use keygate_protocol::wire::{ClientDoc, KeyStatus, SigningAlgorithm, SigningKeyDoc};
@@ -141,21 +141,19 @@ impl NewClient {
 
 /// The scopes a token asks for (`scope` in the token request, space-separated), checked
 /// against what the client holds: each must be one of the client's scopes as written, or a
-/// scope without wildcards that one of them grants (`products:read` under `products:*`).
-/// `None` (no `scope` parameter): all of the client's.
+/// scope without wildcards that one of them grants (`products:read` under `products:*`): the
+/// rule of [`KeyScopes::may_hold`]. `None` (no `scope` parameter): all of the client's.
 pub fn narrow(held: &[String], requested: Option<&str>) -> Result<Vec<String>, String> {
     let Some(requested) = requested else {
         return Ok(held.to_vec());
     };
     let mut out: Vec<String> = Vec::new();
+    // Stored scopes were checked when the client was made; should one not parse, nothing is
+    // granted rather than something the rule was not written for.
+    let held = KeyScopes::parse_list(held)
+        .map_err(|e| format!("the client's own scopes are invalid ({e}); recreate it"))?;
     for s in requested.split(' ').filter(|s| !s.is_empty()) {
-        let granted = held.iter().any(|h| h == s)
-            || RequiredScope::parse(s).is_ok_and(|r| {
-                held.iter()
-                    .filter_map(|h| ScopePattern::parse(h).ok())
-                    .any(|p| p.grants(&r))
-            });
-        if !granted {
+        if !held.may_hold(s) {
             return Err(format!("the client may not hold the scope {s:?}"));
         }
         if !out.iter().any(|o| o == s) {

@@ -11,9 +11,12 @@
 //! - [`api`]: request bodies, validation, and the JSON written out.
 //! - [`clients`]: OAuth clients and the keys access tokens are signed with; [`oauth`]: the
 //!   token endpoint and their admin API.
+//! - [`client_tokens`]: `POST /v1/client-tokens`, short-lived browser tokens minted for an API
+//!   key.
 //! - The optional Ed25519 signature of snapshot and delta bodies is `keygate_protocol::signature`.
 
 pub mod api;
+pub mod client_tokens;
 pub mod clients;
 pub mod oauth;
 pub mod service;

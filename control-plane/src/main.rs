@@ -29,10 +29,11 @@ struct Args {
     /// read-only, full-access, booking-management and product-catalog.
     #[arg(long, value_name = "FILE")]
     scope_templates: Option<PathBuf>,
-    /// The `iss` of the access tokens POST /oauth/token mints (keygate's tokens.issuer).
+    /// The `iss` of the tokens it mints, by POST /oauth/token and POST /v1/client-tokens
+    /// (keygate's tokens.issuer).
     #[arg(long, default_value = "keygate-control-plane")]
     token_issuer: String,
-    /// The `aud` of the access tokens (keygate's tokens.audience).
+    /// The `aud` of the tokens it mints (keygate's tokens.audience).
     #[arg(long, default_value = "keygate")]
     token_audience: String,
     /// How long an access token lives: 1m to 24h.

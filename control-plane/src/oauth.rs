@@ -67,7 +67,7 @@ impl TokenSettings {
 pub struct SignerCache(Mutex<Option<Arc<TokenSigner>>>);
 
 impl SignerCache {
-    fn get(&self, key: &SigningKeyRow) -> Result<Arc<TokenSigner>, ApiError> {
+    pub(crate) fn get(&self, key: &SigningKeyRow) -> Result<Arc<TokenSigner>, ApiError> {
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(signer) = slot.as_ref().filter(|s| s.kid() == key.kid) {
             return Ok(signer.clone());
@@ -243,6 +243,13 @@ fn read_request(
     })
 }
 
+/// A token's `jti`: `jti_` and 22 random letters and digits (131 bits), unique to the token.
+pub(crate) fn new_jti() -> String {
+    let mut jti = String::from("jti_");
+    Alphanumeric.append_string(&mut rand::rng(), &mut jti, 22);
+    jti
+}
+
 /// A token for `client`, with `scopes`, signed with the current signing key.
 fn mint(
     store: &crate::store::Store,
@@ -258,8 +265,7 @@ fn mint(
     let exp = client
         .expires_at
         .map_or(issued + lifetime, |t| t.min(issued + lifetime));
-    let mut jti = String::from("jti_");
-    Alphanumeric.append_string(&mut rand::rng(), &mut jti, 22);
+    let jti = new_jti();
     let scope = scopes.join(" ");
     let claims = AccessClaims {
         iss: settings.issuer.clone(),

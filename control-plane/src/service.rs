@@ -156,6 +156,8 @@ pub(crate) enum Route<'a> {
     ScopeTemplates,
     /// `POST /oauth/token`: authenticated by client credentials, not a bearer token.
     OAuthToken,
+    /// `POST /v1/client-tokens`: authenticated by a workspace API key, not the admin token.
+    ClientTokens,
     Clients,
     Client(&'a str),
     ClientSecret(&'a str),
@@ -189,6 +191,7 @@ impl Route<'_> {
             ["v1", "api-keys", id, "rotate"] => Route::Rotate(id),
             ["v1", "scope-templates"] => Route::ScopeTemplates,
             ["oauth", "token"] => Route::OAuthToken,
+            ["v1", "client-tokens"] => Route::ClientTokens,
             ["v1", "oauth-clients"] => Route::Clients,
             ["v1", "oauth-clients", id] => Route::Client(id),
             ["v1", "oauth-clients", id, "rotate-secret"] => Route::ClientSecret(id),
@@ -201,7 +204,8 @@ impl Route<'_> {
 
     fn token(self) -> Token {
         match self {
-            Route::Health | Route::OAuthToken => Token::None,
+            // The token endpoints authenticate their callers themselves.
+            Route::Health | Route::OAuthToken | Route::ClientTokens => Token::None,
             Route::Snapshot | Route::Usage => Token::Sync,
             _ => Token::Admin,
         }
@@ -213,6 +217,7 @@ impl Route<'_> {
             Route::Usage
             | Route::Rotate(_)
             | Route::OAuthToken
+            | Route::ClientTokens
             | Route::ClientSecret(_)
             | Route::SigningKeyRotate => "POST",
             Route::Workspaces | Route::Keys | Route::Clients => "GET, POST",
@@ -533,6 +538,9 @@ impl ControlPlane {
                 .token_endpoint(authorization, content_type, query, body)
                 .await);
         }
+        if route == Route::ClientTokens {
+            return Ok(self.client_token_endpoint(authorization, query, body).await);
+        }
         if let Some(r) = self.oauth_admin(route, &method, query, &body).await {
             return r;
         }
@@ -562,14 +570,17 @@ impl ControlPlane {
                     json!({"success": true, "data": {"updated": outcome.updated, "unknown": outcome.unknown}}),
                 ))
             }
-            // Answered above, by `crate::oauth`.
+            // Answered above, by `crate::oauth` and `crate::client_tokens`.
             Route::OAuthToken
+            | Route::ClientTokens
             | Route::Clients
             | Route::Client(_)
             | Route::ClientSecret(_)
             | Route::SigningKeys
             | Route::SigningKeyRotate
-            | Route::SigningKey(_) => Err(ApiError::Internal("OAuth route not dispatched".into())),
+            | Route::SigningKey(_) => Err(ApiError::Internal(
+                "token or OAuth route not dispatched".into(),
+            )),
             Route::ScopeTemplates => {
                 parse_query(query, &[])?;
                 Ok(json_response(
@@ -886,6 +897,8 @@ mod tests {
             Some(Route::Rotate("k1"))
         );
         assert_eq!(Route::parse("/v1/api-keys/k1/x"), None);
+        assert_eq!(Route::parse("/v1/client-tokens"), Some(Route::ClientTokens));
+        assert!(Route::ClientTokens.token() == Token::None);
         assert_eq!(Route::parse("/"), None);
         assert_eq!(Route::parse("v1/snapshot"), None);
     }

@@ -538,6 +538,17 @@ impl Store {
         self.read(|tx| get_key(tx, id)?.ok_or_else(|| no_key(id)))
     }
 
+    /// The key whose secret hashes to `hash` (hex SHA-256, as stored), if any: how a presented
+    /// secret is found (the column is unique, and indexed as such).
+    pub fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRow>, ApiError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
+            ))?;
+            Ok(stmt.query_row([hash], key_row).optional()?)
+        })
+    }
+
     // --- writes ------------------------------------------------------------------------------
 
     pub fn create_workspace(&self, new: NewWorkspace) -> Result<Written<WorkspaceRow>, ApiError> {
