@@ -313,6 +313,7 @@ impl Case {
         let req = Incoming {
             method: "GET",
             raw_path: black_box(PATH),
+            query: None,
             headers,
             client: self.client,
         };

@@ -25,6 +25,9 @@ pub enum AuthFailure {
     InvalidToken,
     /// An access token signed under a `kid` the snapshot does not publish.
     UnknownSigningKey,
+    /// A credential where it is not accepted: in the URL or the WebSocket subprotocols, which
+    /// only a browser client token on a `browser: true` route may use.
+    Misplaced,
 }
 
 impl AuthFailure {
@@ -37,6 +40,7 @@ impl AuthFailure {
             AuthFailure::WrongEnvironment => "wrong_environment",
             AuthFailure::InvalidToken => "invalid_token",
             AuthFailure::UnknownSigningKey => "unknown_signing_key",
+            AuthFailure::Misplaced => "misplaced",
         }
     }
 }
@@ -70,7 +74,12 @@ pub fn credential(headers: &HeaderMap) -> Credential<'_> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Credential::Malformed;
     }
-    let token = token.trim_matches(' ');
+    parse_bearer(token.trim_matches(' '))
+}
+
+/// What a bearer value is: an API key (by its shape), an access or client token (a JWT), or
+/// neither.
+pub fn parse_bearer(token: &str) -> Credential<'_> {
     match secret::parse_token(token) {
         Some(env) => Credential::Token(token, env),
         None if keygate_protocol::tokens::looks_like_jwt(token) => Credential::AccessToken(token),

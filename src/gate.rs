@@ -4,6 +4,7 @@
 //! proxy stays thin and the whole decision can be unit-tested and benchmarked without a server.
 
 use crate::auth::{self, AuthFailure, Credential, WorkspaceError};
+use crate::browser::{self, Carrier};
 use crate::config::{LimitsConfig, RouteAuth, Unmatched};
 use crate::limits::{
     self, InFlight, LimitName, Limiter, Policy, RateHeaders, Subject, SubjectKind, Usage,
@@ -13,7 +14,7 @@ use crate::restrictions::RestrictionKind;
 use crate::routes::{Route, RouteTable};
 use crate::secret::Env;
 use crate::shield::Shield;
-use crate::snapshot::{KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
+use crate::snapshot::{AuthType, KeyEntry, Owner, Snapshot, Workspace, WorkspaceKind};
 use crate::tokens::TokenVerifier;
 use http::HeaderMap;
 use std::borrow::Cow;
@@ -72,6 +73,8 @@ pub struct Incoming<'a, 'r> {
     pub method: &'a str,
     /// The path as the client sent it (normalised by the gate).
     pub raw_path: &'r str,
+    /// The query, for a browser client token in `access_token` ([`crate::browser`]).
+    pub query: Option<&'r str>,
     pub headers: &'a HeaderMap,
     /// The client's address ([`crate::client_address`]); `None` on a socket with no IP peer.
     pub client: Option<IpAddr>,
@@ -87,6 +90,9 @@ pub enum Verdict<'r> {
         /// The caller's place among its requests in flight, when it has a cap: held until the
         /// request is done.
         slot: Option<InFlight>,
+        /// Where the client token came from when not `Authorization`: it must be taken out of
+        /// the query or `Sec-WebSocket-Protocol` before the request is forwarded.
+        strip: Option<Carrier>,
     },
     Reject(Rejection),
     /// Fleet-wide limits: wait for Redis (bounded), then decide again with how the wait ended.
@@ -273,6 +279,7 @@ impl Gate {
         let req = Incoming {
             method,
             raw_path,
+            query: None,
             headers,
             client: None,
         };
@@ -290,6 +297,7 @@ impl Gate {
         let Incoming {
             method,
             raw_path,
+            query,
             headers,
             client,
         } = req;
@@ -320,13 +328,16 @@ impl Gate {
                         identity: None,
                         path,
                         slot: None,
+                        strip: None,
                     },
                     rate: None,
                     key: None,
                 };
             }
-            RouteAuth::Scopes(required) => required,
+            RouteAuth::Scopes(required) => (required, false),
+            RouteAuth::Browser(required) => (required, true),
         };
+        let (required, browser) = required;
         let Some(snapshot) = snapshot else {
             return reject(route, Rejection::NoSnapshot);
         };
@@ -347,7 +358,29 @@ impl Gate {
         };
         // An API key is borrowed from the snapshot; a token's entry is made (or cached) for it.
         let token_entry;
-        let (key, env) = match auth::credential(headers) {
+        let mut strip = None;
+        let presented = match browser::find(query, headers) {
+            browser::Found::None => auth::credential(headers),
+            // Outside a browser route nothing is read from the URL or the subprotocols, and a
+            // request carrying a credential there is not forwarded either.
+            _ if !browser => return failed(AuthFailure::Misplaced),
+            browser::Found::Several => return failed(AuthFailure::Malformed),
+            browser::Found::One(token, carrier) => {
+                // Two credentials: which one counts is not left to chance.
+                if auth::credential(headers) != Credential::Missing {
+                    return failed(AuthFailure::Malformed);
+                }
+                strip = Some(carrier);
+                match auth::parse_bearer(token) {
+                    // Only a client token is accepted here: an API key or an OAuth token in a
+                    // URL is refused without being looked up.
+                    token @ Credential::AccessToken(_) => token,
+                    Credential::Token(..) => return failed(AuthFailure::Misplaced),
+                    _ => return failed(AuthFailure::Malformed),
+                }
+            }
+        };
+        let (key, env) = match presented {
             Credential::Token(token, env) => {
                 match auth::authenticate(snapshot, token, env, now_unix) {
                     Ok(k) => (k, env),
@@ -359,6 +392,9 @@ impl Gate {
                     return failed(AuthFailure::Malformed);
                 };
                 match tokens.authenticate(snapshot, token, now_unix) {
+                    Ok(k) if strip.is_some() && k.auth_type() != AuthType::ClientToken => {
+                        return failed(AuthFailure::Misplaced);
+                    }
                     Ok(k) => {
                         token_entry = k;
                         // The environment matters only to internal keys; a token never is one.
@@ -460,6 +496,7 @@ impl Gate {
                 }),
                 path,
                 slot,
+                strip,
             },
             rate,
             key: Some(key.clone()),

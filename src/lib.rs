@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod browser;
 pub mod cli;
 pub mod client_address;
 pub mod concurrency;

@@ -55,7 +55,7 @@ impl Outcome {
 }
 
 /// Reasons an authentication fails, including a missing credential.
-const AUTH_REASONS: [&str; 8] = [
+const AUTH_REASONS: [&str; 9] = [
     "missing",
     "malformed",
     "unknown",
@@ -64,6 +64,7 @@ const AUTH_REASONS: [&str; 8] = [
     "wrong_environment",
     "invalid_token",
     "unknown_signing_key",
+    "misplaced",
 ];
 
 fn auth_reason_index(f: Option<AuthFailure>) -> usize {
@@ -76,6 +77,7 @@ fn auth_reason_index(f: Option<AuthFailure>) -> usize {
         Some(AuthFailure::WrongEnvironment) => 5,
         Some(AuthFailure::InvalidToken) => 6,
         Some(AuthFailure::UnknownSigningKey) => 7,
+        Some(AuthFailure::Misplaced) => 8,
     }
 }
 
@@ -90,7 +92,7 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub decision_duration: Histogram,
     upstream_responses: [IntCounter; 5],
-    auth_failures: [IntCounter; 8],
+    auth_failures: [IntCounter; 9],
     /// By [`RestrictionKind`], in its order.
     key_restricted: [IntCounter; 3],
     pub shield_refusals: IntCounter,

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: thin glue that asks the gate, acts on its answer and
 //! records what happened.
 
+use crate::browser::{self, Carrier};
 use crate::client_address::{ClientAddress, ClientAddressConfig};
 use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
@@ -101,6 +102,7 @@ impl Keygate {
                 Incoming {
                     method: req.method.as_str(),
                     raw_path: t.path,
+                    query: t.query,
                     headers: &req.headers,
                     client: ctx.client.map(|c| c.client),
                 },
@@ -130,6 +132,7 @@ impl Keygate {
                 identity,
                 path,
                 slot,
+                strip,
             } => {
                 if let Some(id) = &identity {
                     record.workspace = Some(Arc::clone(&id.workspace));
@@ -140,11 +143,19 @@ impl Keygate {
                 let Ok(target) = target else {
                     return Decided::Answer(respond::for_proxy_failure(400));
                 };
-                if target.forwards_as(req, &path) {
-                    return Decided::Forward(None);
+                let mut rewrite = match strip {
+                    Some(Carrier::Query) => {
+                        let query = target.query.and_then(browser::strip_query);
+                        Rewrite::to(&path, query.as_deref(), target.authority)
+                    }
+                    _ if target.forwards_as(req, &path) => Ok(Rewrite::default()),
+                    _ => Rewrite::to(&path, target.query, target.authority),
+                };
+                if let (Some(Carrier::WebSocketProtocol), Ok(r)) = (strip, &mut rewrite) {
+                    r.protocol = Some(browser::strip_protocol(&req.headers));
                 }
-                match Rewrite::to(&path, target.query, target.authority) {
-                    Ok(rewrite) => Decided::Forward(Some(rewrite)),
+                match rewrite {
+                    Ok(rewrite) => Decided::Forward(rewrite),
                     Err(answer) => Decided::Answer(answer),
                 }
             }
@@ -154,20 +165,24 @@ impl Keygate {
 
 /// What `Keygate::decide` concluded.
 enum Decided {
-    /// Forward, rewritten first when the target must be.
-    Forward(Option<Rewrite>),
+    /// Forward, rewritten first where the request must be.
+    Forward(Rewrite),
     Answer(Answer),
     /// Wait for Redis (fleet-wide limits), then decide again.
     Wait(Waiter),
 }
 
 /// What the forwarded request needs so that the upstream receives the path keygate matched, in
-/// origin-form.
+/// origin-form, and no client token from the URL or the subprotocols. The default changes
+/// nothing.
+#[derive(Default)]
 struct Rewrite {
-    uri: http::Uri,
+    uri: Option<http::Uri>,
     /// For an absolute-form target: its authority, which RFC 9112 §3.2.2 makes the request's
     /// host whatever `Host` said.
     host: Option<http::HeaderValue>,
+    /// `Sec-WebSocket-Protocol` without the client token: the other subprotocols, or nothing.
+    protocol: Option<Option<http::HeaderValue>>,
 }
 
 impl Rewrite {
@@ -178,19 +193,31 @@ impl Rewrite {
             None => path.to_owned(),
         };
         Ok(Rewrite {
-            uri: uri.parse().map_err(bad)?,
+            uri: Some(uri.parse().map_err(bad)?),
             host: authority
                 .map(|a| {
                     http::HeaderValue::from_str(a).map_err(|_| respond::for_proxy_failure(400))
                 })
                 .transpose()?,
+            protocol: None,
         })
     }
 
     fn apply(self, req: &mut RequestHeader) -> Result<()> {
-        req.set_uri(self.uri);
+        if let Some(uri) = self.uri {
+            req.set_uri(uri);
+        }
         if let Some(host) = self.host {
             req.insert_header(http::header::HOST, host)?;
+        }
+        match self.protocol {
+            None => {}
+            Some(None) => {
+                req.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
+            }
+            Some(Some(kept)) => {
+                req.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, kept)?;
+            }
         }
         Ok(())
     }
@@ -250,8 +277,7 @@ impl ProxyHttp for Keygate {
             .decision_duration
             .observe(started.elapsed().as_secs_f64());
         match decided {
-            Decided::Forward(None) => Ok(false),
-            Decided::Forward(Some(rewrite)) => {
+            Decided::Forward(rewrite) => {
                 rewrite.apply(session.req_header_mut())?;
                 Ok(false)
             }

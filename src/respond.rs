@@ -3,6 +3,7 @@
 //! The bodies of the common refusals are fixed strings, so answering a flood of bad keys
 //! allocates nothing; only a 403 names scopes and is built per request.
 
+use crate::auth::AuthFailure;
 use crate::gate::Rejection;
 use crate::limits::{self, LimitName, RateHeaders, Usage};
 use crate::restrictions::RestrictionKind;
@@ -36,6 +37,8 @@ const MISSING: &str = r#"{"error":"Unauthorized","code":"missing_credentials","m
 /// One body for malformed, unknown, revoked and expired keys alike: which one it was is not the
 /// caller's to learn.
 const INVALID: &str = r#"{"error":"Unauthorized","code":"invalid_credentials","message":"The API key or access token is not valid."}"#;
+/// Says where credentials go, and nothing about the one sent (it was not looked up).
+const MISPLACED: &str = r#"{"error":"Unauthorized","code":"invalid_credentials","message":"Send API keys and access tokens in 'Authorization: Bearer'. Only a browser client token may come in the access_token query parameter or the WebSocket subprotocols, and only on routes marked for browsers."}"#;
 const NO_ROUTE: &str =
     r#"{"error":"Not Found","code":"no_route","message":"No route matches this method and path."}"#;
 const WORKSPACE_REQUIRED: &str = r#"{"error":"Bad Request","code":"workspace_required","message":"An internal key must name a workspace in the x-workspace-id header."}"#;
@@ -71,6 +74,10 @@ pub fn for_rejection(r: &Rejection) -> Answer {
         Rejection::MissingCredentials => Answer {
             www_authenticate: Some(Cow::Borrowed("Bearer")),
             ..fixed(MISSING)
+        },
+        Rejection::InvalidCredentials(AuthFailure::Misplaced) => Answer {
+            www_authenticate: Some(Cow::Borrowed(r#"Bearer error="invalid_request""#)),
+            ..fixed(MISPLACED)
         },
         Rejection::InvalidCredentials(_) => Answer {
             www_authenticate: Some(Cow::Borrowed(r#"Bearer error="invalid_token""#)),
@@ -202,6 +209,7 @@ mod tests {
             Rejection::NoRoute,
             Rejection::MissingCredentials,
             Rejection::InvalidCredentials(AuthFailure::Revoked),
+            Rejection::InvalidCredentials(AuthFailure::Misplaced),
             Rejection::InsufficientScope(vec!["products:write".into()]),
             Rejection::WorkspaceRequired,
             Rejection::KeyRestricted(RestrictionKind::Referrer),

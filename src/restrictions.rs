@@ -109,6 +109,22 @@ impl KeyRestrictions {
         &self.doc
     }
 
+    /// What a browser client token minted with this key is held to: the endpoints, which say
+    /// what the key may do. Not the addresses or referrers, which say where the key itself is
+    /// used (the customer's servers); the token is made to be used from elsewhere, by browsers.
+    /// `None` when the key restricts no endpoint.
+    pub fn for_client_tokens(&self) -> Option<KeyRestrictions> {
+        (!self.endpoints.is_empty()).then(|| KeyRestrictions {
+            ips: None,
+            referrers: None,
+            endpoints: self.endpoints.clone(),
+            doc: Box::new(RestrictionsDoc {
+                endpoints: self.doc.endpoints.clone(),
+                ..RestrictionsDoc::default()
+            }),
+        })
+    }
+
     /// Checks a request: its client address (none on a socket without an IP peer, which an
     /// IP-restricted key never passes), its `Referer` or else `Origin`, and its route's name
     /// (none when no route matched, which an endpoint-restricted key never passes).

@@ -214,3 +214,68 @@ fn a_signing_key_rotation_loses_no_request_and_retiring_the_old_key_ends_its_tok
     });
     assert!(counted.is_some(), "{}", kg.metrics());
 }
+
+/// A browser client token end to end: the customer's server mints it at the control plane with
+/// its API key, a browser sends it in the query of a `browser: true` route, and revoking the
+/// key in the control plane stops it like a key.
+#[test]
+fn a_client_token_minted_with_a_key_works_in_a_browser_url_until_the_key_is_revoked() {
+    let cp = control_plane().start();
+    cp.create_workspace("ws_acme", "live");
+    let (key_id, secret) = cp.create_key_in("ws_acme", "live", &["products:*"]);
+    let up = Echo::start();
+    let kg = Keygate::start(Setup {
+        env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
+        ..Setup::new(&up, &Keys::new(0)).config(|c| {
+            c.snapshot = from_control_plane(cp.url());
+            c.routes.push(browser_route(
+                "live",
+                &["GET"],
+                "/v1/live/**",
+                &["products:read"],
+            ));
+            c.tokens = Some(TokensFile {
+                issuer: "keygate-control-plane".into(),
+                audience: "keygate".into(),
+                leeway: None,
+                cache_entries: None,
+            });
+        })
+    });
+
+    let r = http::request(
+        cp.addr,
+        "POST",
+        "/v1/client-tokens",
+        &[
+            ("Authorization", &bearer(&secret)),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"scopes": ["products:read"], "ttl": 300}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let path = format!("/v1/live/feed?access_token={token}");
+    let accepted = within(Duration::from_secs(5), || kg.get(&path, &[]).status == 200);
+    assert!(accepted.is_some(), "{}", kg.log());
+    let r = kg.get(&path, &[]);
+    assert_eq!(r.json()["path"], "/v1/live/feed");
+    assert_eq!(
+        upstream_header(&r, "x-auth-type").as_deref(),
+        Some("client_token")
+    );
+    assert_eq!(
+        upstream_header(&r, "x-api-key-id").as_deref(),
+        Some(key_id.as_str())
+    );
+    // Its scopes, not the key's: products:read only.
+    assert_eq!(status(&kg, "DELETE", "/v1/products/1", &token), 403);
+
+    cp.revoke(&key_id);
+    let took = within(Duration::from_secs(1), || kg.get(&path, &[]).status == 401);
+    assert!(took.is_some(), "a revoked key's client token still works");
+    println!(
+        "client token refused {:?} after its key's revocation",
+        took.unwrap()
+    );
+}

@@ -140,11 +140,16 @@ impl EchoWs {
 /// Opens a WebSocket to `path` through keygate with `secret`; the response head, and the
 /// stream when it was switched.
 fn open(kg: &Keygate, path: &str, secret: &str) -> (String, TcpStream) {
+    open_with(kg, path, &format!("Authorization: Bearer {secret}\r\n"))
+}
+
+/// As [`open`], with `headers` (each line ending in CRLF) instead of a key.
+fn open_with(kg: &Keygate, path: &str, headers: &str) -> (String, TcpStream) {
     let mut s = TcpStream::connect(kg.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: keygate.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {secret}\r\n\r\n"
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).unwrap();
     let head = read_head(&mut s);
@@ -246,4 +251,122 @@ fn an_idle_websocket_lasts_as_long_as_the_upstream_read_timeout() {
         None,
         "an idle WebSocket outlived read_timeout"
     );
+}
+
+/// A browser's WebSocket cannot set `Authorization`: on a `browser: true` route it carries a
+/// client token in the `access_token` query parameter or as a subprotocol. Both open the socket
+/// as the minting key, and neither way does the token reach the upstream or the logs.
+#[test]
+fn a_browser_opens_a_websocket_with_a_client_token_in_the_query_or_the_subprotocols() {
+    use keygate_protocol::tokens::AccessClaims;
+    let up = EchoWs::start();
+    let signer = token_signer("kid_1", 1);
+    let keys = Keys::new(1)
+        .workspace("ws_live", WorkspaceKind::Live)
+        .key(
+            "key_reader",
+            READER,
+            Some("ws_live"),
+            Some(&["products:read"]),
+        )
+        .signing_key("kid_1", signer.public_key());
+    let echo = http::Echo::start();
+    let kg = Keygate::start(Setup::new(&echo, &keys).config(|c| {
+        c.upstream.address = up.addr.to_string();
+        c.routes.push(browser_route(
+            "live",
+            &["GET"],
+            "/v1/live/**",
+            &["products:read"],
+        ));
+        c.tokens = Some(TokensFile {
+            issuer: "cp".into(),
+            audience: "keygate".into(),
+            leeway: None,
+            cache_entries: None,
+        });
+    }));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = signer.sign_client_token(&AccessClaims {
+        iss: "cp".into(),
+        sub: "key_reader".into(),
+        aud: "keygate".into(),
+        exp: now + 600,
+        nbf: now,
+        iat: now,
+        jti: "jti_ws".into(),
+        client_id: "key_reader".into(),
+        scope: "products:read".into(),
+        workspace: "ws_live".into(),
+    });
+
+    let by_query = open_with(&kg, &format!("/v1/live/feed?access_token={token}"), "");
+    let by_protocol = open_with(
+        &kg,
+        "/v1/live/feed?room=2",
+        &format!("Sec-WebSocket-Protocol: chat, access_token.{token}\r\n"),
+    );
+    for (head, mut s) in [by_query, by_protocol] {
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(&frame(0x1, b"hello", true)).unwrap();
+        assert_eq!(read_frame(&mut s), Some((0x1, b"hello".to_vec())));
+    }
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    assert!(
+        heads[0].starts_with("GET /v1/live/feed HTTP/1.1"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("GET /v1/live/feed?room=2 HTTP/1.1"),
+        "{}",
+        heads[1]
+    );
+    for head in &heads {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("x-auth-type: client_token"), "{head}");
+        assert!(lower.contains("x-api-key-id: key_reader"), "{head}");
+        assert!(
+            !head.contains(&token),
+            "the token reached the upstream: {head}"
+        );
+    }
+    assert!(
+        heads[1]
+            .to_ascii_lowercase()
+            .contains("sec-websocket-protocol: chat\r\n"),
+        "{}",
+        heads[1]
+    );
+
+    // The same token on a route not marked for browsers opens nothing.
+    let (head, _) = open_with(&kg, &format!("/v1/products/live?access_token={token}"), "");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let (head, _) = open_with(
+        &kg,
+        "/v1/products/live",
+        &format!("Sec-WebSocket-Protocol: access_token.{token}\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    // Nor does an API key in the query string, on any route.
+    let (head, _) = open_with(&kg, &format!("/v1/live/feed?access_token={READER}"), "");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert_eq!(
+        up.heads.lock().unwrap().len(),
+        2,
+        "a refused upgrade reached the upstream"
+    );
+
+    kg.settle(5);
+    for log in [kg.access_log_text(), kg.log()] {
+        assert!(
+            !log.contains(&token[token.len() - 20..]),
+            "the token was logged"
+        );
+        assert!(!log.contains(READER), "the key was logged");
+    }
 }

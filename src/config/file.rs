@@ -306,6 +306,10 @@ pub struct RouteFile {
     pub scopes: Option<Vec<String>>,
     #[serde(default)]
     pub auth: Option<AuthMode>,
+    /// Also accept a browser client token from the `access_token` query parameter or the
+    /// `Sec-WebSocket-Protocol` header. Default false.
+    #[serde(default)]
+    pub browser: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -156,6 +156,9 @@ pub enum RouteAuth {
     Public,
     /// A valid key holding every listed scope (none listed: any valid key).
     Scopes(Box<[RequiredScope]>),
+    /// As `Scopes`, for browsers (`browser: true`): a client token may also come in the
+    /// `access_token` query parameter or the `Sec-WebSocket-Protocol` header.
+    Browser(Box<[RequiredScope]>),
 }
 
 impl UpstreamConfig {
@@ -459,6 +462,8 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     let snapshot = source::validate(snapshot, base).map_err(|(f, m)| invalid(f, m))?;
 
     let mut specs = Vec::with_capacity(routes.len());
+    // The first route marked `browser: true`, which needs the `tokens` section.
+    let mut browser_routes = None;
     for (i, r) in routes.into_iter().enumerate() {
         let field = |f: &str| format!("routes[{i}] ({:?}).{f}", r.name);
         let auth = match (r.auth, &r.scopes) {
@@ -484,9 +489,22 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
                         .map_err(|e| invalid(field(&format!("scopes[{j}]")), e.to_string()))?;
                     required.push(scope);
                 }
-                RouteAuth::Scopes(required.into_boxed_slice())
+                if r.browser == Some(true) {
+                    browser_routes.get_or_insert(i);
+                    RouteAuth::Browser(required.into_boxed_slice())
+                } else {
+                    RouteAuth::Scopes(required.into_boxed_slice())
+                }
             }
         };
+        if r.browser == Some(true) && matches!(auth, RouteAuth::Public) {
+            return Err(invalid(
+                field("browser"),
+                "a public route (`auth: none`) reads no credential; remove `browser` or \
+                 `auth: none`"
+                    .into(),
+            ));
+        }
         specs.push(RouteSpec {
             name: r.name,
             methods: r.methods,
@@ -556,6 +574,14 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         None => None,
         Some(t) => Some(tokens_config(t).map_err(|(f, m)| invalid(f, m))?),
     };
+    if let (Some(i), None) = (browser_routes, &tokens) {
+        return Err(invalid(
+            format!("routes[{i}].browser"),
+            "a browser route accepts client tokens, which keygate verifies only with a `tokens` \
+             section (its `issuer` and `audience`); add one, or remove `browser: true`"
+                .into(),
+        ));
+    }
 
     Ok(Config {
         path: path.to_owned(),
@@ -1513,6 +1539,34 @@ snapshot:
                 RequiredScope::parse("p:read").unwrap(),
                 RequiredScope::parse("p:write").unwrap()
             ]))
+        );
+    }
+
+    #[test]
+    fn a_browser_route_needs_scopes_and_the_tokens_section() {
+        let route = "- { name: live, path: /live/**, scopes: [p:read], browser: true }";
+        assert_invalid(
+            &with("routes", route),
+            "routes[0].browser",
+            "a browser route accepts client tokens, which keygate verifies only with a `tokens` \
+             section",
+        );
+        let tokens = "tokens:\n  issuer: cp\n  audience: keygate\n";
+        let c = accepted(&format!("{}{tokens}", with("routes", route)));
+        assert_eq!(
+            c.routes.routes()[0].auth(),
+            &RouteAuth::Browser(Box::new([RequiredScope::parse("p:read").unwrap()]))
+        );
+        assert_invalid(
+            &format!(
+                "{}{tokens}",
+                with(
+                    "routes",
+                    "- { name: d, path: /d, auth: none, browser: true }"
+                )
+            ),
+            "routes[0] (\"d\").browser",
+            "a public route (`auth: none`) reads no credential; remove `browser` or `auth: none`",
         );
     }
 

@@ -17,7 +17,7 @@ pub use delta::{Delta, parse_delta};
 pub use invalid::InvalidEntry;
 pub use load::{Format, SnapshotError, load_file, parse};
 pub use model::{
-    AuthType, EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, Workspace,
+    AuthType, EntryKind, KeyEntry, Owner, Skipped, Snapshot, SnapshotBuilder, TokenKind, Workspace,
 };
 pub use wire::{
     Changes, ClientDoc, DeltaDoc, KeyDoc, KeyStatus, LimitsDoc, RestrictionsDoc, SigningAlgorithm,

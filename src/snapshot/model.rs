@@ -144,6 +144,15 @@ enum EntryState {
     RevokedKey,
     /// A verified access token, made by [`KeyEntry::for_token`]; never in a snapshot.
     AccessToken,
+    /// A verified browser client token, also made by [`KeyEntry::for_token`].
+    ClientToken,
+}
+
+/// Which kind of token [`KeyEntry::for_token`] makes an entry for.
+pub enum TokenKind {
+    OAuth,
+    /// A browser client token, held to these restrictions (its minting key's, in part).
+    Client(Option<Arc<KeyRestrictions>>),
 }
 
 /// How a request authenticated, sent upstream as `x-auth-type`.
@@ -151,6 +160,8 @@ enum EntryState {
 pub enum AuthType {
     ApiKey,
     OAuth,
+    /// A browser client token, minted for an API key.
+    ClientToken,
 }
 
 impl AuthType {
@@ -158,6 +169,7 @@ impl AuthType {
         match self {
             AuthType::ApiKey => "api_key",
             AuthType::OAuth => "oauth",
+            AuthType::ClientToken => "client_token",
         }
     }
 }
@@ -189,31 +201,38 @@ impl KeyEntry {
         match self.state {
             EntryState::ActiveKey | EntryState::RevokedKey => AuthType::ApiKey,
             EntryState::AccessToken => AuthType::OAuth,
+            EntryState::ClientToken => AuthType::ClientToken,
         }
     }
 
-    /// The entry a verified access token acts as: its client's id as the key id, its own
-    /// scopes, its workspace, and its expiry. Keyed by the token's SHA-256 (the cache's key),
-    /// so that nothing about it can match an API key.
+    /// The entry a verified token acts as: as the key id, its OAuth client's id or (a client
+    /// token) its minting key's; its own scopes, workspace and expiry; and for a client token
+    /// the restrictions it inherits. Keyed by the token's SHA-256 (the cache's key), so that
+    /// nothing about it can match an API key.
     pub fn for_token(
+        kind: TokenKind,
         token_hash: KeyHash,
         client_id: &str,
         workspace: Arc<Workspace>,
         scopes: Arc<ScopeSet>,
         expires_at: i64,
     ) -> Arc<KeyEntry> {
+        let (state, restrictions) = match kind {
+            TokenKind::OAuth => (EntryState::AccessToken, None),
+            TokenKind::Client(restrictions) => (EntryState::ClientToken, restrictions),
+        };
         Arc::new(KeyEntry {
             hash: token_hash,
             owner: Owner::Workspace(workspace),
             scopes,
-            state: EntryState::AccessToken,
+            state,
             expires: expires_at,
             text: Arc::new(Bytes::copy_from_slice(client_id.as_bytes())),
             text_at: 0,
             // Client ids are checked ids (at most 64 bytes) before they get here.
             id_len: client_id.len().min(usize::from(u8::MAX)) as u8,
             name_len: 0,
-            restrictions: None,
+            restrictions,
         })
     }
 

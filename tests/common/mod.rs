@@ -177,7 +177,23 @@ pub fn route(name: &str, methods: &[&str], path: &str, scopes: &[&str]) -> Route
         path: path.into(),
         scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
         auth: None,
+        browser: None,
     }
+}
+
+/// A route that also takes a browser client token from the URL or the WebSocket subprotocols.
+pub fn browser_route(name: &str, methods: &[&str], path: &str, scopes: &[&str]) -> RouteFile {
+    RouteFile {
+        browser: Some(true),
+        ..route(name, methods, path, scopes)
+    }
+}
+
+/// An Ed25519 token signer whose seed is 32 bytes of `seed`.
+pub fn token_signer(kid: &str, seed: u8) -> keygate_protocol::tokens::TokenSigner {
+    use base64::Engine as _;
+    let seed = base64::engine::general_purpose::STANDARD.encode([seed; 32]);
+    keygate_protocol::tokens::TokenSigner::new(kid, &seed).unwrap()
 }
 
 /// A route anyone may call, without a key.
