@@ -62,18 +62,7 @@ fn minter(scopes: &'static [&'static str]) -> impl FnOnce(Keys) -> Keys {
 
 fn start(keys: &Keys, up: &http::Echo) -> Keygate {
     Keygate::start(Setup::new(up, keys).config(|c| {
-        c.routes.push(browser_route(
-            "live",
-            &["GET"],
-            "/v1/live/**",
-            &["products:read"],
-        ));
-        c.tokens = Some(TokensFile {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway: None,
-            cache_entries: None,
-        })
+        accept_client_tokens(c, ISSUER);
     }))
 }
 

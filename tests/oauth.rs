@@ -228,18 +228,7 @@ fn a_client_token_minted_with_a_key_works_in_a_browser_url_until_the_key_is_revo
         env: vec![("KEYGATE_CP_TOKEN", SYNC_TOKEN.to_owned())],
         ..Setup::new(&up, &Keys::new(0)).config(|c| {
             c.snapshot = from_control_plane(cp.url());
-            c.routes.push(browser_route(
-                "live",
-                &["GET"],
-                "/v1/live/**",
-                &["products:read"],
-            ));
-            c.tokens = Some(TokensFile {
-                issuer: "keygate-control-plane".into(),
-                audience: "keygate".into(),
-                leeway: None,
-                cache_entries: None,
-            });
+            accept_client_tokens(c, "keygate-control-plane");
         })
     });
 

@@ -273,18 +273,7 @@ fn a_browser_opens_a_websocket_with_a_client_token_in_the_query_or_the_subprotoc
     let echo = http::Echo::start();
     let kg = Keygate::start(Setup::new(&echo, &keys).config(|c| {
         c.upstream.address = up.addr.to_string();
-        c.routes.push(browser_route(
-            "live",
-            &["GET"],
-            "/v1/live/**",
-            &["products:read"],
-        ));
-        c.tokens = Some(TokensFile {
-            issuer: "cp".into(),
-            audience: "keygate".into(),
-            leeway: None,
-            cache_entries: None,
-        });
+        accept_client_tokens(c, "cp");
     }));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

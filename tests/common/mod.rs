@@ -189,6 +189,23 @@ pub fn browser_route(name: &str, methods: &[&str], path: &str, scopes: &[&str]) 
     }
 }
 
+/// Accepts tokens from `issuer` for the audience `keygate`, and adds the browser route `live`
+/// (`GET /v1/live/**`, `products:read`), which also takes a client token from the URL.
+pub fn accept_client_tokens(c: &mut ConfigFile, issuer: &str) {
+    c.routes.push(browser_route(
+        "live",
+        &["GET"],
+        "/v1/live/**",
+        &["products:read"],
+    ));
+    c.tokens = Some(TokensFile {
+        issuer: issuer.into(),
+        audience: "keygate".into(),
+        leeway: None,
+        cache_entries: None,
+    });
+}
+
 /// An Ed25519 token signer whose seed is 32 bytes of `seed`.
 pub fn token_signer(kid: &str, seed: u8) -> keygate_protocol::tokens::TokenSigner {
     use base64::Engine as _;
