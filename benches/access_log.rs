@@ -101,6 +101,7 @@ fn main() {
         reason: None,
         workspace_id: Some("ws_acme"),
         key_id: Some("key_01HV3"),
+        auth_type: Some("api_key"),
         client: Some(client),
         client_ip: None,
         duration_ms: 0.412,

@@ -110,6 +110,7 @@ impl Finish<'_> {
             reason: r.reason,
             workspace_id: r.workspace_id(),
             key_id: r.key.as_ref().map(|k| k.id()),
+            auth_type: r.key.as_ref().map(|k| k.auth_type().as_str()),
             client: self.client,
             client_ip: self.client_ip,
             duration_ms: elapsed.as_secs_f64() * 1000.0,

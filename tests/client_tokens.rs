@@ -129,6 +129,16 @@ fn a_client_token_in_the_query_of_a_browser_route_acts_as_its_key_and_is_not_for
     assert_eq!(r.status, 403, "{}", r.text());
 
     kg.settle(4);
+    // The access log tells a client token from its key, which shares its `key_id` (its writer
+    // batches lines, so they are awaited).
+    let by_token = || {
+        kg.access_log()
+            .iter()
+            .filter(|l| l["key_id"] == "key_minter" && l["auth_type"] == "client_token")
+            .count()
+    };
+    let logged = within(Duration::from_secs(2), || by_token() == 4);
+    assert!(logged.is_some(), "{}", kg.access_log_text());
     for log in [kg.access_log_text(), kg.log()] {
         assert!(!log.contains(&token), "the token was logged");
         assert!(

@@ -19,6 +19,9 @@ pub struct Line<'a> {
     pub reason: Option<&'a str>,
     pub workspace_id: Option<&'a str>,
     pub key_id: Option<&'a str>,
+    /// How the request authenticated (`api_key`, `oauth`, `client_token`), beside `key_id`:
+    /// a client token's `key_id` is its minting key's, so this tells the two apart.
+    pub auth_type: Option<&'static str>,
     pub client: Option<SocketAddr>,
     pub client_ip: Option<IpAddr>,
     pub duration_ms: f64,
@@ -64,6 +67,7 @@ impl Line<'_> {
         text!(out, "reason", self.reason);
         text!(out, "workspace_id", self.workspace_id);
         text!(out, "key_id", self.key_id);
+        text!(out, "auth_type", self.auth_type);
         if let Some(client) = self.client {
             out.extend_from_slice(b",\"client\":\"");
             socket_addr(client, out);
@@ -227,6 +231,7 @@ mod tests {
             reason: None,
             workspace_id: Some("ws_demo"),
             key_id: Some("key_demo_reader"),
+            auth_type: Some("api_key"),
             client: Some("127.0.0.1:44648".parse().unwrap()),
             client_ip: None,
             duration_ms: 1.69,
@@ -247,7 +252,7 @@ mod tests {
             written(&line("/v1/products"), 1_795_442_250_214_378),
             concat!(
                 r#"{"timestamp":"2026-11-23T13:57:30.214378Z","level":"INFO","method":"GET","path":"/v1/products","#,
-                r#""route":"products-read","status":200,"outcome":"allowed","workspace_id":"ws_demo","key_id":"key_demo_reader","#,
+                r#""route":"products-read","status":200,"outcome":"allowed","workspace_id":"ws_demo","key_id":"key_demo_reader","auth_type":"api_key","#,
                 r#""client":"127.0.0.1:44648","duration_ms":1.69,"upstream_status":200,"target":"keygate::access"}"#,
                 "\n"
             )
@@ -262,6 +267,7 @@ mod tests {
             outcome: "unauthorized",
             reason: Some("revoked"),
             key_id: None,
+            auth_type: None,
             upstream_status: None,
             client: Some("[2001:db8::7]:443".parse().unwrap()),
             client_ip: Some("2001:db8::1".parse().unwrap()),
@@ -272,7 +278,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let fields: Vec<&str> = json.as_object().unwrap().keys().map(|k| &**k).collect();
         assert_eq!(fields.len(), 12, "{text}");
-        for absent in ["route", "key_id", "upstream_status"] {
+        for absent in ["route", "key_id", "auth_type", "upstream_status"] {
             assert!(json.get(absent).is_none(), "{text}");
         }
         assert_eq!(json["timestamp"], "1970-01-01T00:00:00.000000Z");
