@@ -124,9 +124,9 @@ fn is_parameter(name: &str) -> bool {
     if !name.contains('%') || name.len() > 3 * QUERY_PARAMETER.len() {
         return false;
     }
-    let bytes = name.as_bytes();
-    let mut decoded = Vec::with_capacity(QUERY_PARAMETER.len());
-    let mut i = 0;
+    // Decoded byte by byte against the name, so nothing is allocated.
+    let (bytes, want) = (name.as_bytes(), QUERY_PARAMETER.as_bytes());
+    let (mut i, mut matched) = (0, 0);
     while i < bytes.len() {
         let b = match bytes[i] {
             b'%' => {
@@ -143,10 +143,13 @@ fn is_parameter(name: &str) -> bool {
             }
             b => b,
         };
-        decoded.push(b);
+        if want.get(matched) != Some(&b) {
+            return false;
+        }
+        matched += 1;
         i += 1;
     }
-    decoded == QUERY_PARAMETER.as_bytes()
+    matched == want.len()
 }
 
 #[cfg(test)]

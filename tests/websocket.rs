@@ -156,21 +156,23 @@ fn open_with(kg: &Keygate, path: &str, headers: &str) -> (String, TcpStream) {
     (head, s)
 }
 
+/// One live workspace with a key holding `products:read`.
+fn reader_keys() -> Keys {
+    Keys::new(1).workspace("ws_live", WorkspaceKind::Live).key(
+        "key_reader",
+        READER,
+        Some("ws_live"),
+        Some(&["products:read"]),
+    )
+}
+
 fn keygate(up: &EchoWs) -> Keygate {
-    let keys = Keys::new(1)
-        .workspace("ws_live", WorkspaceKind::Live)
-        .key(
-            "key_reader",
-            READER,
-            Some("ws_live"),
-            Some(&["products:read"]),
-        )
-        .key(
-            "key_writer",
-            WRITER_ONLY,
-            Some("ws_live"),
-            Some(&["products:write"]),
-        );
+    let keys = reader_keys().key(
+        "key_writer",
+        WRITER_ONLY,
+        Some("ws_live"),
+        Some(&["products:write"]),
+    );
     let echo = http::Echo::start();
     Keygate::start(Setup::new(&echo, &keys).config(|c| {
         c.upstream.address = up.addr.to_string();
@@ -224,12 +226,7 @@ fn an_upgrade_without_the_routes_scope_or_a_key_gets_keygates_answer_and_no_upst
 #[test]
 fn an_idle_websocket_lasts_as_long_as_the_upstream_read_timeout() {
     let up = EchoWs::start();
-    let keys = Keys::new(1).workspace("ws_live", WorkspaceKind::Live).key(
-        "key_reader",
-        READER,
-        Some("ws_live"),
-        Some(&["products:read"]),
-    );
+    let keys = reader_keys();
     let echo = http::Echo::start();
     let kg = Keygate::start(Setup::new(&echo, &keys).config(|c| {
         c.upstream.address = up.addr.to_string();
@@ -261,15 +258,7 @@ fn a_browser_opens_a_websocket_with_a_client_token_in_the_query_or_the_subprotoc
     use keygate_protocol::tokens::AccessClaims;
     let up = EchoWs::start();
     let signer = token_signer("kid_1", 1);
-    let keys = Keys::new(1)
-        .workspace("ws_live", WorkspaceKind::Live)
-        .key(
-            "key_reader",
-            READER,
-            Some("ws_live"),
-            Some(&["products:read"]),
-        )
-        .signing_key("kid_1", signer.public_key());
+    let keys = reader_keys().signing_key("kid_1", signer.public_key());
     let echo = http::Echo::start();
     let kg = Keygate::start(Setup::new(&echo, &keys).config(|c| {
         c.upstream.address = up.addr.to_string();

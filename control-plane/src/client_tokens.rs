@@ -12,7 +12,7 @@
 
 use crate::api::{ApiError, KeyRow, now};
 use crate::oauth::new_jti;
-use crate::service::{ControlPlane, constant_time_eq, json_response, parse_query};
+use crate::service::{ControlPlane, credentials, error_response, json_response, parse_query};
 use http::{HeaderValue, Response, StatusCode, header};
 use keygate_protocol::scopes::{KeyScopes, ScopePattern};
 use keygate_protocol::secret::{self, KeyHash};
@@ -65,12 +65,7 @@ impl Refusal {
                 Some(r#"Bearer error="insufficient_scope""#),
             ),
             Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m.to_owned(), None),
-            Refusal::Api(e) => {
-                if let ApiError::Internal(detail) = &e {
-                    tracing::error!(%detail, "client token endpoint failed");
-                }
-                (e.status(), e.message(), None)
-            }
+            Refusal::Api(e) => return error_response(&e),
         };
         let mut r = json_response(status, json!({"success": false, "error": message}));
         if let Some(challenge) = challenge {
@@ -151,14 +146,10 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// The API key secret of `Authorization: Bearer …`, shaped and checksummed like one (so that
 /// nothing else, the admin token included, reaches the database).
 fn presented_key(authorization: Option<&str>) -> Result<&str, Refusal> {
-    let (scheme, token) = authorization
-        .and_then(|v| v.split_once(' '))
-        .ok_or(Refusal::InvalidToken(SEND_A_KEY))?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || secret::parse_token(token).is_none() {
-        return Err(Refusal::InvalidToken(SEND_A_KEY));
-    }
-    Ok(token)
+    authorization
+        .and_then(|v| credentials(v, "bearer"))
+        .filter(|token| secret::parse_token(token).is_some())
+        .ok_or(Refusal::InvalidToken(SEND_A_KEY))
 }
 
 /// Checks that `scopes` are all ones `key` may hand on ([`KeyScopes::may_hold`]; a key without
@@ -207,9 +198,7 @@ impl ControlPlane {
         let answer = self
             .db
             .call(move |store| {
-                let key = store
-                    .key_by_hash(&presented)?
-                    .filter(|k| constant_time_eq(k.hash.as_bytes(), presented.as_bytes()));
+                let key = store.key_by_hash(&presented)?;
                 Ok((|| -> Result<Minted, Refusal> {
                     let key = key.ok_or(Refusal::InvalidToken(KEY_REFUSED))?;
                     let issued = now();

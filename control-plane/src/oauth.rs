@@ -4,8 +4,8 @@
 use crate::api::{ApiError, now};
 use crate::clients::{self, ClientRow, NewClient, SigningKeyRow};
 use crate::service::{
-    ControlPlane, Route, bad, created, json_response, param, parse_query, path_id, percent_decode,
-    purge_param, written,
+    ControlPlane, Route, bad, created, credentials, json_response, param, parse_query, path_id,
+    percent_decode, purge_param, written,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -158,12 +158,9 @@ fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
 /// The client's id and secret from `Authorization: Basic` (RFC 6749 §2.3.1: each part
 /// form-url-encoded before the base64), or `None` when the header is not Basic.
 fn basic_credentials(authorization: &str) -> Option<Result<(String, String), OAuthError>> {
-    let (scheme, value) = authorization.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
+    let value = credentials(authorization, "basic")?;
     let decoded = STANDARD
-        .decode(value.trim())
+        .decode(value)
         .ok()
         .and_then(|b| String::from_utf8(b).ok());
     let parts = decoded.as_deref().and_then(|d| d.split_once(':'));

@@ -256,7 +256,14 @@ pub(crate) fn json_response(status: StatusCode, value: Value) -> Response<Vec<u8
     respond(status, body.clone()).body(body).unwrap_or_default()
 }
 
-fn error_response(e: &ApiError) -> Response<Vec<u8>> {
+/// The value of an `Authorization` header in `scheme` (any letter case), trimmed; `None` for
+/// another scheme or no value.
+pub(crate) fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, value) = authorization.split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| value.trim())
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<Vec<u8>> {
     if let ApiError::Internal(detail) = e {
         tracing::error!(%detail, "control plane: internal error");
     }
@@ -515,10 +522,9 @@ impl ControlPlane {
             Token::Admin => Some(&self.admin_token),
         };
         if let Some(expected) = token {
-            let presented = authorization.as_deref().and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
+            let presented = authorization
+                .as_deref()
+                .and_then(|v| credentials(v, "bearer"));
             if !presented.is_some_and(|t| expected.matches(t)) {
                 return Err(ApiError::Unauthorized);
             }
