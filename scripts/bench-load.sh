@@ -16,7 +16,8 @@
 #   5. the same keygate with the access log off, and with the access log off and no rate-limit
 #      headers (what each feature costs), unless BENCH_FEATURE_ROWS=0, and
 #   6. keygate with the access log off and fleet-wide limits through a local redis-server
-#      (`limits.global`), unless BENCH_REDIS=0 or redis-server is missing, and
+#      (`limits.global`), its CPU per request counting redis-server's with keygate's, unless
+#      BENCH_REDIS=0 or redis-server is missing, and
 #   7. over TLS (keep-alive, HTTP/1.1; a self-signed P-256 certificate, TLS 1.3): the bare
 #      Pingora proxy with keygate's TLS settings and certificate, and keygate as shipped on its
 #      `listen.tls` listener, unless BENCH_TLS=0.
@@ -37,7 +38,8 @@
 #
 # Settings (environment): BENCH_DURATION (8s per run), BENCH_ROUNDS (5), BENCH_WARMUP (2s),
 # BENCH_ROUND_WARMUP (1s, before each run of the alternating rounds), BENCH_CONNECTIONS ("32 64"),
-# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_FEATURE_ROWS (1), BENCH_REDIS (1), BENCH_TLS (1),
+# BENCH_KEYS (10000), BENCH_WORKSPACES (1000), BENCH_FEATURE_ROWS (1; 0: neither row 5; nolog:
+# only the access-log-off row, which the Redis row is compared with), BENCH_REDIS (1), BENCH_TLS (1),
 # BENCH_KEEP (0: 1 keeps the work directory with configs, logs and wrk's outputs); and the
 # Pingora settings both the bare proxy and keygate run with: BENCH_THREADS (2),
 # BENCH_WORK_STEALING (false), BENCH_LISTENER_TASKS (1), BENCH_UPSTREAM_POOL (128); keygate's
@@ -266,8 +268,10 @@ EOF
   }
 }
 keygate_config "$work/keygate.yaml" "$p_kg" "$p_kg_admin" true "$rate_headers"
-if [ "$feature_rows" = 1 ]; then
+if [ "$feature_rows" != 0 ]; then
   keygate_config "$work/keygate-nolog.yaml" "$p_kg2" "$p_kg2_admin" false "$rate_headers"
+fi
+if [ "$feature_rows" = 1 ]; then
   keygate_config "$work/keygate-minimal.yaml" "$p_kg4" "$p_kg4_admin" false none
 fi
 redis_run=${BENCH_REDIS:-1}
@@ -370,12 +374,15 @@ warm_up() {
 # CPUs, throughput is largely set by what they all spend per request; the proxy's own CPU time
 # per request is the steadier figure of what it costs. The machine's busy time shows whether
 # something else (a build, another benchmark) ran at the same time and skewed the figures.
-#   proc_ticks PID: the process's user + system time (all threads).
+#   proc_ticks PIDS: the processes' user + system time (all threads), summed.
 proc_ticks() {
-  local stat
-  stat=$(cat "/proc/$1/stat") || die "process $1 is gone"
-  stat=${stat##*) }
-  awk '{ print $12 + $13 }' <<<"$stat"
+  local stat pid sum=0
+  for pid in $1; do
+    stat=$(cat "/proc/$pid/stat") || die "process $pid is gone"
+    stat=${stat##*) }
+    sum=$((sum + $(awk '{ print $12 + $13 }' <<<"$stat")))
+  done
+  echo "$sum"
 }
 #   waited_ticks: user + system time of this shell's waited-for children (wrk among them).
 waited_ticks() {
@@ -425,7 +432,9 @@ measure() {
   if [ "$server" = "$nginx_worker" ]; then
     printf '   %-36s CPU per request: nginx %s us, wrk %s us;' "" "$cpu_server" "$cpu_wrk"
   else
-    printf '   %-36s CPU per request: proxy %s us, nginx %s us, wrk %s us;' "" \
+    local what=proxy
+    [ "$server" != "${server%% *}" ] && what="proxy + redis-server"
+    printf '   %-36s CPU per request: %s %s us, nginx %s us, wrk %s us;' "" "$what" \
       "$cpu_server" "$cpu_upstream" "$cpu_wrk"
   fi
   printf ' machine %s%% busy, other processes %s%% (of one CPU)\n' "$busy_pct" "$other_pct"
@@ -516,10 +525,12 @@ if [ "$tls_run" = 1 ]; then
     -H "Authorization: Bearer $(sed -n 1p "$secrets")"
   expect_status 401 "https://127.0.0.1:$p_kg_tls$path" -k
 fi
-if [ "$feature_rows" = 1 ]; then
+if [ "$feature_rows" != 0 ]; then
   start_keygate "keygate (access log off)" "$work/keygate-nolog.yaml" "$p_kg2" "$p_kg2_admin" \
     "$work/keygate-nolog.log" /dev/null
   kg2_pid=$keygate_pid
+fi
+if [ "$feature_rows" = 1 ]; then
   start_keygate "keygate (no access log, no rate headers)" "$work/keygate-minimal.yaml" "$p_kg4" \
     "$p_kg4_admin" "$work/keygate-minimal.log" /dev/null
   kg4_pid=$keygate_pid
@@ -570,10 +581,12 @@ for connections in $connection_counts; do
     warm_round "http://127.0.0.1:$p_kg$path"
     measure_keygate "keygate@$connections" "keygate as shipped (log on)" \
       "http://127.0.0.1:$p_kg$path" "$p_kg_admin" "$kg_pid"
-    if [ "$feature_rows" = 1 ]; then
+    if [ "$feature_rows" != 0 ]; then
       warm_round "http://127.0.0.1:$p_kg2$path"
       measure_keygate "keygate_nolog@$connections" "keygate, access log off" \
         "http://127.0.0.1:$p_kg2$path" "$p_kg2_admin" "$kg2_pid"
+    fi
+    if [ "$feature_rows" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg4$path"
       measure_keygate "keygate_minimal@$connections" "keygate, log off, no rate headers" \
         "http://127.0.0.1:$p_kg4$path" "$p_kg4_admin" "$kg4_pid"
@@ -581,8 +594,9 @@ for connections in $connection_counts; do
     if [ "$redis_run" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg3$path"
       read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
+      # Its server CPU is keygate's and redis-server's together: what fleet limits cost here.
       measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" \
-        "http://127.0.0.1:$p_kg3$path" "$p_kg3_admin" "$kg3_pid"
+        "http://127.0.0.1:$p_kg3$path" "$p_kg3_admin" "$kg3_pid $redis_pid"
       read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
       echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
         "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
@@ -606,10 +620,8 @@ stop "$kg_pid"
 lines=$(grep -c '"keygate::access"' "$access" || true)
 echo "-- keygate as shipped: access log of $lines lines ($(du -h "$access" | cut -f1))"
 [ "$lines" -ge "$allowed_total" ] || die "keygate logged $lines requests of $allowed_total allowed"
-if [ "$feature_rows" = 1 ]; then
-  stop "$kg2_pid"
-  stop "$kg4_pid"
-fi
+if [ "$feature_rows" != 0 ]; then stop "$kg2_pid"; fi
+if [ "$feature_rows" = 1 ]; then stop "$kg4_pid"; fi
 if [ "$redis_run" = 1 ]; then
   curl -s "http://127.0.0.1:$p_kg3_admin/metrics" | grep -E '^keygate_fleet_(decisions|redis_calls)_total' |
     sed 's/^/   /'

@@ -359,6 +359,50 @@ fn under_the_limit_requests_do_not_wait_on_redis() {
     }
 }
 
+/// Far from the limits, a running-low lease is renewed on the worker's next round, in a batch,
+/// not by a call of its own: once the leases have grown to the traffic, no request waits.
+#[test]
+fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
+    let redis = Redis::start();
+    let up = Echo::start();
+    let workspaces = [
+        ("ws_a", 40.0),
+        ("ws_b", 55.0),
+        ("ws_c", 70.0),
+        ("ws_d", 85.0),
+    ];
+    let limits: Vec<(&str, u32, u32)> = workspaces
+        .iter()
+        .map(|&(ws, _)| (ws, 1_000_000, 100_000_000))
+        .collect();
+    let kg = start(
+        &up,
+        &keys_for(&limits),
+        fleet(redis.url(), OnOutage::Local, 0.34),
+    );
+    let loads = |run: f64| {
+        workspaces
+            .iter()
+            .map(|&(ws, rate)| (0, ws, vec![(secs(run), rate)]))
+            .collect()
+    };
+    run_loads(std::slice::from_ref(&kg), loads(1.5));
+    let (lease0, waited0) = (
+        fleet_decisions(&kg, "lease"),
+        fleet_decisions(&kg, "waited"),
+    );
+    // Each workspace's lease covers about 3 s of its rate: this run renews each about 3 times.
+    let results = run_loads(std::slice::from_ref(&kg), loads(6.0));
+    let admitted: usize = results.values().map(|s| count(s, 200)).sum();
+    let total: usize = results.values().map(Vec::len).sum();
+    assert_eq!(admitted, total, "all admitted");
+    let waited = fleet_decisions(&kg, "waited") - waited0;
+    let lease = fleet_decisions(&kg, "lease") - lease0;
+    eprintln!("{lease} from leases, {waited} after waiting, of {total}");
+    assert_eq!(waited, 0.0, "a lease ran out before its renewal");
+    assert_eq!(lease, total as f64);
+}
+
 fn fleet_state(kg: &Keygate) -> String {
     kg.admin_get("/status").json()["limiter"]["fleet"]["state"]
         .as_str()

@@ -161,6 +161,7 @@ impl FleetWorker {
         let mut state = lock(&t.slot.state);
         let book = state.lease.get_or_insert_with(Box::default);
         book.queued = false;
+        book.renew_due = false;
         if book.in_flight {
             return None;
         }
@@ -351,8 +352,8 @@ impl FleetWorker {
         }
     }
 
-    /// The round every 50 ms: leases gone idle or old are returned, subjects with nothing left
-    /// are dropped from the rounds.
+    /// The round every 50 ms: leases gone idle or old are returned, leases far from the limits
+    /// and running low are renewed, subjects with nothing left are dropped from the rounds.
     fn sweep(&self, tracked: &mut HashMap<Arc<str>, Tracked>) -> Vec<Arc<str>> {
         let now = self.now();
         let mut due = Vec::new();
@@ -362,7 +363,7 @@ impl FleetWorker {
                 return false;
             };
             book.retire(now);
-            if !book.done.is_empty() || book.waiting > 0 {
+            if !book.done.is_empty() || book.waiting > 0 || book.renew_due {
                 book.queued = true;
                 due.push(key.clone());
             }
