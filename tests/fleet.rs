@@ -6,7 +6,7 @@ mod common;
 use common::http::{Connection, Echo, Request};
 use common::*;
 use keygate::limits::OnOutage;
-use keygate_test_support::Redis;
+use keygate_test_support::{Redis, RedisCluster};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -401,6 +401,64 @@ fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
     eprintln!("{lease} from leases, {waited} after waiting, of {total}");
     assert_eq!(waited, 0.0, "a lease ran out before its renewal");
     assert_eq!(lease, total as f64);
+}
+
+/// With `cluster: true`, each workspace's script call goes to the shard that holds its hash
+/// tag: a workspace's limit holds across two sidecars whichever of three primaries keeps it,
+/// and no call fails or falls to the outage mode.
+#[test]
+fn on_a_redis_cluster_each_workspace_is_limited_on_its_own_shard() {
+    let cluster = RedisCluster::start();
+    let up = Echo::start();
+    let workspaces: Vec<String> = (0..9).map(|i| format!("ws_shard{i}")).collect();
+    let limits: Vec<(&str, u32, u32)> = workspaces.iter().map(|w| (w.as_str(), 10, 10)).collect();
+    let keys = keys_for(&limits);
+    let sidecars: Vec<Keygate> = (0..2)
+        .map(|_| {
+            let mut global = fleet(cluster.url(), OnOutage::Deny, 0.5);
+            global.redis.cluster = Some(true);
+            start(&up, &keys, global)
+        })
+        .collect();
+    let mut conns: Vec<Connection> = sidecars
+        .iter()
+        .map(|k| Connection::open(k.addr).unwrap())
+        .collect();
+    for ws in &workspaces {
+        let auth = bearer(&secret_of(ws));
+        let mut admitted = 0;
+        // 30 requests, alternating sidecars: at most 10 a minute may pass, fleet-wide.
+        for i in 0..30 {
+            let req = Request::get("/v1/me").header("Authorization", &auth);
+            let r = conns[i % 2].send(&req).unwrap();
+            match r.status {
+                200 => admitted += 1,
+                429 => assert!(
+                    !r.text().contains("limits_unavailable"),
+                    "{ws}: Redis did not answer: {}",
+                    r.text()
+                ),
+                other => panic!("{ws}: {other} {}", r.text()),
+            }
+        }
+        assert_eq!(admitted, 10, "{ws}: the fleet admits its limit, no more");
+    }
+    for kg in &sidecars {
+        assert_eq!(fleet_decisions(kg, "outage"), 0.0);
+        assert_eq!(
+            kg.metric(r#"keygate_fleet_redis_calls_total{result="error"}"#),
+            Some(0.0)
+        );
+        assert_eq!(kg.metric("keygate_fleet_backend_up"), Some(1.0));
+    }
+    // The workspaces' keys are spread over every shard, each workspace's on one.
+    for node in &cluster.nodes {
+        let keys = node.cli(&["--scan", "--pattern", "keygate:*"]);
+        assert!(
+            keys.lines().count() >= 3,
+            "a shard with no workspace: {keys:?}"
+        );
+    }
 }
 
 fn fleet_state(kg: &Keygate) -> String {

@@ -177,6 +177,9 @@ pub struct RedisFile {
     /// With a `rediss://` url: PEM certificates of the CAs that sign Redis's certificate
     /// (relative to this config file). Default: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// `url` is one node of a Redis Cluster: keygate learns the others from it and sends each
+    /// workspace's calls to the shard that holds its slot. Default false.
+    pub cluster: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -25,8 +25,21 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         connect_timeout,
         command_timeout,
         ca_file,
+        cluster,
     } = redis;
     let url = redis_url(&url)?;
+    let cluster = cluster.unwrap_or(false);
+    if cluster
+        && !matches!(
+            url.split_once("//").and_then(|(_, r)| r.split_once('/')),
+            None | Some((_, "" | "0"))
+        )
+    {
+        return Err(err(
+            "redis.url",
+            format!("{url:?}: a Redis Cluster has only database 0; drop the /db or make it /0"),
+        ));
+    }
     let tls = url.starts_with("rediss://");
     let tls_ca = match ca_file {
         None => None,
@@ -103,6 +116,7 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         url,
         password: password.map(Secret::new),
         tls_ca,
+        cluster,
         connect_timeout,
         command_timeout,
         on_outage: on_outage.unwrap_or_default(),

@@ -1716,6 +1716,21 @@ snapshot:
         assert_invalid(
             &with(
                 "limits",
+                "global: { redis: { url: redis://h:1/2, cluster: true } }",
+            ),
+            "limits.global.redis.url",
+            "a Redis Cluster has only database 0",
+        );
+        for url in ["redis://h:1", "redis://h:1/0"] {
+            let c = accepted(&with(
+                "limits",
+                &format!("global: {{ redis: {{ url: {url}, cluster: true }} }}"),
+            ));
+            assert!(c.fleet.unwrap().cluster, "{url}");
+        }
+        assert_invalid(
+            &with(
+                "limits",
                 "global: { redis: { url: redis://h:1, ca_file: ca.pem } }",
             ),
             "limits.global.redis.ca_file",

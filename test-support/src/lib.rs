@@ -6,7 +6,8 @@
 //!   it is given;
 //! - [`metrics`]: assertions on a `/metrics` page, `metric("name").label(..).value(..)`;
 //! - [`prometheus`]: a real Prometheus server scraping one endpoint;
-//! - [`redis`]: a real `redis-server` on a loopback port, for the fleet-wide limits;
+//! - [`redis`]: a real `redis-server` on a loopback port, or a three-primary Redis Cluster, for
+//!   the fleet-wide limits;
 //! - [`systemd`]: a unit file verified and scored by `systemd-analyze`;
 //! - [`tls`]: certificates made by `openssl`, and a blocking TLS client.
 //!
@@ -23,4 +24,4 @@ pub mod tls;
 pub use cp::ControlPlane;
 pub use http::{Echo, Request, Response, free_port, wait_for_port};
 pub use metrics::metric;
-pub use redis::Redis;
+pub use redis::{Redis, RedisCluster};

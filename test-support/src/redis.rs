@@ -94,3 +94,46 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A real Redis Cluster: three primaries on loopback ports, no replicas, the 16,384 slots split
+/// between them by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| Redis::start_with(free_port(), &["--cluster-enabled", "yes"]))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| n.addr.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never reached cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// One node's `redis://…` url: a client learns the others from it.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+}

@@ -116,6 +116,8 @@ pub struct FleetConfig {
     /// With `rediss://`: the CA certificates (PEM) Redis's certificate must chain to; `None`:
     /// the system's roots.
     pub tls_ca: Option<Vec<u8>>,
+    /// `url` is one node of a Redis Cluster.
+    pub cluster: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub on_outage: OnOutage,
@@ -986,6 +988,7 @@ mod tests {
             url: String::new(),
             password: None,
             tls_ca: None,
+            cluster: false,
             connect_timeout: Duration::from_millis(1),
             command_timeout: Duration::from_millis(1),
             on_outage: OnOutage::Local,

@@ -11,7 +11,9 @@ use crate::limits::{Millis, Policy, Slot, lock};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,8 +81,44 @@ impl Answer {
 }
 
 struct Connection {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<RedisConn>,
     last_attempt: Option<Instant>,
+}
+
+/// One Redis, or a Redis Cluster whose slots the client follows (each call goes to the shard
+/// that holds its workspace's hash tag; the script is loaded on every primary).
+#[derive(Clone)]
+enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl FleetWorker {
@@ -97,7 +135,7 @@ impl FleetWorker {
     }
 
     /// A connection, opening one if there is none and the last attempt is old enough.
-    async fn connection(&self, c: &mut Connection) -> Option<MultiplexedConnection> {
+    async fn connection(&self, c: &mut Connection) -> Option<RedisConn> {
         if let Some(conn) = &c.conn {
             return Some(conn.clone());
         }
@@ -117,23 +155,33 @@ impl FleetWorker {
                     .set_password(password.expose());
                 info = info.set_redis_settings(settings);
             }
-            let client = match &config.tls_ca {
-                // rediss:// with its own CAs; otherwise the system's roots (or plain TCP).
-                Some(ca) => redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca.clone()),
-                    },
-                )?,
-                None => redis::Client::open(info)?,
+            // rediss:// with its own CAs; otherwise the system's roots (or plain TCP).
+            let certificates = config.tls_ca.as_ref().map(|ca| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+            let mut conn = if config.cluster {
+                let mut builder = redis::cluster::ClusterClientBuilder::new([info])
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.command_timeout);
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                RedisConn::Cluster(builder.build()?.get_async_connection().await?)
+            } else {
+                let client = match certificates {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates)?,
+                    None => redis::Client::open(info)?,
+                };
+                let settings = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.command_timeout));
+                RedisConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&settings)
+                        .await?,
+                )
             };
-            let settings = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.command_timeout));
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&settings)
-                .await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok::<_, redis::RedisError>(conn)
         };
@@ -198,7 +246,7 @@ impl FleetWorker {
 
     async fn invoke(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConn,
         call: &Call,
         policy: Policy,
     ) -> Result<Answer, Failure> {
