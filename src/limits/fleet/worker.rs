@@ -24,6 +24,15 @@ const SCRIPT: &str = include_str!("lease.lua");
 const ROUND: Duration = Duration::from_millis(50);
 /// Between two connection attempts while Redis is unreachable.
 const RECONNECT_EVERY: Duration = Duration::from_millis(200);
+/// The most calls pipelined at once. Redis answers a pipeline in order, and each call has
+/// `command_timeout` from its send: the tail of a longer one (a thousand workspaces renewing in
+/// the same round on a busy machine) would time out, and the requests waiting on it fall to the
+/// outage mode.
+const BATCH: usize = 128;
+/// The most subjects a round takes up with nothing waiting on them (renewals ahead of need,
+/// returns): the rest wait for the next rounds, so that leases granted together, and so due
+/// together, spread out instead of making one long batch every few seconds.
+const UNHURRIED_PER_ROUND: usize = 128;
 
 pub struct FleetWorker {
     fleet: Arc<Fleet>,
@@ -319,7 +328,7 @@ impl FleetWorker {
                 return;
             }
             let now = self.now();
-            let calls: Vec<(Call, &Tracked)> = keys
+            let mut calls: Vec<(Call, &Tracked)> = keys
                 .drain(..)
                 .filter_map(|k| {
                     let t = tracked.get(&k)?;
@@ -329,16 +338,24 @@ impl FleetWorker {
             if calls.is_empty() {
                 return;
             }
+            // Calls that requests wait on go first.
+            calls.sort_by_key(|(call, _)| call.need == 0);
             let conn = self.connection(c).await;
             let started = Instant::now();
             let answers: Vec<Result<Answer, Failure>> = match conn {
-                // Polled together on one multiplexed connection, the calls are pipelined.
+                // Polled together on one multiplexed connection, a batch's calls are pipelined.
                 Some(conn) => {
-                    futures_util::future::join_all(calls.iter().map(|(call, t)| {
-                        let mut conn = conn.clone();
-                        async move { self.invoke(&mut conn, call, t.policy).await }
-                    }))
-                    .await
+                    let mut answers = Vec::with_capacity(calls.len());
+                    for batch in calls.chunks(BATCH) {
+                        answers.extend(
+                            futures_util::future::join_all(batch.iter().map(|(call, t)| {
+                                let mut conn = conn.clone();
+                                async move { self.invoke(&mut conn, call, t.policy).await }
+                            }))
+                            .await,
+                        );
+                    }
+                    answers
                 }
                 None => calls
                     .iter()
@@ -401,17 +418,23 @@ impl FleetWorker {
     }
 
     /// The round every 50 ms: leases gone idle or old are returned, leases far from the limits
-    /// and running low are renewed, subjects with nothing left are dropped from the rounds.
+    /// and running low are renewed (at most [`UNHURRIED_PER_ROUND`] of these two a round; a
+    /// subject with requests waiting always goes), subjects with nothing left are dropped from
+    /// the rounds.
     fn sweep(&self, tracked: &mut HashMap<Arc<str>, Tracked>) -> Vec<Arc<str>> {
         let now = self.now();
         let mut due = Vec::new();
+        let mut unhurried = 0;
         tracked.retain(|key, t| {
             let mut state = lock(&t.slot.state);
             let Some(book) = state.lease.as_mut() else {
                 return false;
             };
             book.retire(now);
-            if !book.done.is_empty() || book.waiting > 0 || book.renew_due {
+            let waited_on = book.waiting > 0;
+            let owed = !book.done.is_empty() || book.renew_due;
+            if waited_on || (owed && unhurried < UNHURRIED_PER_ROUND) {
+                unhurried += usize::from(!waited_on);
                 book.queued = true;
                 due.push(key.clone());
             }
