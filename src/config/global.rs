@@ -27,14 +27,9 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         ca_file,
         cluster,
     } = redis;
-    let url = redis_url(&url)?;
+    let (url, db) = redis_url(&url)?;
     let cluster = cluster.unwrap_or(false);
-    if cluster
-        && !matches!(
-            url.split_once("//").and_then(|(_, r)| r.split_once('/')),
-            None | Some((_, "" | "0"))
-        )
-    {
+    if cluster && db != 0 {
         return Err(err(
             "redis.url",
             format!("{url:?}: a Redis Cluster has only database 0; drop the /db or make it /0"),
@@ -125,8 +120,8 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
 }
 
 /// `redis://host[:port][/db]` (plain TCP) or `rediss://…` (TLS, the server's certificate always
-/// verified), no credentials in the URL.
-fn redis_url(url: &str) -> Result<String, Invalid> {
+/// verified), no credentials in the URL; with its database number (0 when not given).
+fn redis_url(url: &str) -> Result<(String, u32), Invalid> {
     let field = "redis.url";
     let Some(rest) = url
         .strip_prefix("redis://")
@@ -153,13 +148,17 @@ fn redis_url(url: &str) -> Result<String, Invalid> {
         ));
     }
     let (host_port, db) = rest.split_once('/').unwrap_or((rest, ""));
-    if host_port.is_empty() || (!db.is_empty() && db.parse::<u32>().is_err()) {
+    let db = match db {
+        "" => Some(0),
+        db => db.parse::<u32>().ok(),
+    };
+    let Some(db) = db.filter(|_| !host_port.is_empty()) else {
         return Err(err(
             field,
             format!("{url:?} is not redis://host:port/db, such as redis://127.0.0.1:6379/0"),
         ));
-    }
+    };
     redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| err(field, format!("{url:?}: {e}")))?;
-    Ok(url.to_owned())
+    Ok((url.to_owned(), db))
 }

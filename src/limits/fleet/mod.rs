@@ -386,29 +386,24 @@ impl Uses {
             }
             let _ = write!(out, "{}:{n}", now.saturating_sub(at));
         };
-        // A group of old runs within one second, merged: (its last use, count).
-        let mut group: Option<(Millis, u32)> = None;
+        // The run waiting to be written, which later runs of the same second join while they
+        // are old (runs are in time order: once one is recent, so are all after it).
+        let mut pending: Option<(Millis, u32)> = None;
         for &(at, n) in &self.0 {
-            if now.saturating_sub(at) >= MERGE_OLDER_THAN_MS {
-                match &mut group {
-                    Some((last, count)) if *last / 1_000 == at / 1_000 => {
-                        *last = at;
-                        *count += n;
-                    }
-                    _ => {
-                        if let Some((last, count)) = group.replace((at, n)) {
-                            emit(last, count);
-                        }
+            let old = now.saturating_sub(at) >= MERGE_OLDER_THAN_MS;
+            match &mut pending {
+                Some((last, count)) if old && *last / 1_000 == at / 1_000 => {
+                    *last = at;
+                    *count += n;
+                }
+                _ => {
+                    if let Some((last, count)) = pending.replace((at, n)) {
+                        emit(last, count);
                     }
                 }
-            } else {
-                if let Some((last, count)) = group.take() {
-                    emit(last, count);
-                }
-                emit(at, n);
             }
         }
-        if let Some((last, count)) = group {
+        if let Some((last, count)) = pending {
             emit(last, count);
         }
         out
