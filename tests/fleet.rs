@@ -420,6 +420,10 @@ fn on_a_redis_cluster_each_workspace_is_limited_on_its_own_shard() {
             start(&up, &keys, global)
         })
         .collect();
+    // Requests before the first connection is made are the outage mode's (tested elsewhere).
+    for kg in &sidecars {
+        assert!(within(secs(3.0), || fleet_state(kg) == "connected").is_some());
+    }
     let mut conns: Vec<Connection> = sidecars
         .iter()
         .map(|k| Connection::open(k.addr).unwrap())
@@ -458,6 +462,81 @@ fn on_a_redis_cluster_each_workspace_is_limited_on_its_own_shard() {
             keys.lines().count() >= 3,
             "a shard with no workspace: {keys:?}"
         );
+    }
+}
+
+/// One primary of a Redis Cluster SIGKILLed: its shard's workspaces are decided by `on_outage`
+/// (here `allow`, so that each such decision shows as a 200 the limit would have refused), each
+/// request waiting at most `command_timeout`; the other shards' workspaces stay held exactly,
+/// and the backend stays up. The node back (empty, as after a crash), its workspaces are held
+/// again within 2 s. Run well inside the cluster's node timeout (15 s): past it, a cluster that
+/// requires full coverage stops answering for every shard (README).
+#[test]
+fn a_cluster_shard_down_affects_only_its_own_workspaces() {
+    let mut cluster = RedisCluster::start();
+    let up = Echo::start();
+    let workspaces: Vec<String> = (0..9).map(|i| format!("ws_shard{i}")).collect();
+    let limits: Vec<(&str, u32, u32)> =
+        workspaces.iter().map(|w| (w.as_str(), 10, 1_000)).collect();
+    let keys = keys_for(&limits);
+    let mut global = fleet(cluster.url(), OnOutage::Allow, 1.0);
+    global.redis.cluster = Some(true);
+    let kg = start(&up, &keys, global);
+    assert!(within(secs(3.0), || fleet_state(&kg) == "connected").is_some());
+    let mut conn = Connection::open(kg.addr).unwrap();
+    // 20 requests at once for `ws`: how many were admitted, and the slowest.
+    let mut burst = |ws: &str| {
+        let auth = bearer(&secret_of(ws));
+        let (mut admitted, mut slowest) = (0, Duration::ZERO);
+        for _ in 0..20 {
+            let sent = Instant::now();
+            let r = conn
+                .send(&Request::get("/v1/me").header("Authorization", &auth))
+                .unwrap();
+            slowest = slowest.max(sent.elapsed());
+            match r.status {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("{ws}: {other} {}", r.text()),
+            }
+        }
+        (admitted, slowest)
+    };
+    for ws in &workspaces {
+        assert_eq!(burst(ws).0, 10, "{ws}: held before the kill");
+    }
+    // Which workspaces the node to kill holds (not the one the url names).
+    let victim = 1;
+    let held = cluster.nodes[victim].cli(&["--scan", "--pattern", "keygate:*"]);
+    let (lost, kept): (Vec<&String>, Vec<&String>) = workspaces
+        .iter()
+        .partition(|ws| held.contains(&format!("{{ws:{ws}}}")));
+    assert!(
+        !lost.is_empty() && !kept.is_empty(),
+        "the node to kill holds {lost:?}"
+    );
+    cluster.nodes[victim].kill();
+    // Past the burst window of the requests above.
+    std::thread::sleep(Duration::from_millis(1_100));
+    for ws in &kept {
+        assert_eq!(burst(ws).0, 10, "{ws}: its shard is up: held exactly");
+    }
+    for ws in &lost {
+        let (admitted, slowest) = burst(ws);
+        assert_eq!(admitted, 20, "{ws}: its shard is down: on_outage (allow)");
+        assert!(
+            slowest < Duration::from_millis(50 + 150),
+            "{ws}: a request waited {slowest:?}, past command_timeout (50 ms)"
+        );
+    }
+    assert!(fleet_decisions(&kg, "outage") >= 10.0 * lost.len() as f64);
+    assert_eq!(kg.metric("keygate_fleet_backend_up"), Some(1.0));
+    assert_eq!(fleet_state(&kg), "connected");
+
+    cluster.nodes[victim].restart();
+    std::thread::sleep(Duration::from_millis(2_000));
+    for ws in &workspaces {
+        assert_eq!(burst(ws).0, 10, "{ws}: held again once its shard is back");
     }
 }
 

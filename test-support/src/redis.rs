@@ -103,8 +103,16 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        // Each node's cluster bus port is a free port of its own: by default it is the port plus
+        // 10,000, which another test may hold, or past 65,535 for a port above 55,535.
         let nodes: Vec<Redis> = (0..3)
-            .map(|_| Redis::start_with(free_port(), &["--cluster-enabled", "yes"]))
+            .map(|_| {
+                let bus = free_port().to_string();
+                Redis::start_with(
+                    free_port(),
+                    &["--cluster-enabled", "yes", "--cluster-port", &bus],
+                )
+            })
             .collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")

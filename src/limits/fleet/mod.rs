@@ -80,6 +80,10 @@ const RELAXED_HORIZON_MS: f64 = 5_900.0;
 // its grant, and the call that returns it goes out 2 horizons after (plus up to one 50 ms round
 // of the worker, and 50 ms for the call): before its end here.
 const _: () = assert!(2 * 5_900 + LOCAL_MARGIN_MS + 50 + 50 <= RELAXED_LEASE_LIFETIME_MS);
+/// How long a subject whose exchange brought no answer is decided by `on_outage` without
+/// waiting, before one of its requests waits on Redis again: as long as between two attempts to
+/// reach a lost Redis.
+pub(super) const UNANSWERED_FOR_MS: Millis = 200;
 /// A lease this close to its end is replaced ahead of time while the subject is active, so
 /// that its requests do not wait for the next.
 const RENEW_BEFORE_END_MS: Millis = 150;
@@ -448,6 +452,10 @@ pub(super) struct LeaseBook {
     view: FleetView,
     /// Until when the fleet is known to have no room, even for a waiting request.
     full_until: Millis,
+    /// Until when Redis is taken to be out for this subject: its last exchange brought no
+    /// answer (a slow call, or its shard of a cluster down) while others may have. Requests
+    /// with no token are decided by `on_outage` without waiting until then.
+    unanswered_until: Millis,
     /// Requests waiting for the next exchange.
     waiting: u32,
     /// Handed to the worker, not yet prepared: a later need joins it.
@@ -597,7 +605,9 @@ impl LeaseBook {
         up: bool,
         attempt: Attempt,
     ) -> (Shortfall, bool) {
-        if !up || attempt == Attempt::TimedOut {
+        // The exchange a request waited for may have ended without an answer for this subject
+        // alone (the others answered, so Redis counts as up): on_outage, never a refusal.
+        if !up || attempt == Attempt::TimedOut || now < self.unanswered_until {
             return (Shortfall::Outage, false);
         }
         // Told there is no room a moment ago, or just answered and still without a token (the
@@ -886,6 +896,18 @@ mod tests {
             book.shortfall(0, false, First).0,
             Shortfall::Outage
         ));
+        // The exchange waited for ended with no answer for this subject while Redis answered
+        // others: the outage mode, not a refusal, and no new wait for a moment.
+        book.unanswered_until = 200;
+        assert!(matches!(
+            book.shortfall(0, true, Answered).0,
+            Shortfall::Outage
+        ));
+        assert!(matches!(
+            book.shortfall(199, true, First).0,
+            Shortfall::Outage
+        ));
+        book.unanswered_until = 0;
         // The fleet said it is full: refused without asking again, for a moment.
         book.full_until = 50;
         assert!(matches!(book.shortfall(10, true, First).0, Shortfall::Full));

@@ -5,7 +5,7 @@
 
 use super::{
     CallResult, Fleet, FleetView, Held, LOCAL_MARGIN_MS, LeaseBook, Need,
-    RELAXED_LEASE_LIFETIME_MS, Returned, Uses,
+    RELAXED_LEASE_LIFETIME_MS, Returned, UNANSWERED_FOR_MS, Uses,
 };
 use crate::limits::{Millis, Policy, Slot, lock};
 use async_trait::async_trait;
@@ -92,7 +92,13 @@ impl Answer {
 struct Connection {
     conn: Option<RedisConn>,
     last_attempt: Option<Instant>,
+    /// When a call last brought an answer.
+    last_answer: Option<Instant>,
 }
+
+/// A cluster counts as lost when no shard has answered for this long: one shard down (and the
+/// rounds that call only it) is not an outage of the others.
+const CLUSTER_SILENT_FOR: Duration = Duration::from_secs(1);
 
 /// One Redis, or a Redis Cluster whose slots the client follows (each call goes to the shard
 /// that holds its workspace's hash tag; the script is loaded on every primary).
@@ -191,7 +197,10 @@ impl FleetWorker {
                         .await?,
                 )
             };
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            // Loaded now (on every primary of a cluster), the script is there for the first
+            // calls: each would otherwise pay a NOSCRIPT answer and a load inside its
+            // `command_timeout`. This is also the check that Redis answers.
+            self.script.load_async(&mut conn).await?;
             Ok::<_, redis::RedisError>(conn)
         };
         match tokio::time::timeout(config.connect_timeout + config.command_timeout, opened).await {
@@ -201,7 +210,7 @@ impl FleetWorker {
                 Some(conn)
             }
             Ok(Err(e)) => {
-                tracing::debug!("fleet-wide limits: cannot connect to Redis: {e}");
+                tracing::warn!("fleet-wide limits: cannot connect to Redis: {e}");
                 self.fleet.set_up(false);
                 None
             }
@@ -292,7 +301,7 @@ impl FleetWorker {
                 broken: false,
             }),
             Ok(Err(e)) => {
-                tracing::debug!("fleet-wide limits: Redis call failed: {e}");
+                tracing::warn!("fleet-wide limits: Redis call failed: {e}");
                 Err(Failure {
                     result: if e.is_timeout() {
                         CallResult::Timeout
@@ -392,6 +401,7 @@ impl FleetWorker {
                         }
                         failed = true;
                         broken |= f.broken;
+                        book.unanswered_until = received + UNANSWERED_FOR_MS;
                         // Returned again next time: an id Redis has already seen is ignored.
                         book.done.extend(call.releases);
                     }
@@ -401,8 +411,23 @@ impl FleetWorker {
                 }
             }
             // One slow call among many answered (a busy moment) keeps the connection; a lost
-            // connection, or a round with no answer at all, is an outage.
-            if broken || (failed && !answered) {
+            // connection, or a round with no answer at all, is an outage. A cluster connection
+            // is one per node, kept and reconnected by the client: a call lost with one node
+            // (its shard down) leaves the others', and only that shard's subjects go to
+            // on_outage (each book's `unanswered_until`); the cluster is lost only when no
+            // shard has answered for a while.
+            if answered {
+                c.last_answer = Some(Instant::now());
+            }
+            let lost = if matches!(c.conn, Some(RedisConn::Cluster(_))) {
+                failed
+                    && !answered
+                    && c.last_answer
+                        .is_none_or(|t| t.elapsed() >= CLUSTER_SILENT_FOR)
+            } else {
+                broken || (failed && !answered)
+            };
+            if lost {
                 c.conn = None;
                 self.fleet.set_up(false);
             } else if c.conn.is_some() {
@@ -479,6 +504,7 @@ fn apply(
     received: Millis,
     fleet: &Fleet,
 ) {
+    book.unanswered_until = 0;
     book.view = FleetView {
         burst: a.burst,
         sustained: a.sustained,
@@ -521,6 +547,7 @@ impl BackgroundService for FleetWorker {
         let mut c = Connection {
             conn: None,
             last_attempt: None,
+            last_answer: None,
         };
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
         self.connection(&mut c).await;
