@@ -114,6 +114,27 @@ pub fn check(cert_file: &Path, key_file: &Path) -> Result<(), TlsError> {
     load(cert_file, key_file).map(|_| ())
 }
 
+/// Reads a pair, checked as [`check`] does, and returns both files' PEM: for a TLS client that
+/// takes its identity as PEM (keygate's connection to Redis).
+pub fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let cert_pem = std::fs::read(cert_file).map_err(|e| TlsError::Read(cert_file.into(), e))?;
+    let key_pem = std::fs::read(key_file).map_err(|e| TlsError::Read(key_file.into(), e))?;
+    certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
+    Ok((cert_pem, key_pem))
+}
+
+impl TlsError {
+    /// Whether the certificate file is at fault (otherwise the key file is): the config field
+    /// to name.
+    pub fn is_about_cert_file(&self, cert_file: &Path) -> bool {
+        match self {
+            TlsError::Read(p, _) => p == cert_file,
+            TlsError::NoCertificate(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The certificate every TLS handshake presents: the pair loaded last.
 pub struct Certificates {
     current: ArcSwap<CertifiedKey>,

@@ -804,6 +804,81 @@ fn the_lease_scripts_running_totals_follow_the_window() {
     assert_eq!(call("c", 2, 1_000, &[]), [2, 2, 2]);
 }
 
+/// A Redis that asks every client for a certificate (`tls-auth-clients yes`): keygate with
+/// `cert_file` and `key_file` is let in and limits through it; without them its handshake is
+/// refused and it serves degraded, saying so.
+#[test]
+fn redis_that_asks_for_a_client_certificate_gets_keygates() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(certs.path(), "IP:127.0.0.1");
+    let (client_cert, client_key) =
+        keygate_test_support::tls::sign_leaf(certs.path(), "keygate", "DNS:keygate");
+    let port = common::http::free_port();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = Redis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&cert),
+            "--tls-key-file",
+            &path(&key),
+            "--tls-ca-cert-file",
+            &path(&ca),
+            "--tls-auth-clients",
+            "yes",
+        ],
+    );
+    let url = redis.url().replacen("redis://", "rediss://", 1);
+    let up = Echo::start();
+    let keys = keys_for(&[("ws_a", 10, 100)]);
+    let with_identity = |identity: bool| {
+        let mut global = fleet(url.clone(), OnOutage::Local, 1.0);
+        global.redis.ca_file = Some(ca.clone());
+        if identity {
+            global.redis.cert_file = Some(client_cert.clone());
+            global.redis.key_file = Some(client_key.clone());
+        }
+        start(&up, &keys, global)
+    };
+    let known = with_identity(true);
+    assert!(
+        within(secs(3.0), || fleet_state(&known) == "connected").is_some(),
+        "{}",
+        known.log()
+    );
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| known.get_with_key("/v1/me", &secret_of("ws_a")).status)
+        .collect();
+    // The burst limit of 10, held through Redis.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert!(known.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#) > Some(0.0));
+    assert_eq!(
+        known.metric(r#"keygate_fleet_decisions_total{path="outage"}"#),
+        Some(0.0)
+    );
+
+    let stranger = with_identity(false);
+    assert_eq!(
+        stranger.get_with_key("/v1/me", &secret_of("ws_a")).status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fleet_state(&stranger), "degraded");
+    assert_eq!(stranger.metric("keygate_fleet_backend_up"), Some(0.0));
+    // The key stays out of what keygate says about it.
+    let key_pem = std::fs::read_to_string(&client_key).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!known.log().contains(key_body));
+}
+
 /// Redis over TLS (`rediss://`): reached and used with the CA that signs its certificate, and
 /// refused without it (the system's roots do not know a private CA), degrading to the outage
 /// mode rather than talking to an unverified server.

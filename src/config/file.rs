@@ -177,6 +177,11 @@ pub struct RedisFile {
     /// With a `rediss://` url: PEM certificates of the CAs that sign Redis's certificate
     /// (relative to this config file). Default: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// With a `rediss://` url: the client certificate (PEM, leaf first) keygate presents, for a
+    /// Redis with `tls-auth-clients yes` (relative to this config file). With `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
     /// `url` is one node of a Redis Cluster: keygate learns the others from it and sends each
     /// workspace's calls to the shard that holds its slot. Default false.
     pub cluster: Option<bool>,

@@ -3,6 +3,7 @@
 use super::Secret;
 use super::file::{GlobalLimitsFile, RedisFile};
 use crate::limits::FleetConfig;
+use crate::limits::fleet::TlsClientIdentity;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         connect_timeout,
         command_timeout,
         ca_file,
+        cert_file,
+        key_file,
         cluster,
     } = redis;
     let (url, db) = redis_url(&url)?;
@@ -46,6 +49,33 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         }
         Some(file) => {
             Some(super::ca_certificates(&base.join(file)).map_err(|m| err("redis.ca_file", m))?)
+        }
+    };
+    let tls_client = match (cert_file, key_file) {
+        (None, None) => None,
+        (Some(_), Some(_)) if !tls => {
+            return Err(err(
+                "redis.cert_file",
+                "applies only to a rediss:// url (Redis over TLS)",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (base.join(cert), base.join(key));
+            let (cert_pem, key_pem) = crate::tls::read_pair(&cert, &key)
+                .map_err(|e| super::pair_error("limits.global.redis", &cert, e))?;
+            Some(TlsClientIdentity::new(cert_pem, key_pem))
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "redis.key_file",
+                "missing: a client certificate (`cert_file`) needs its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "redis.cert_file",
+                "missing: a private key (`key_file`) needs its client certificate",
+            ));
         }
     };
     let password = match (password_env, password_file) {
@@ -111,6 +141,7 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         url,
         password: password.map(Secret::new),
         tls_ca,
+        tls_client,
         cluster,
         connect_timeout,
         command_timeout,

@@ -88,14 +88,8 @@ fn tls_listen_config(
         key_file: base.join(&tls.key_file),
         watch_interval,
     };
-    crate::tls::check(&config.cert_file, &config.key_file).map_err(|e| {
-        let field = match e {
-            crate::tls::TlsError::Read(ref p, _) if *p == config.cert_file => "cert_file",
-            crate::tls::TlsError::NoCertificate(_) => "cert_file",
-            _ => "key_file",
-        };
-        (format!("listen.tls.{field}"), e.to_string())
-    })?;
+    crate::tls::check(&config.cert_file, &config.key_file)
+        .map_err(|e| pair_error("listen.tls", &config.cert_file, e))?;
     Ok(config)
 }
 
@@ -246,6 +240,17 @@ fn upstream_tls(
 }
 
 /// The PEM CA certificates in `path`, checked to hold at least one; the error says why not.
+/// A certificate pair that did not load, as the config error naming the file at fault: the
+/// `cert_file` or `key_file` field under `section`.
+fn pair_error(section: &str, cert_file: &Path, e: crate::tls::TlsError) -> (String, String) {
+    let field = if e.is_about_cert_file(cert_file) {
+        "cert_file"
+    } else {
+        "key_file"
+    };
+    (format!("{section}.{field}"), e.to_string())
+}
+
 fn ca_certificates(path: &Path) -> Result<Vec<u8>, String> {
     let pem =
         std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
@@ -1744,6 +1749,34 @@ snapshot:
             "limits.global.redis.ca_file",
             "cannot read it",
         );
+        for (redis, field, fix) in [
+            (
+                "url: rediss://h:1, cert_file: c.pem",
+                "key_file",
+                "needs its private key",
+            ),
+            (
+                "url: rediss://h:1, key_file: k.pem",
+                "cert_file",
+                "needs its client certificate",
+            ),
+            (
+                "url: redis://h:1, cert_file: c.pem, key_file: k.pem",
+                "cert_file",
+                "applies only to a rediss:// url",
+            ),
+            (
+                "url: rediss://h:1, cert_file: no-such.crt, key_file: no-such.key",
+                "cert_file",
+                "no-such.crt: cannot read it",
+            ),
+        ] {
+            assert_invalid(
+                &with("limits", &format!("global: {{ redis: {{ {redis} }} }}")),
+                &format!("limits.global.redis.{field}"),
+                fix,
+            );
+        }
         assert_invalid(
             &with(
                 "limits",

@@ -56,6 +56,35 @@ pub fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// Another leaf signed by the CA that [`make_ca_and_leaf`] made in `dir`, for `sans`:
+/// `(<name>.crt, <name>.key)`. With no extended key usage, it serves as a client certificate
+/// as well as a server's.
+pub fn sign_leaf(dir: &Path, name: &str, sans: &str) -> (PathBuf, PathBuf) {
+    let run = |args: &str| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args}: {out:?}");
+    };
+    run(&format!(
+        "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr"
+    ));
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={sans}\n"),
+    )
+    .unwrap();
+    run(&format!(
+        "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.crt"
+    ));
+    (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    )
+}
+
 /// A blocking TLS client on one connection, its handshake done at [`TlsClient::connect`].
 pub struct TlsClient {
     stream: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,

@@ -120,12 +120,34 @@ pub struct FleetConfig {
     /// With `rediss://`: the CA certificates (PEM) Redis's certificate must chain to; `None`:
     /// the system's roots.
     pub tls_ca: Option<Vec<u8>>,
+    /// With `rediss://`: the certificate and key keygate presents, for a Redis that asks for
+    /// one (`tls-auth-clients yes`).
+    pub tls_client: Option<TlsClientIdentity>,
     /// `url` is one node of a Redis Cluster.
     pub cluster: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub on_outage: OnOutage,
     pub local_share: f64,
+}
+
+/// A client certificate and its private key, as PEM. `Debug` shows neither.
+#[derive(Clone)]
+pub struct TlsClientIdentity {
+    pub(super) cert_pem: Vec<u8>,
+    pub(super) key_pem: Vec<u8>,
+}
+
+impl TlsClientIdentity {
+    pub fn new(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> TlsClientIdentity {
+        TlsClientIdentity { cert_pem, key_pem }
+    }
+}
+
+impl std::fmt::Debug for TlsClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClientIdentity").finish_non_exhaustive()
+    }
 }
 
 impl FleetConfig {
@@ -1005,6 +1027,7 @@ mod tests {
             url: String::new(),
             password: None,
             tls_ca: None,
+            tls_client: None,
             cluster: false,
             connect_timeout: Duration::from_millis(1),
             command_timeout: Duration::from_millis(1),

@@ -170,11 +170,18 @@ impl FleetWorker {
                     .set_password(password.expose());
                 info = info.set_redis_settings(settings);
             }
-            // rediss:// with its own CAs; otherwise the system's roots (or plain TCP).
-            let certificates = config.tls_ca.as_ref().map(|ca| redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            });
+            // rediss:// with its own CAs (otherwise the system's roots) and a client
+            // certificate when Redis asks for one; or plain TCP.
+            let certificates =
+                (config.tls_ca.is_some() || config.tls_client.is_some()).then(|| {
+                    redis::TlsCertificates {
+                        client_tls: config.tls_client.as_ref().map(|id| redis::ClientTlsConfig {
+                            client_cert: id.cert_pem.clone(),
+                            client_key: id.key_pem.clone(),
+                        }),
+                        root_cert: config.tls_ca.clone(),
+                    }
+                });
             let mut conn = if config.cluster {
                 let mut builder = redis::cluster::ClusterClientBuilder::new([info])
                     .connection_timeout(config.connect_timeout)
