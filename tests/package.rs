@@ -134,10 +134,14 @@ fn the_packages_install_run_keep_an_edited_config_and_purge() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let served = http::wait_for_port(admin, Duration::from_secs(10)).then(|| {
+    // Both listeners: the admin one may be up a moment before the proxy's.
+    let proxy: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let listening = http::wait_for_port(admin, Duration::from_secs(10))
+        && http::wait_for_port(proxy, Duration::from_secs(10));
+    let served = listening.then(|| {
         let ready = http::get(admin, "/readyz", &[]).status;
         let demo = http::get(
-            "127.0.0.1:8080".parse().unwrap(),
+            proxy,
             "/v1/me",
             &[(
                 "Authorization",
