@@ -804,15 +804,13 @@ fn the_lease_scripts_running_totals_follow_the_window() {
     assert_eq!(call("c", 2, 1_000, &[]), [2, 2, 2]);
 }
 
-/// A Redis that asks every client for a certificate (`tls-auth-clients yes`): keygate with
-/// `cert_file` and `key_file` is let in and limits through it; without them its handshake is
-/// refused and it serves degraded, saying so.
-#[test]
-fn redis_that_asks_for_a_client_certificate_gets_keygates() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(certs.path(), "IP:127.0.0.1");
-    let (client_cert, client_key) =
-        keygate_test_support::tls::sign_leaf(certs.path(), "keygate", "DNS:keygate");
+/// A Redis that speaks only TLS, its certificate signed by a CA made in `dir`, with
+/// `tls-auth-clients` set to `auth_clients`: the server, its `rediss://` url and the CA's file.
+fn redis_over_tls(
+    dir: &std::path::Path,
+    auth_clients: &str,
+) -> (Redis, String, std::path::PathBuf) {
+    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(dir, "IP:127.0.0.1");
     let port = common::http::free_port();
     let path = |p: &std::path::Path| p.display().to_string();
     let redis = Redis::start_with(
@@ -829,10 +827,22 @@ fn redis_that_asks_for_a_client_certificate_gets_keygates() {
             "--tls-ca-cert-file",
             &path(&ca),
             "--tls-auth-clients",
-            "yes",
+            auth_clients,
         ],
     );
     let url = redis.url().replacen("redis://", "rediss://", 1);
+    (redis, url, ca)
+}
+
+/// A Redis that asks every client for a certificate (`tls-auth-clients yes`): keygate with
+/// `cert_file` and `key_file` is let in and limits through it; without them its handshake is
+/// refused and it serves degraded, saying so.
+#[test]
+fn redis_that_asks_for_a_client_certificate_gets_keygates() {
+    let certs = tempfile::tempdir().unwrap();
+    let (_redis, url, ca) = redis_over_tls(certs.path(), "yes");
+    let (client_cert, client_key) =
+        keygate_test_support::tls::sign_leaf(certs.path(), "keygate", "DNS:keygate");
     let up = Echo::start();
     let keys = keys_for(&[("ws_a", 10, 100)]);
     let with_identity = |identity: bool| {
@@ -885,27 +895,7 @@ fn redis_that_asks_for_a_client_certificate_gets_keygates() {
 #[test]
 fn redis_over_tls_is_verified_against_its_ca() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = keygate_test_support::tls::make_ca_and_leaf(certs.path(), "IP:127.0.0.1");
-    let port = common::http::free_port();
-    let path = |p: &std::path::Path| p.display().to_string();
-    let redis = Redis::start_with(
-        port,
-        &[
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &path(&cert),
-            "--tls-key-file",
-            &path(&key),
-            "--tls-ca-cert-file",
-            &path(&ca),
-            "--tls-auth-clients",
-            "no",
-        ],
-    );
-    let url = redis.url().replacen("redis://", "rediss://", 1);
+    let (_redis, url, ca) = redis_over_tls(certs.path(), "no");
     let up = Echo::start();
     let keys = keys_for(&[("ws_a", 10, 100)]);
     let with_ca = |ca_file: Option<&std::path::Path>| {

@@ -28,16 +28,19 @@ pub fn make_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Runs `openssl` in `dir` with whitespace-separated `args`; panics when it fails.
+fn openssl_in(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args}: {out:?}");
+}
+
 /// A CA and a leaf it signs for `sans` (`DNS:…`, `IP:…`): `(ca.crt, leaf.crt, leaf.key)`.
 pub fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &str| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args}: {out:?}");
-    };
+    let run = |args: &str| openssl_in(dir, args);
     let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
     run(&format!(
         "req -x509 {new_key} -days 2 -subj /CN=keygate-test-CA -keyout ca.key -out ca.crt"
@@ -60,14 +63,7 @@ pub fn make_ca_and_leaf(dir: &Path, sans: &str) -> (PathBuf, PathBuf, PathBuf) {
 /// `(<name>.crt, <name>.key)`. With no extended key usage, it serves as a client certificate
 /// as well as a server's.
 pub fn sign_leaf(dir: &Path, name: &str, sans: &str) -> (PathBuf, PathBuf) {
-    let run = |args: &str| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args}: {out:?}");
-    };
+    let run = |args: &str| openssl_in(dir, args);
     run(&format!(
         "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr"
     ));
