@@ -60,10 +60,16 @@ fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> Fingerprint {
 
 /// Reads and checks a pair: the chain parses, the key parses and belongs to the leaf.
 fn load(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>, Fingerprint), TlsError> {
-    let cert_pem = std::fs::read(cert_file).map_err(|e| TlsError::Read(cert_file.into(), e))?;
-    let key_pem = std::fs::read(key_file).map_err(|e| TlsError::Read(key_file.into(), e))?;
+    let (cert_pem, key_pem) = read_files(cert_file, key_file)?;
     let key = certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
     Ok((key, fingerprint(&cert_pem, &key_pem)))
+}
+
+/// Both files of a pair, as read; an error names the one that could not be read.
+fn read_files(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let cert_pem = std::fs::read(cert_file).map_err(|e| TlsError::Read(cert_file.into(), e))?;
+    let key_pem = std::fs::read(key_file).map_err(|e| TlsError::Read(key_file.into(), e))?;
+    Ok((cert_pem, key_pem))
 }
 
 /// The leaf certificate's notAfter, in seconds since the epoch (0 when unreadable).
@@ -117,8 +123,7 @@ pub fn check(cert_file: &Path, key_file: &Path) -> Result<(), TlsError> {
 /// Reads a pair, checked as [`check`] does, and returns both files' PEM: for a TLS client that
 /// takes its identity as PEM (keygate's connection to Redis).
 pub fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-    let cert_pem = std::fs::read(cert_file).map_err(|e| TlsError::Read(cert_file.into(), e))?;
-    let key_pem = std::fs::read(key_file).map_err(|e| TlsError::Read(key_file.into(), e))?;
+    let (cert_pem, key_pem) = read_files(cert_file, key_file)?;
     certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
     Ok((cert_pem, key_pem))
 }

@@ -239,7 +239,6 @@ fn upstream_tls(
     Ok((Some(UpstreamTls { sni }), ca_file))
 }
 
-/// The PEM CA certificates in `path`, checked to hold at least one; the error says why not.
 /// A certificate pair that did not load, as the config error naming the file at fault: the
 /// `cert_file` or `key_file` field under `section`.
 fn pair_error(section: &str, cert_file: &Path, e: crate::tls::TlsError) -> (String, String) {
@@ -251,6 +250,7 @@ fn pair_error(section: &str, cert_file: &Path, e: crate::tls::TlsError) -> (Stri
     (format!("{section}.{field}"), e.to_string())
 }
 
+/// The PEM CA certificates in `path`, checked to hold at least one; the error says why not.
 fn ca_certificates(path: &Path) -> Result<Vec<u8>, String> {
     let pem =
         std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;

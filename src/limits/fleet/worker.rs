@@ -217,7 +217,7 @@ impl FleetWorker {
                 Some(conn)
             }
             Ok(Err(e)) => {
-                tracing::warn!("fleet-wide limits: cannot connect to Redis: {e}");
+                tracing::debug!("fleet-wide limits: cannot connect to Redis: {e}");
                 self.fleet.set_up(false);
                 None
             }
@@ -308,7 +308,7 @@ impl FleetWorker {
                 broken: false,
             }),
             Ok(Err(e)) => {
-                tracing::warn!("fleet-wide limits: Redis call failed: {e}");
+                tracing::debug!("fleet-wide limits: Redis call failed: {e}");
                 Err(Failure {
                     result: if e.is_timeout() {
                         CallResult::Timeout
