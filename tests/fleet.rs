@@ -361,6 +361,9 @@ fn under_the_limit_requests_do_not_wait_on_redis() {
 
 /// Far from the limits, a running-low lease is renewed on the worker's next round, in a batch,
 /// not by a call of its own: once the leases have grown to the traffic, no request waits.
+/// A relaxed lease is sized to 15 s of traffic, but within a quarter of the room left: with a
+/// burst limit of 1,500 that is about 300 tokens, 3.5 to 7.5 s at these rates, so the measured
+/// run needs renewals.
 #[test]
 fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
     let redis = Redis::start();
@@ -373,7 +376,7 @@ fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
     ];
     let limits: Vec<(&str, u32, u32)> = workspaces
         .iter()
-        .map(|&(ws, _)| (ws, 1_000_000, 100_000_000))
+        .map(|&(ws, _)| (ws, 1_500, 100_000_000))
         .collect();
     let kg = start(
         &up,
@@ -387,20 +390,69 @@ fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
             .collect()
     };
     run_loads(std::slice::from_ref(&kg), loads(1.5));
-    let (lease0, waited0) = (
+    let calls = || kg.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#);
+    let (lease0, waited0, calls0) = (
         fleet_decisions(&kg, "lease"),
         fleet_decisions(&kg, "waited"),
+        calls(),
     );
-    // Each workspace's lease covers about 3 s of its rate: this run renews each about 3 times.
     let results = run_loads(std::slice::from_ref(&kg), loads(6.0));
     let admitted: usize = results.values().map(|s| count(s, 200)).sum();
     let total: usize = results.values().map(Vec::len).sum();
     assert_eq!(admitted, total, "all admitted");
     let waited = fleet_decisions(&kg, "waited") - waited0;
     let lease = fleet_decisions(&kg, "lease") - lease0;
-    eprintln!("{lease} from leases, {waited} after waiting, of {total}");
+    let renewals = calls().unwrap_or(0.0) - calls0.unwrap_or(0.0);
+    eprintln!("{lease} from leases, {waited} after waiting, of {total}; {renewals} calls");
+    assert!(
+        renewals >= 4.0,
+        "the run renewed no lease: it tests nothing"
+    );
     assert_eq!(waited, 0.0, "a lease ran out before its renewal");
     assert_eq!(lease, total as f64);
+}
+
+/// The README's sizing: what a workspace at 10% and at 40% of a live workspace's limits (3/s
+/// and 12/s of 30/s and 3,000/min) costs a sidecar in Redis calls once its leases have settled.
+/// Each runs on its own sidecar, so that each sidecar's call counter is one workspace's.
+#[test]
+fn a_workspace_well_under_its_limits_costs_its_sidecar_few_calls() {
+    let redis = Redis::start();
+    let up = Echo::start();
+    let keys = keys_for(&[("ws_tenth", 30, 3_000), ("ws_fortieth", 30, 3_000)]);
+    let sidecars: Vec<Keygate> = (0..2)
+        .map(|_| start(&up, &keys, fleet(redis.url(), OnOutage::Local, 0.34)))
+        .collect();
+    let loads = |run: f64| {
+        vec![
+            (0, "ws_tenth", vec![(secs(run), 3.0)]),
+            (1, "ws_fortieth", vec![(secs(run), 12.0)]),
+        ]
+    };
+    run_loads(&sidecars, loads(3.0));
+    let calls = |kg: &Keygate| {
+        kg.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#)
+            .unwrap_or(0.0)
+    };
+    let before: Vec<f64> = sidecars.iter().map(calls).collect();
+    let results = run_loads(&sidecars, loads(10.0));
+    let per_second: Vec<f64> = sidecars
+        .iter()
+        .zip(&before)
+        .map(|(kg, b)| (calls(kg) - b) / 10.0)
+        .collect();
+    eprintln!(
+        "Redis calls per second: {:.2} at 3 req/s, {:.2} at 12 req/s",
+        per_second[0], per_second[1]
+    );
+    for samples in results.values() {
+        assert_eq!(count(samples, 200), samples.len(), "all admitted");
+    }
+    // Measured: 0.6 and 7.7 (README, sizing). At 10% a lease holds a quarter of the room left,
+    // about 2 s of traffic; at 40% the fleet's count (outstanding leases in full) is near half
+    // the burst limit, and a lease covers under two requests.
+    assert!(per_second[0] <= 1.0, "{per_second:.2?}");
+    assert!(per_second[1] <= 10.0, "{per_second:.2?}");
 }
 
 /// With `cluster: true`, each workspace's script call goes to the shard that holds its hash

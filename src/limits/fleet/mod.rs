@@ -31,8 +31,8 @@
 //!
 //! **What it costs.** Leases are sized to the sidecar's own rate and refilled ahead of need, so
 //! a busy workspace costs each sidecar a few Redis calls per second and its requests never
-//! wait. Far from both limits (the fleet's count at most half of each) a lease lives 12 s, covers
-//! about 6 s of traffic within a quarter of the room left, is kept while idle, and once spent
+//! wait. Far from both limits (the fleet's count at most half of each) a lease lives 30 s, covers
+//! about 15 s of traffic within a quarter of the room left, is kept while idle, and once spent
 //! goes back with the call that takes the lease after next (one call per lease); nearer, it
 //! lives 1 s, covers about 100 ms and goes back when idle. Near the limit, tokens held by one sidecar would refuse
 //! another's requests, so a lease beyond what is needed now is granted only while a fifth of the
@@ -62,8 +62,10 @@ use tokio::sync::{Notify, mpsc};
 /// [`LOCAL_MARGIN_MS`]) and returns it sooner when it goes idle.
 pub const LEASE_LIFETIME_MS: Millis = 1_000;
 /// A lease's lifetime far from both limits, where tokens parked on a sidecar refuse no one: a
-/// busy workspace then costs each sidecar one Redis call every few seconds.
-pub const RELAXED_LEASE_LIFETIME_MS: Millis = 12_000;
+/// workspace whose limits are far above its rate then costs each sidecar one Redis call about
+/// every 10 s. Longer would cost little more (an outstanding lease counts in full, so the bound
+/// does not depend on it), but a sidecar that dies would hold its tokens back for as long.
+pub const RELAXED_LEASE_LIFETIME_MS: Millis = 30_000;
 /// How much earlier than `sent + lifetime` a sidecar stops using a lease: slack for the clocks
 /// of two processes ticking at slightly different rates.
 const LOCAL_MARGIN_MS: Millis = 25;
@@ -75,11 +77,13 @@ const HORIZON_MS: f64 = 100.0;
 /// fill the window): half a relaxed lease's lifetime. A lease is then used up while the next one
 /// is, and goes back with the call for the one after, which comes before Redis would charge it
 /// in full at its expiry: one call per lease, not one to take it and another to return it.
-const RELAXED_HORIZON_MS: f64 = 5_900.0;
+const RELAXED_HORIZON_MS: f64 = 14_900.0;
 // Taken a third before its predecessor runs out, a lease is spent by 4/3 of a horizon after
 // its grant, and the call that returns it goes out 2 horizons after (plus up to one 50 ms round
 // of the worker, and 50 ms for the call): before its end here.
-const _: () = assert!(2 * 5_900 + LOCAL_MARGIN_MS + 50 + 50 <= RELAXED_LEASE_LIFETIME_MS);
+const _: () = assert!(
+    2 * (RELAXED_HORIZON_MS as Millis) + LOCAL_MARGIN_MS + 50 + 50 <= RELAXED_LEASE_LIFETIME_MS
+);
 /// How long a subject whose exchange brought no answer is decided by `on_outage` without
 /// waiting, before one of its requests waits on Redis again: as long as between two attempts to
 /// reach a lost Redis.
@@ -386,9 +390,9 @@ pub(super) struct Uses(Vec<(Millis, u32)>);
 
 /// Runs at least this old when a lease goes back lie before the burst window (41 × 25 ms) by the
 /// time Redis applies them, so only the sustained window's 1 s buckets can hold them: they go
-/// back merged by the second, each group at its last use. A relaxed lease covers about 6 s of
-/// traffic and goes back seconds after it is spent, so this turns ~80 runs into ~10, and the
-/// script's cost per call with them.
+/// back merged by the second, each group at its last use. A relaxed lease covers about 15 s of
+/// traffic and goes back seconds after it is spent, so this turns up to a few hundred runs into
+/// about 15, and the script's cost per call with them.
 const MERGE_OLDER_THAN_MS: Millis = 1_100;
 
 impl Uses {
@@ -558,7 +562,7 @@ impl LeaseBook {
     }
 
     /// Takes one token, oldest lease first. Returns whether an exchange should be started: the
-    /// tokens are running low. Far from the limits a third of a lease is about a second of
+    /// tokens are running low. Far from the limits a third of a lease is seconds of
     /// traffic, so the renewal waits for the worker's next round (at most 50 ms) and goes out
     /// in one pipelined batch with every other subject's: Redis and the worker then wake about
     /// 20 times a second, not once per lease.
