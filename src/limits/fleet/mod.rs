@@ -395,6 +395,11 @@ pub(super) struct Uses(Vec<(Millis, u32)>);
 /// about 15, and the script's cost per call with them.
 const MERGE_OLDER_THAN_MS: Millis = 1_100;
 
+/// How many runs a lease keeps before it merges its old ones as [`Uses::encode`] would: a busy
+/// relaxed lease would otherwise hold a run per 5 ms of its 30 s, 6,000 of them. Merged, at most
+/// one per second of the lease plus the last 1.1 s's 220 remain.
+const RUNS_BEFORE_MERGING: usize = 512;
+
 impl Uses {
     fn record(&mut self, now: Millis) {
         match self.0.last_mut() {
@@ -402,8 +407,30 @@ impl Uses {
                 *last = now;
                 *n += 1;
             }
-            _ => self.0.push((now, 1)),
+            _ => {
+                if self.0.len() >= RUNS_BEFORE_MERGING {
+                    self.merge_old(now);
+                }
+                self.0.push((now, 1));
+            }
         }
+    }
+
+    /// Merges the runs at least `MERGE_OLDER_THAN_MS` old by the second, each group at its last
+    /// use. They are older still when the lease goes back, so `encode` sends the same.
+    fn merge_old(&mut self, now: Millis) {
+        let old = |at: Millis| now.saturating_sub(at) >= MERGE_OLDER_THAN_MS;
+        let mut merged: Vec<(Millis, u32)> = Vec::with_capacity(self.0.len());
+        for &(at, n) in &self.0 {
+            match merged.last_mut() {
+                Some((last, count)) if old(at) && *last / 1_000 == at / 1_000 => {
+                    *last = at;
+                    *count += n;
+                }
+                _ => merged.push((at, n)),
+            }
+        }
+        self.0 = merged;
     }
 
     /// `age:count,…` with ages in ms before `now`, oldest first, as `lease.lua` reads them.
@@ -878,6 +905,34 @@ mod tests {
             .sum();
         assert_eq!(total, 30, "nothing lost");
         assert_eq!(Uses::default().encode(4_000), "");
+    }
+
+    #[test]
+    fn a_busy_lease_keeps_a_bounded_list_of_runs_and_returns_the_same() {
+        // A use every millisecond for 30 s: 6,000 runs of 5 ms unmerged.
+        let mut uses = Uses::default();
+        let mut unmerged: Vec<(Millis, u32)> = Vec::new();
+        let mut longest = 0;
+        for at in 1_000..31_000 {
+            uses.record(at);
+            match unmerged.last_mut() {
+                Some((last, n)) if *last / 5 == at / 5 => {
+                    *last = at;
+                    *n += 1;
+                }
+                _ => unmerged.push((at, 1)),
+            }
+            longest = longest.max(uses.0.len());
+        }
+        assert_eq!(unmerged.len(), 6_000);
+        assert!(longest <= RUNS_BEFORE_MERGING, "{longest} runs kept");
+        for returned_at in [31_000, 31_400, 33_000] {
+            assert_eq!(
+                uses.encode(returned_at),
+                Uses(unmerged.clone()).encode(returned_at),
+                "returned at {returned_at}"
+            );
+        }
     }
 
     #[test]
