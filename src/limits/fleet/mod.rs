@@ -417,20 +417,22 @@ impl Uses {
     }
 
     /// Merges the runs at least `MERGE_OLDER_THAN_MS` old by the second, each group at its last
-    /// use. They are older still when the lease goes back, so `encode` sends the same.
+    /// use. They are older still when the lease goes back, so `encode` sends the same. In place:
+    /// this runs on the request path, once per a few hundred runs.
     fn merge_old(&mut self, now: Millis) {
-        let old = |at: Millis| now.saturating_sub(at) >= MERGE_OLDER_THAN_MS;
-        let mut merged: Vec<(Millis, u32)> = Vec::with_capacity(self.0.len());
-        for &(at, n) in &self.0 {
-            match merged.last_mut() {
-                Some((last, count)) if old(at) && *last / 1_000 == at / 1_000 => {
-                    *last = at;
-                    *count += n;
-                }
-                _ => merged.push((at, n)),
+        let runs = &mut self.0;
+        let mut kept = 0;
+        for i in 0..runs.len() {
+            let (at, n) = runs[i];
+            let old = now.saturating_sub(at) >= MERGE_OLDER_THAN_MS;
+            if kept > 0 && old && runs[kept - 1].0 / 1_000 == at / 1_000 {
+                runs[kept - 1] = (at, runs[kept - 1].1 + n);
+            } else {
+                runs[kept] = (at, n);
+                kept += 1;
             }
         }
-        self.0 = merged;
+        runs.truncate(kept);
     }
 
     /// `age:count,…` with ages in ms before `now`, oldest first, as `lease.lua` reads them.
@@ -589,8 +591,8 @@ impl LeaseBook {
     }
 
     /// Takes one token, oldest lease first. Returns whether an exchange should be started: the
-    /// tokens are running low. Far from the limits a third of a lease is seconds of
-    /// traffic, so the renewal waits for the worker's next round (at most 50 ms) and goes out
+    /// tokens are running low. Far from the limits a third of a lease lasts seconds, so the
+    /// renewal waits for the worker's next round (at most 50 ms) and goes out
     /// in one pipelined batch with every other subject's: Redis and the worker then wake about
     /// 20 times a second, not once per lease.
     pub(super) fn take(&mut self, now: Millis) -> Option<bool> {
