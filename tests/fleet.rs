@@ -329,6 +329,12 @@ fn fleet_decisions(kg: &Keygate, path: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The Redis calls a sidecar has had answered.
+fn redis_calls_answered(kg: &Keygate) -> f64 {
+    kg.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#)
+        .unwrap_or(0.0)
+}
+
 /// Bar 3: at a steady load under the limit, at least 99% of admissions come from a lease held
 /// already, with no wait on Redis.
 #[test]
@@ -390,11 +396,10 @@ fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
             .collect()
     };
     run_loads(std::slice::from_ref(&kg), loads(1.5));
-    let calls = || kg.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#);
     let (lease0, waited0, calls0) = (
         fleet_decisions(&kg, "lease"),
         fleet_decisions(&kg, "waited"),
-        calls(),
+        redis_calls_answered(&kg),
     );
     let results = run_loads(std::slice::from_ref(&kg), loads(6.0));
     let admitted: usize = results.values().map(|s| count(s, 200)).sum();
@@ -402,7 +407,7 @@ fn far_from_the_limits_leases_are_renewed_before_they_run_out() {
     assert_eq!(admitted, total, "all admitted");
     let waited = fleet_decisions(&kg, "waited") - waited0;
     let lease = fleet_decisions(&kg, "lease") - lease0;
-    let renewals = calls().unwrap_or(0.0) - calls0.unwrap_or(0.0);
+    let renewals = redis_calls_answered(&kg) - calls0;
     eprintln!("{lease} from leases, {waited} after waiting, of {total}; {renewals} calls");
     assert!(
         renewals >= 4.0,
@@ -430,16 +435,12 @@ fn a_workspace_well_under_its_limits_costs_its_sidecar_few_calls() {
         ]
     };
     run_loads(&sidecars, loads(3.0));
-    let calls = |kg: &Keygate| {
-        kg.metric(r#"keygate_fleet_redis_calls_total{result="ok"}"#)
-            .unwrap_or(0.0)
-    };
-    let before: Vec<f64> = sidecars.iter().map(calls).collect();
+    let before: Vec<f64> = sidecars.iter().map(redis_calls_answered).collect();
     let results = run_loads(&sidecars, loads(10.0));
     let per_second: Vec<f64> = sidecars
         .iter()
         .zip(&before)
-        .map(|(kg, b)| (calls(kg) - b) / 10.0)
+        .map(|(kg, b)| (redis_calls_answered(kg) - b) / 10.0)
         .collect();
     eprintln!(
         "Redis calls per second: {:.2} at 3 req/s, {:.2} at 12 req/s",
