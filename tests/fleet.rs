@@ -852,9 +852,37 @@ fn the_lease_scripts_running_totals_follow_the_window() {
     // A second later, all of it has left the burst window, none of it the sustained one.
     std::thread::sleep(Duration::from_millis(1_100));
     assert_eq!(call("", 0, 1_000, &[]), [0, 0, 9]);
-    // A total that is not a number (a stray write) starts that window afresh, with no error.
-    redis.cli(&["HSET", "{w}:s", "t", "garbage"]);
+    // A window that is not ours (a stray write, or a key of another type) starts afresh, with
+    // no error; with nothing charged to it, it is dropped.
+    redis.cli(&["SET", "{w}:s", "garbage"]);
+    redis.cli(&["DEL", "{w}:b"]);
+    redis.cli(&["HSET", "{w}:b", "t", "1"]);
     assert_eq!(call("c", 2, 1_000, &[]), [2, 2, 2]);
+    assert_eq!(redis.cli(&["EXISTS", "{w}:b", "{w}:s"]).trim(), "0");
+    // Nor is one of the right length whose end is not a bucket index: far in the future ("a"
+    // is 0x61: about 2^535), or not a whole number, half a bucket before now. Read as ours,
+    // their counts (0x61616161, or 1,000 each) would leave no room.
+    redis.cli(&["SET", "{w}:b", &"a".repeat(172)]);
+    assert_eq!(call("", 0, 1_000, &[]), [0, 2, 2]);
+    redis.cli(&[
+        "EVAL",
+        "local t = redis.call('TIME') \
+         local b = math.floor((t[1] * 1000 + math.floor(t[2] / 1000)) / 25) - 0.5 \
+         local c = {} for i = 1, 41 do c[i] = 1000 end \
+         return redis.call('SET', KEYS[1], struct.pack('<d' .. string.rep('I4', 41), b, unpack(c)))",
+        "1",
+        "{w}:b",
+    ]);
+    assert_eq!(call("", 0, 1_000, &[]), [0, 2, 2]);
+    // Returned, one unused and one used once: only the use stays counted.
+    assert_eq!(call("d", 1, 1_000, &[]), [1, 3, 3]);
+    assert_eq!(
+        call("", 0, 1_000, &["c", "0", "", "d", "1", "0:1"]),
+        [0, 1, 1]
+    );
+    // Each window is one packed string: 8 bytes for where it ends, 4 per bucket.
+    assert_eq!(redis.cli(&["STRLEN", "{w}:b"]).trim(), "172");
+    assert_eq!(redis.cli(&["STRLEN", "{w}:s"]).trim(), "252");
 }
 
 /// A Redis that speaks only TLS, its certificate signed by a CA made in `dir`, with

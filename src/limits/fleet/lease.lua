@@ -2,10 +2,10 @@
 -- (a workspace, or an internal key with limits of its own). See src/limits/fleet/mod.rs for the
 -- algorithm and the bound it gives.
 --
--- KEYS[1]  hash: burst window, field = 25 ms bucket index, value = admissions charged to it;
---          fields 't', 'o', 'n' = the buckets' total, the oldest bucket still in the window,
---          the newest bucket charged
--- KEYS[2]  hash: sustained window, field = 1 s bucket index; 't', 'o', 'n' likewise
+-- KEYS[1]  string: the burst window, 41 buckets of 25 ms, packed little-endian: a double, the
+--          bucket it was last brought up to, then 41 u32 counts, bucket b's in slot b % 41
+--          (172 bytes)
+-- KEYS[2]  string: the sustained window, 61 buckets of 1 s, likewise (252 bytes)
 -- KEYS[3]  hash: leases outstanding, field = lease id, value = "<tokens>:<expiry ms>"
 -- ARGV[1]  burst limit          ARGV[2] sustained limit
 -- ARGV[3]  new lease id ('' when no tokens are wanted)
@@ -20,42 +20,56 @@
 -- Returns {granted, burst count, sustained count, burst retry ms, sustained retry ms,
 --          burst reset ms, sustained reset ms}; counts include every lease still outstanding.
 
+local floor = math.floor
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local burst_limit, sustained_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local BG, BN = 25, 41    -- 41 buckets of 25 ms: any 1 s window lies inside the last 41
 local SG, SN = 1000, 61  -- 61 buckets of 1 s: any 60 s window lies inside the last 61
 
--- One window, kept with a running total so that a call costs what expired since the last one,
--- not every bucket: buckets older than the last `nb` leave it (and its total) here.
+-- One window: its last `nb` buckets of `g` ms, in a ring (bucket b in slot b % nb + 1), kept as
+-- one packed string: a call reads it and writes it once, with no number written out as text
+-- (on a small VM that conversion, not Redis, was most of a call's cost).
 local function window(key, g, nb)
-  local newest = math.floor(now / g)
-  local cutoff = newest - nb  -- this bucket and older have left the window
-  local meta = redis.call('HMGET', key, 't', 'o', 'n')
-  local total, oldest, charged = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
-  if total == nil or oldest == nil or oldest > newest + 1 then
-    -- New, or not ours (garbage, or a clock that went back a long way): start afresh.
-    redis.call('DEL', key)
-    total, oldest = 0, cutoff + 1
-  elseif oldest <= cutoff then
-    if cutoff - oldest >= nb - 1 then
-      -- Charges go to buckets no later than the one `now` is in, so none here is newer than
-      -- oldest + nb - 1: with that at or before the cutoff, they are all gone at once.
-      redis.call('DEL', key)
-      total = 0
+  local fmt = '<d' .. string.rep('I4', nb)
+  local newest = floor(now / g)
+  local raw = redis.pcall('GET', key)
+  local counts, upto, dirty = nil, nil, raw ~= false
+  if type(raw) == 'string' and #raw == 8 + 4 * nb then
+    counts = {struct.unpack(fmt, raw)}
+    upto = counts[1]
+    table.remove(counts, 1)
+    counts[nb + 1] = nil  -- struct.unpack's last value: where it stopped reading
+    -- Not ours (a stray write) or a clock that went back a long way: start afresh.
+    if upto ~= floor(upto) or upto > newest + 1 then
+      counts = nil
     else
-      local fields = {}
-      for b = oldest, cutoff do fields[#fields + 1] = b end
-      for _, c in ipairs(redis.call('HMGET', key, unpack(fields))) do
-        total = total - (tonumber(c) or 0)
-      end
-      redis.call('HDEL', key, unpack(fields))
-      total = math.max(total, 0)
+      dirty = false
+      -- A clock one bucket back: the window still ends where it was brought up to.
+      newest = math.max(newest, upto)
     end
-    oldest = cutoff + 1
   end
-  if total == 0 then charged = nil end
-  return {key = key, g = g, nb = nb, total = total, oldest = oldest, newest = charged, pending = {}}
+  if counts == nil then
+    counts, upto = {}, newest - nb
+    for i = 1, nb do counts[i] = 0 end
+  end
+  -- Buckets that left the window since it was last brought up to date free their slots.
+  local total = 0
+  if newest - upto >= nb then
+    for i = 1, nb do
+      dirty = dirty or counts[i] ~= 0
+      counts[i] = 0
+    end
+  else
+    for b = upto + 1, newest do
+      local i = b % nb + 1
+      dirty = dirty or counts[i] ~= 0
+      counts[i] = 0
+    end
+    for i = 1, nb do total = total + counts[i] end
+  end
+  return {key = key, g = g, nb = nb, fmt = fmt, newest = newest, counts = counts,
+          total = total, dirty = dirty}
 end
 
 local burst_w = window(KEYS[1], BG, BN)
@@ -64,16 +78,19 @@ local sustained_w = window(KEYS[2], SG, SN)
 -- Admissions are charged to a bucket no earlier than they happened, so no window ever holds
 -- fewer than it should: an age is measured before the call was sent, so `now - age` is after the
 -- use. A bucket that has already left a window can no longer weigh on it and is not charged.
+local function charge_window(w, at, n)
+  local b = floor(at / w.g)
+  if b > w.newest - w.nb then
+    local i = b % w.nb + 1
+    w.counts[i] = w.counts[i] + n
+    w.total = w.total + n
+    w.dirty = true
+  end
+end
 local function charge(at, n)
   if n > 0 then
-    for _, w in ipairs({burst_w, sustained_w}) do
-      local b = math.floor(at / w.g)
-      if b >= w.oldest then
-        w.pending[b] = (w.pending[b] or 0) + n
-        w.total = w.total + n
-        if w.newest == nil or b > w.newest then w.newest = b end
-      end
-    end
+    charge_window(burst_w, at, n)
+    charge_window(sustained_w, at, n)
   end
 end
 
@@ -110,46 +127,26 @@ for i = 1, #leases, 2 do
   end
 end
 
--- The charges, a bucket at a time, and the window's running figures: one read and one write
--- per window, however many uses were returned.
-for _, w in ipairs({burst_w, sustained_w}) do
-  local fields, adds = {}, {}
-  for b, n in pairs(w.pending) do
-    fields[#fields + 1] = b
-    adds[#adds + 1] = n
-  end
-  local set = {'t', w.total, 'o', w.oldest, 'n', w.newest or w.oldest}
-  if #fields > 0 then
-    local current = redis.call('HMGET', w.key, unpack(fields))
-    for i, b in ipairs(fields) do
-      set[#set + 1] = b
-      set[#set + 1] = (tonumber(current[i]) or 0) + adds[i]
-    end
-  end
-  redis.call('HSET', w.key, unpack(set))
-end
-
 -- When `need` more would fit under the window's limit (ms from now), and when it empties.
 local function timing(w, limit, need)
   local retry, reset = 0, 0
-  if w.total > 0 and w.newest then reset = (w.newest + w.nb) * w.g - now end
+  if w.total > 0 then
+    -- It empties when its newest charged bucket leaves it.
+    for b = w.newest, w.newest - w.nb + 1, -1 do
+      if w.counts[b % w.nb + 1] > 0 then
+        reset = (b + w.nb) * w.g - now
+        break
+      end
+    end
+  end
   local count = w.total + outstanding
   if count + need > limit then
     -- Past the buckets, only leases can make room: the first comes back by its expiry.
     retry = (first_expiry or now) - now
-    -- Only here does the answer need every bucket, oldest first: most calls are far from a
-    -- limit.
-    local buckets = {}
-    local h = redis.call('HGETALL', w.key)
-    for i = 1, #h, 2 do
-      local b, c = tonumber(h[i]), tonumber(h[i + 1])
-      if b ~= nil and c ~= nil then buckets[#buckets + 1] = {b, c} end
-    end
-    table.sort(buckets, function(x, y) return x[1] < y[1] end)
-    for _, b in ipairs(buckets) do
-      count = count - b[2]
+    for b = w.newest - w.nb + 1, w.newest do
+      count = count - w.counts[b % w.nb + 1]
       if count + need <= limit then
-        retry = (b[1] + w.nb) * w.g - now
+        retry = (b + w.nb) * w.g - now
         break
       end
     end
@@ -173,9 +170,18 @@ end
 local burst_retry, burst_reset = timing(burst_w, burst_limit, 1)
 local sustained_retry, sustained_reset = timing(sustained_w, sustained_limit, 1)
 
--- Nothing outlives the longest window plus a lease.
+-- Nothing outlives the longest window plus a lease. A window written with nothing in it is
+-- dropped; one nothing was charged to or left since its last write is left as it is: its
+-- stored end brings it up to date on the next read.
 local keep = SN * SG + tonumber(ARGV[8])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], keep) end
+for _, w in ipairs({burst_w, sustained_w}) do
+  if w.total == 0 then
+    if w.dirty then redis.call('DEL', w.key) end
+  elseif w.dirty then
+    redis.call('SET', w.key, struct.pack(w.fmt, w.newest, unpack(w.counts)), 'PX', keep)
+  end
+end
+redis.call('PEXPIRE', KEYS[3], keep)
 
 return {granted, burst_w.total + outstanding, sustained_w.total + outstanding,
         burst_retry, sustained_retry, burst_reset, sustained_reset}

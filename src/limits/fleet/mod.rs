@@ -25,9 +25,10 @@
 //! `sent + lifetime` by its own monotonic clock, which is no later than Redis's expiry
 //! (`Redis's now + lifetime`, and Redis's now is after the send).
 //!
-//! Redis keeps a running total per window and drops buckets as they leave it, so a call costs
-//! what changed since the last one. A charge to a bucket already out of the window is dropped:
-//! it lies more than W before Redis's now, so in no window that a grant made now could touch.
+//! Redis keeps each window as one packed string, its buckets in a ring, read and written once a
+//! call: no bucket is written out as text, which was most of a call's cost. A charge to a
+//! bucket already out of the window is dropped: it lies more than W before Redis's now, so in
+//! no window that a grant made now could touch.
 //!
 //! **What it costs.** Leases are sized to the sidecar's own rate and refilled ahead of need, so
 //! a busy workspace costs each sidecar a few Redis calls per second and its requests never
