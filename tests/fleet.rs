@@ -449,11 +449,12 @@ fn a_workspace_well_under_its_limits_costs_its_sidecar_few_calls() {
     for samples in results.values() {
         assert_eq!(count(samples, 200), samples.len(), "all admitted");
     }
-    // Measured: 0.6 and 7.7 (README, sizing). At 10% a lease holds a quarter of the room left,
+    // Measured: 0.6 and 4.8 (README, sizing). At 10% a lease holds a quarter of the room left,
     // about 2 s of traffic; at 40% the fleet's count (outstanding leases in full) is near half
-    // the burst limit: a lease holds about 3 tokens and costs one call to take, one to return.
+    // the burst limit: a lease holds about 3 tokens, and once spent goes back with the call
+    // that takes the next (7.7 when it made a call of its own).
     assert!(per_second[0] <= 1.0, "{per_second:.2?}");
-    assert!(per_second[1] <= 10.0, "{per_second:.2?}");
+    assert!(per_second[1] <= 6.5, "{per_second:.2?}");
 }
 
 /// With `cluster: true`, each workspace's script call goes to the shard that holds its hash

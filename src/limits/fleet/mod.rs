@@ -35,7 +35,8 @@
 //! wait. Far from both limits (the fleet's count at most half of each) a lease lives 30 s, covers
 //! about 15 s of traffic within a quarter of the room left, is kept while idle, and once spent
 //! goes back with the call that takes the lease after next (one call per lease); nearer, it
-//! lives 1 s, covers about 100 ms and goes back when idle. Near the limit, tokens held by one sidecar would refuse
+//! lives 1 s, covers about 100 ms, goes back when idle, and once spent goes back with the
+//! next call, 150 ms before its end at the latest (again one call per lease). Near the limit, tokens held by one sidecar would refuse
 //! another's requests, so a lease beyond what is needed now is granted only while a fifth of the
 //! burst limit stays free; past that, a request with no token waits for Redis (one round trip,
 //! at most `command_timeout`) and takes exactly one admission. Exactness costs a round trip
@@ -558,17 +559,21 @@ impl LeaseBook {
         self.held.iter().map(|h| h.left).sum()
     }
 
-    /// Retires leases past their time, spent, or idle too long: they are returned on the next
-    /// exchange. Far from the limits a spent lease holds nothing back from anyone, so it waits
-    /// for an exchange that happens anyway ([`LeaseBook::hand_back_spent`]) rather than making
-    /// one of its own.
+    /// Retires leases past their time, or idle too long, and spent ones near their end: they
+    /// are returned on the next exchange. A spent lease holds nothing back from anyone: Redis
+    /// counts its tokens in full while it is out, as it would count its uses once charged, for
+    /// they all lie in both windows until its end. So it waits for an exchange that happens
+    /// anyway ([`LeaseBook::hand_back_spent`]) rather than making one of its own: one call per
+    /// lease, not two. Near the limits it goes back on its own `RENEW_BEFORE_END_MS` before its
+    /// end at the latest, so that Redis charges its uses when they happened, not at its expiry.
     fn retire(&mut self, now: Millis) {
         let mut i = 0;
         while i < self.held.len() {
             let h = &self.held[i];
             let idle = !self.relaxed
                 && now.saturating_sub(self.last_take.max(h.granted_at)) >= IDLE_RETURN_MS;
-            let spent = h.left == 0 && !self.relaxed;
+            let spent =
+                h.left == 0 && !self.relaxed && h.until.saturating_sub(now) <= RENEW_BEFORE_END_MS;
             if h.until <= now || spent || idle {
                 let h = self.held.remove(i);
                 self.done.push(h.returned());
@@ -1061,7 +1066,7 @@ mod tests {
     }
 
     #[test]
-    fn far_from_the_limits_a_spent_lease_waits_for_the_next_exchange_and_nearer_it_goes_back_at_once()
+    fn a_spent_lease_waits_for_the_next_exchange_and_near_the_limits_for_its_end_or_idleness_at_most()
      {
         let mut book = book_with(2, 1_000);
         book.relaxed = true;
@@ -1077,10 +1082,39 @@ mod tests {
         assert_eq!((book.held.len(), book.done.len()), (0, 1));
         assert_eq!(book.done[0].used, 2, "returned with its uses");
 
+        // Near a limit (book_with: its end is at 1,900), too...
         let mut book = book_with(1, 1_000);
         book.take(1_000);
         book.retire(1_001);
-        assert_eq!(book.done.len(), 1, "near a limit, spent means returned");
+        assert_eq!((book.held.len(), book.done.len()), (1, 0), "spent: waits");
+        book.hand_back_spent();
+        assert_eq!((book.held.len(), book.done.len()), (0, 1));
+        // ...but no longer than the subject stays active...
+        let mut book = book_with(1, 1_000);
+        book.take(1_000);
+        book.retire(1_000 + IDLE_RETURN_MS - 1);
+        assert_eq!(book.done.len(), 0);
+        book.retire(1_000 + IDLE_RETURN_MS);
+        assert_eq!(book.done.len(), 1, "idle: returned");
+        // ...and, while others keep it active, until RENEW_BEFORE_END_MS before its end.
+        let mut book = book_with(1, 1_000);
+        book.take(1_000);
+        book.held.push(Held {
+            id: "l2".into(),
+            granted: 20,
+            left: 20,
+            granted_at: 1_100,
+            until: 2_000,
+            uses: Uses::default(),
+        });
+        for now in (1_100..1_900 - RENEW_BEFORE_END_MS).step_by(50) {
+            book.take(now);
+            book.retire(now);
+            assert_eq!(book.done.len(), 0, "at {now}");
+        }
+        book.retire(1_900 - RENEW_BEFORE_END_MS);
+        assert_eq!(book.done.len(), 1, "near its end: returned");
+        assert_eq!(book.done[0].id, "l1");
     }
 
     #[test]
