@@ -519,6 +519,51 @@ fn on_a_redis_cluster_each_workspace_is_limited_on_its_own_shard() {
     }
 }
 
+/// `redis.nodes`: with `url`'s node not answering (here a port nothing listens on), keygate
+/// reaches the cluster through the other nodes given, and holds a workspace to its limit across
+/// two sidecars. With `url` alone it stays degraded, and says so.
+#[test]
+fn a_cluster_is_reached_through_the_other_nodes_given_when_urls_node_is_down() {
+    let cluster = RedisCluster::start();
+    let up = Echo::start();
+    let keys = keys_for(&[("ws_nodes", 10, 10)]);
+    let down = format!("redis://127.0.0.1:{}/0", common::http::free_port());
+    let sidecar = |nodes: Option<Vec<String>>| {
+        let mut global = fleet(down.clone(), OnOutage::Deny, 0.5);
+        global.redis.cluster = Some(true);
+        global.redis.nodes = nodes;
+        start(&up, &keys, global)
+    };
+    let others: Vec<String> = cluster.nodes[1..].iter().map(|n| n.url()).collect();
+    let sidecars: Vec<Keygate> = (0..2).map(|_| sidecar(Some(others.clone()))).collect();
+    let alone = sidecar(None);
+    for kg in &sidecars {
+        assert!(within(secs(3.0), || fleet_state(kg) == "connected").is_some());
+    }
+    let auth = bearer(&secret_of("ws_nodes"));
+    let mut conns: Vec<Connection> = sidecars
+        .iter()
+        .map(|k| Connection::open(k.addr).unwrap())
+        .collect();
+    let mut admitted = 0;
+    // 30 requests, alternating sidecars: at most 10 a minute may pass, fleet-wide.
+    for i in 0..30 {
+        let req = Request::get("/v1/me").header("Authorization", &auth);
+        let r = conns[i % 2].send(&req).unwrap();
+        match r.status {
+            200 => admitted += 1,
+            429 => assert!(!r.text().contains("limits_unavailable"), "{}", r.text()),
+            other => panic!("{other} {}", r.text()),
+        }
+    }
+    assert_eq!(admitted, 10, "the fleet admits its limit, no more");
+    // `url` alone is no way in: degraded, and on_outage (deny) decides.
+    let r = alone.get_with_key("/v1/me", &secret_of("ws_nodes"));
+    assert_eq!(r.status, 429);
+    assert!(r.text().contains("limits_unavailable"), "{}", r.text());
+    assert_eq!(fleet_state(&alone), "degraded");
+}
+
 /// One primary of a Redis Cluster SIGKILLed: its shard's workspaces are decided by `on_outage`
 /// (here `allow`, so that each such decision shows as a 200 the limit would have refused), each
 /// request waiting at most `command_timeout`; the other shards' workspaces stay held exactly,

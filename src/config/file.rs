@@ -185,6 +185,9 @@ pub struct RedisFile {
     /// `url` is one node of a Redis Cluster: keygate learns the others from it and sends each
     /// workspace's calls to the shard that holds its slot. Default false.
     pub cluster: Option<bool>,
+    /// With `cluster: true`: more nodes of the cluster, each `redis://host:port` like `url`
+    /// (same scheme), to start from and to come back through when `url`'s node is down.
+    pub nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

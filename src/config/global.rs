@@ -29,16 +29,47 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         cert_file,
         key_file,
         cluster,
+        nodes,
     } = redis;
-    let (url, db) = redis_url(&url)?;
+    let (url, db) = redis_url("redis.url", &url)?;
     let cluster = cluster.unwrap_or(false);
+    let only_database_0 = |url: &str| {
+        format!("{url:?}: a Redis Cluster has only database 0; drop the /db or make it /0")
+    };
     if cluster && db != 0 {
-        return Err(err(
-            "redis.url",
-            format!("{url:?}: a Redis Cluster has only database 0; drop the /db or make it /0"),
-        ));
+        return Err(err("redis.url", only_database_0(&url)));
     }
     let tls = url.starts_with("rediss://");
+    let nodes = match nodes {
+        None => Vec::new(),
+        Some(_) if !cluster => {
+            return Err(err(
+                "redis.nodes",
+                "applies only with `cluster: true`: more nodes of one Redis Cluster",
+            ));
+        }
+        Some(nodes) => {
+            let mut checked = Vec::with_capacity(nodes.len());
+            for (i, node) in nodes.iter().enumerate() {
+                let field = format!("redis.nodes[{i}]");
+                let (node, db) = redis_url(&field, node)?;
+                if db != 0 {
+                    return Err(err(&field, only_database_0(&node)));
+                }
+                if node.starts_with("rediss://") != tls {
+                    return Err(err(
+                        &field,
+                        format!(
+                            "{node:?}: write it with the scheme of `url` ({}): one cluster, one way to reach it",
+                            if tls { "rediss://" } else { "redis://" }
+                        ),
+                    ));
+                }
+                checked.push(node);
+            }
+            checked
+        }
+    };
     let tls_ca = match ca_file {
         None => None,
         Some(_) if !tls => {
@@ -143,6 +174,7 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
         tls_ca,
         tls_client,
         cluster,
+        nodes,
         connect_timeout,
         command_timeout,
         on_outage: on_outage.unwrap_or_default(),
@@ -152,8 +184,7 @@ pub(super) fn validate(g: GlobalLimitsFile, base: &Path) -> Result<FleetConfig, 
 
 /// `redis://host[:port][/db]` (plain TCP) or `rediss://…` (TLS, the server's certificate always
 /// verified), no credentials in the URL; with its database number (0 when not given).
-fn redis_url(url: &str) -> Result<(String, u32), Invalid> {
-    let field = "redis.url";
+fn redis_url(field: &str, url: &str) -> Result<(String, u32), Invalid> {
     let Some(rest) = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))

@@ -1733,6 +1733,39 @@ snapshot:
             ));
             assert!(c.fleet.unwrap().cluster, "{url}");
         }
+        let c = accepted(&with(
+            "limits",
+            "global: { redis: { url: redis://a:1, cluster: true, nodes: [redis://b:2, redis://c:3/0] } }",
+        ));
+        assert_eq!(c.fleet.unwrap().nodes, ["redis://b:2", "redis://c:3/0"]);
+        for (redis, field, fix) in [
+            (
+                "url: redis://a:1, nodes: [redis://b:2]",
+                "limits.global.redis.nodes",
+                "applies only with `cluster: true`",
+            ),
+            (
+                "url: redis://a:1, cluster: true, nodes: [redis://b:2, redis://c:3/1]",
+                "limits.global.redis.nodes[1]",
+                "a Redis Cluster has only database 0",
+            ),
+            (
+                "url: redis://a:1, cluster: true, nodes: [rediss://b:2]",
+                "limits.global.redis.nodes[0]",
+                "with the scheme of `url` (redis://)",
+            ),
+            (
+                "url: redis://a:1, cluster: true, nodes: [b:2]",
+                "limits.global.redis.nodes[0]",
+                "write it as redis://host:port/db",
+            ),
+        ] {
+            assert_invalid(
+                &with("limits", &format!("global: {{ redis: {{ {redis} }} }}")),
+                field,
+                fix,
+            );
+        }
         assert_invalid(
             &with(
                 "limits",

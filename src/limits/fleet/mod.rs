@@ -131,6 +131,8 @@ pub struct FleetConfig {
     pub tls_client: Option<TlsClientIdentity>,
     /// `url` is one node of a Redis Cluster.
     pub cluster: bool,
+    /// More nodes of that cluster to start from, beside `url`.
+    pub nodes: Vec<String>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub on_outage: OnOutage,
@@ -1125,6 +1127,7 @@ mod tests {
             tls_ca: None,
             tls_client: None,
             cluster: false,
+            nodes: Vec::new(),
             connect_timeout: Duration::from_millis(1),
             command_timeout: Duration::from_millis(1),
             on_outage: OnOutage::Local,

@@ -162,14 +162,20 @@ impl FleetWorker {
         c.last_attempt = Some(Instant::now());
         let config = &self.fleet.config;
         let opened = async {
-            let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
-            if let Some(password) = &config.password {
-                let settings = info
-                    .redis_settings()
-                    .clone()
-                    .set_password(password.expose());
-                info = info.set_redis_settings(settings);
-            }
+            let with_password = |url: &str| {
+                let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+                Ok::<_, redis::RedisError>(match &config.password {
+                    Some(password) => {
+                        let settings = info
+                            .redis_settings()
+                            .clone()
+                            .set_password(password.expose());
+                        info.set_redis_settings(settings)
+                    }
+                    None => info,
+                })
+            };
+            let info = with_password(&config.url)?;
             // rediss:// with its own CAs (otherwise the system's roots) and a client
             // certificate when Redis asks for one; or plain TCP.
             let certificates =
@@ -183,7 +189,13 @@ impl FleetWorker {
                     }
                 });
             let mut conn = if config.cluster {
-                let mut builder = redis::cluster::ClusterClientBuilder::new([info])
+                // Every node given is a way in: the client connects through any that answers,
+                // and comes back through them when it has lost every connection.
+                let mut nodes = vec![info];
+                for node in &config.nodes {
+                    nodes.push(with_password(node)?);
+                }
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                     .connection_timeout(config.connect_timeout)
                     .response_timeout(config.command_timeout);
                 if let Some(certificates) = certificates {
