@@ -586,11 +586,8 @@ for connections in $connection_counts; do
       measure_keygate "keygate_nolog@$connections" "keygate, access log off" \
         "http://127.0.0.1:$p_kg2$path" "$p_kg2_admin" "$kg2_pid"
     fi
-    if [ "$feature_rows" = 1 ]; then
-      warm_round "http://127.0.0.1:$p_kg4$path"
-      measure_keygate "keygate_minimal@$connections" "keygate, log off, no rate headers" \
-        "http://127.0.0.1:$p_kg4$path" "$p_kg4_admin" "$kg4_pid"
-    fi
+    # Right after the local-limits row it is compared with, so that the two runs of a round
+    # meet the same state of the machine.
     if [ "$redis_run" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg3$path"
       read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
@@ -601,6 +598,11 @@ for connections in $connection_counts; do
       echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
         "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
         "$((waited1 - waited0)) decisions waited on Redis"
+    fi
+    if [ "$feature_rows" = 1 ]; then
+      warm_round "http://127.0.0.1:$p_kg4$path"
+      measure_keygate "keygate_minimal@$connections" "keygate, log off, no rate headers" \
+        "http://127.0.0.1:$p_kg4$path" "$p_kg4_admin" "$kg4_pid"
     fi
     if [ "$tls_run" = 1 ]; then
       warm_round "https://127.0.0.1:$p_bare_tls$path"

@@ -64,6 +64,15 @@ def report(connections: str, runs: dict) -> list:
             text += (f", server CPU per request x{x['cpu'] / y['cpu']:.2f}"
                      f" ({x['cpu'] - y['cpu']:+.1f} us)")
         print(text)
+        # Measured in the same rounds: the median of each round's own ratio as well. A drift in
+        # the machine's speed from one round to the next reaches both runs of a round alike,
+        # so this is the steadier figure when the rounds spread widely.
+        xs, ys = runs[a], runs[b]
+        if len(xs) == len(ys) > 1:
+            tput = sorted(p["rps"] / q["rps"] for p, q in zip(xs, ys))
+            p99 = [p["p99"] / q["p99"] for p, q in zip(xs, ys)]
+            print(f"{'':<40} round by round: throughput x{statistics.median(tput):.3f}"
+                  f" (x{tput[0]:.3f} to x{tput[-1]:.3f}), p99 x{statistics.median(p99):.2f}")
 
     print()
     ratio("keygate", "bare", "keygate as shipped / bare Pingora:")
