@@ -457,6 +457,38 @@ fn a_workspace_well_under_its_limits_costs_its_sidecar_few_calls() {
     assert!(per_second[1] <= 6.5, "{per_second:.2?}");
 }
 
+/// Waits (3 s at most) for each sidecar to reach Redis; then a client connection to each.
+fn once_connected(sidecars: &[Keygate]) -> Vec<Connection> {
+    for kg in sidecars {
+        assert!(within(secs(3.0), || fleet_state(kg) == "connected").is_some());
+    }
+    sidecars
+        .iter()
+        .map(|k| Connection::open(k.addr).unwrap())
+        .collect()
+}
+
+/// Sends `n` requests for `workspace`, one sidecar's connection after the other's: how many
+/// were admitted. Every other answer must be a refusal by Redis's count, not the outage mode.
+fn admitted_alternating(conns: &mut [Connection], workspace: &str, n: usize) -> usize {
+    let auth = bearer(&secret_of(workspace));
+    let mut admitted = 0;
+    for i in 0..n {
+        let req = Request::get("/v1/me").header("Authorization", &auth);
+        let r = conns[i % conns.len()].send(&req).unwrap();
+        match r.status {
+            200 => admitted += 1,
+            429 => assert!(
+                !r.text().contains("limits_unavailable"),
+                "{workspace}: Redis did not answer: {}",
+                r.text()
+            ),
+            other => panic!("{workspace}: {other} {}", r.text()),
+        }
+    }
+    admitted
+}
+
 /// With `cluster: true`, each workspace's script call goes to the shard that holds its hash
 /// tag: a workspace's limit holds across two sidecars whichever of three primaries keeps it,
 /// and no call fails or falls to the outage mode.
@@ -475,30 +507,10 @@ fn on_a_redis_cluster_each_workspace_is_limited_on_its_own_shard() {
         })
         .collect();
     // Requests before the first connection is made are the outage mode's (tested elsewhere).
-    for kg in &sidecars {
-        assert!(within(secs(3.0), || fleet_state(kg) == "connected").is_some());
-    }
-    let mut conns: Vec<Connection> = sidecars
-        .iter()
-        .map(|k| Connection::open(k.addr).unwrap())
-        .collect();
+    let mut conns = once_connected(&sidecars);
     for ws in &workspaces {
-        let auth = bearer(&secret_of(ws));
-        let mut admitted = 0;
         // 30 requests, alternating sidecars: at most 10 a minute may pass, fleet-wide.
-        for i in 0..30 {
-            let req = Request::get("/v1/me").header("Authorization", &auth);
-            let r = conns[i % 2].send(&req).unwrap();
-            match r.status {
-                200 => admitted += 1,
-                429 => assert!(
-                    !r.text().contains("limits_unavailable"),
-                    "{ws}: Redis did not answer: {}",
-                    r.text()
-                ),
-                other => panic!("{ws}: {other} {}", r.text()),
-            }
-        }
+        let admitted = admitted_alternating(&mut conns, ws, 30);
         assert_eq!(admitted, 10, "{ws}: the fleet admits its limit, no more");
     }
     for kg in &sidecars {
@@ -537,25 +549,9 @@ fn a_cluster_is_reached_through_the_other_nodes_given_when_urls_node_is_down() {
     let others: Vec<String> = cluster.nodes[1..].iter().map(|n| n.url()).collect();
     let sidecars: Vec<Keygate> = (0..2).map(|_| sidecar(Some(others.clone()))).collect();
     let alone = sidecar(None);
-    for kg in &sidecars {
-        assert!(within(secs(3.0), || fleet_state(kg) == "connected").is_some());
-    }
-    let auth = bearer(&secret_of("ws_nodes"));
-    let mut conns: Vec<Connection> = sidecars
-        .iter()
-        .map(|k| Connection::open(k.addr).unwrap())
-        .collect();
-    let mut admitted = 0;
+    let mut conns = once_connected(&sidecars);
     // 30 requests, alternating sidecars: at most 10 a minute may pass, fleet-wide.
-    for i in 0..30 {
-        let req = Request::get("/v1/me").header("Authorization", &auth);
-        let r = conns[i % 2].send(&req).unwrap();
-        match r.status {
-            200 => admitted += 1,
-            429 => assert!(!r.text().contains("limits_unavailable"), "{}", r.text()),
-            other => panic!("{other} {}", r.text()),
-        }
-    }
+    let admitted = admitted_alternating(&mut conns, "ws_nodes", 30);
     assert_eq!(admitted, 10, "the fleet admits its limit, no more");
     // `url` alone is no way in: degraded, and on_outage (deny) decides.
     let r = alone.get_with_key("/v1/me", &secret_of("ws_nodes"));
