@@ -564,6 +564,26 @@ warm_round() {
   run_wrk -t1 -c"$connections" -d"$round_warmup" -s "$lua" "$1" -- "$secrets" >/dev/null
   sleep 0.3
 }
+# The access-log-off row, with local limits.
+nolog_row() {
+  [ "$feature_rows" != 0 ] || return 0
+  warm_round "http://127.0.0.1:$p_kg2$path"
+  measure_keygate "keygate_nolog@$connections" "keygate, access log off" \
+    "http://127.0.0.1:$p_kg2$path" "$p_kg2_admin" "$kg2_pid"
+}
+# The same keygate with fleet-wide limits on Redis; its server CPU is keygate's and
+# redis-server's together: what fleet limits cost here.
+redis_row() {
+  [ "$redis_run" = 1 ] || return 0
+  warm_round "http://127.0.0.1:$p_kg3$path"
+  read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
+  measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" \
+    "http://127.0.0.1:$p_kg3$path" "$p_kg3_admin" "$kg3_pid $redis_pid"
+  read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
+  echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
+    "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
+    "$((waited1 - waited0)) decisions waited on Redis"
+}
 for connections in $connection_counts; do
   echo "== $connections connections"
   echo "-- nginx directly (127.0.0.1:$p_nginx)"
@@ -581,23 +601,15 @@ for connections in $connection_counts; do
     warm_round "http://127.0.0.1:$p_kg$path"
     measure_keygate "keygate@$connections" "keygate as shipped (log on)" \
       "http://127.0.0.1:$p_kg$path" "$p_kg_admin" "$kg_pid"
-    if [ "$feature_rows" != 0 ]; then
-      warm_round "http://127.0.0.1:$p_kg2$path"
-      measure_keygate "keygate_nolog@$connections" "keygate, access log off" \
-        "http://127.0.0.1:$p_kg2$path" "$p_kg2_admin" "$kg2_pid"
-    fi
-    # Right after the local-limits row it is compared with, so that the two runs of a round
-    # meet the same state of the machine.
-    if [ "$redis_run" = 1 ]; then
-      warm_round "http://127.0.0.1:$p_kg3$path"
-      read -r waited0 calls0 <<<"$(fleet_counts "$p_kg3_admin")"
-      # Its server CPU is keygate's and redis-server's together: what fleet limits cost here.
-      measure_keygate "keygate_redis@$connections" "keygate, log off, Redis limits" \
-        "http://127.0.0.1:$p_kg3$path" "$p_kg3_admin" "$kg3_pid $redis_pid"
-      read -r waited1 calls1 <<<"$(fleet_counts "$p_kg3_admin")"
-      echo "   in this run: $((calls1 - calls0)) Redis calls (one per" \
-        "$((requests / (calls1 - calls0 > 0 ? calls1 - calls0 : 1))) requests)," \
-        "$((waited1 - waited0)) decisions waited on Redis"
+    # The Redis row and the local-limits row it is compared with run next to each other, in an
+    # order that swaps every round (A B, B A, ...), so that the two runs of a round meet the same
+    # state of the machine and neither always runs second, after the other's load.
+    if [ $((round % 2)) = 1 ]; then
+      nolog_row
+      redis_row
+    else
+      redis_row
+      nolog_row
     fi
     if [ "$feature_rows" = 1 ]; then
       warm_round "http://127.0.0.1:$p_kg4$path"
