@@ -922,6 +922,17 @@ fn the_lease_scripts_running_totals_follow_the_window() {
         call("", 0, 1_000, &["c", "0", "", "d", "1", "0:1"]),
         [0, 1, 1]
     );
+    // Runs that place nothing (not "age:count", or negative) fail nothing: what the lease used,
+    // no more than it held, is charged now.
+    for runs in ["0,2", "garbage", "-5:-3", ":", "1:", "{\"a\":1}"] {
+        redis.cli(&["DEL", "{w}:b", "{w}:s"]);
+        assert_eq!(call("e", 2, 1_000, &[]), [2, 2, 2], "{runs}");
+        assert_eq!(call("", 0, 1_000, &["e", "5", runs]), [0, 2, 2], "{runs}");
+    }
+    // A run 2 s old lies outside the burst window, inside the sustained one.
+    redis.cli(&["DEL", "{w}:b", "{w}:s"]);
+    assert_eq!(call("g", 3, 1_000, &[]), [3, 3, 3]);
+    assert_eq!(call("", 0, 1_000, &["g", "3", "2000:2,0:1"]), [0, 1, 3]);
     // Each window is one packed string: 8 bytes for where it ends, 4 per bucket.
     assert_eq!(redis.cli(&["STRLEN", "{w}:b"]).trim(), "172");
     assert_eq!(redis.cli(&["STRLEN", "{w}:s"]).trim(), "252");
