@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Per-request figures for scripts/profile-vs-bare.sh: the bare proxy's and keygate's.
+
+  profile_report.py syscalls STRACE_BARE REQUESTS STRACE_KEYGATE REQUESTS
+  profile_report.py samples SYMBOLS_BARE REQUESTS SYMBOLS_KEYGATE REQUESTS
+
+`strace -c` summaries give calls per request; `perf report --sort dso,sym -F
+overhead,sample,dso,sym` listings give sampled CPU per request (at 2,000 samples a second, a
+sample is 500 us), summed by kind of code, then the functions whose cost differs most.
+"""
+import re
+import sys
+
+SAMPLE_US = 500.0  # perf record -F 2000
+
+# Kinds of code, by symbol, first match wins. "headers" is the http crate's header maps and
+# Pingora's header API, which every header keygate adds or removes goes through.
+KINDS = [
+    ("headers", r"^http::header|pingora_http|HeaderName|header_value|StandardHeader|parse_hdr"),
+    ("allocator", r"mi_|malloc|free|__rust_alloc|__rust_dealloc|realloc|no_alloc_shim"),
+    ("keygate", r"keygate"),
+    ("bytes", r"^bytes::"),
+    ("tokio, mio", r"tokio|mio"),
+    ("pingora", r"pingora"),
+    ("prometheus", r"prometheus"),
+    ("memcpy and the like", r"memmove|memcmp|memcpy|memchr|memset"),
+    ("sha2", r"sha2|sha256"),
+    ("fmt", r"core::fmt|fmt::"),
+]
+
+
+def kind(space, symbol):
+    if space == "k":
+        return "kernel"
+    for name, pattern in KINDS:
+        if re.search(pattern, symbol):
+            return name
+    return "other"
+
+
+def syscalls(path):
+    calls = {}
+    for line in open(path):
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def samples(path):
+    counts = {}
+    pattern = re.compile(r"\s*[\d.]+%\s+(\d+)\s+\S+\s+\[(.)\]\s+(.*)")
+    for line in open(path):
+        m = pattern.match(line)
+        if m:
+            key = (m.group(2), m.group(3).strip())
+            counts[key] = counts.get(key, 0) + int(m.group(1))
+    return counts
+
+
+def main():
+    mode, bare_path, bare_n, kg_path, kg_n = sys.argv[1:6]
+    bare_n, kg_n = int(bare_n), int(kg_n)
+    if mode == "syscalls":
+        bare, kg = syscalls(bare_path), syscalls(kg_path)
+        print(f"{'system call':<20} {'bare':>8} {'keygate':>8}   ({bare_n} and {kg_n} requests)")
+        for name in sorted(set(bare) | set(kg), key=lambda n: -kg.get(n, 0)):
+            b, k = bare.get(name, 0) / bare_n, kg.get(name, 0) / kg_n
+            if b >= 0.005 or k >= 0.005:
+                print(f"{name:<20} {b:8.3f} {k:8.3f}")
+        print(f"{'all':<20} {sum(bare.values()) / bare_n:8.3f} {sum(kg.values()) / kg_n:8.3f}")
+        return
+    bare, kg = samples(bare_path), samples(kg_path)
+    per = lambda table, key, n: table.get(key, 0) * SAMPLE_US / n
+    keys = set(bare) | set(kg)
+    kinds = {}
+    for key in keys:
+        b, k = kinds.setdefault(kind(*key), [0.0, 0.0])
+        kinds[kind(*key)] = [b + per(bare, key, bare_n), k + per(kg, key, kg_n)]
+    total_b = sum(b for b, _ in kinds.values())
+    total_k = sum(k for _, k in kinds.values())
+    print(f"{'code':<22} {'bare us':>8} {'keygate us':>10} {'difference':>10}")
+    for name, (b, k) in sorted(kinds.items(), key=lambda item: item[1][0] - item[1][1]):
+        print(f"{name:<22} {b:8.1f} {k:10.1f} {k - b:+10.1f}")
+    print(f"{'all':<22} {total_b:8.1f} {total_k:10.1f} {total_k - total_b:+10.1f}")
+    print("\nfunctions that differ most (keygate - bare, us per request):")
+    rows = sorted(((per(kg, key, kg_n) - per(bare, key, bare_n), key) for key in keys),
+                  reverse=True)
+    for diff, (space, symbol) in rows[:25]:
+        print(f"  {diff:+6.2f}  [{space}] {symbol[:110]}")
+
+
+if __name__ == "__main__":
+    main()
