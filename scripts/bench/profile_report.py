@@ -71,25 +71,23 @@ def main():
                 print(f"{name:<20} {b:8.3f} {k:8.3f}")
         print(f"{'all':<20} {sum(bare.values()) / bare_n:8.3f} {sum(kg.values()) / kg_n:8.3f}")
         return
-    bare, kg = samples(bare_path), samples(kg_path)
-    per = lambda table, key, n: table.get(key, 0) * SAMPLE_US / n
-    keys = set(bare) | set(kg)
+    # Sampled CPU per request, in us, by function.
+    bare = {key: n * SAMPLE_US / bare_n for key, n in samples(bare_path).items()}
+    kg = {key: n * SAMPLE_US / kg_n for key, n in samples(kg_path).items()}
     kinds = {}
-    for key in keys:
-        b, k = kinds.setdefault(kind(*key), [0.0, 0.0])
-        kinds[kind(*key)] = [b + per(bare, key, bare_n), k + per(kg, key, kg_n)]
-    total_b = sum(b for b, _ in kinds.values())
-    total_k = sum(k for _, k in kinds.values())
+    for table, column in ((bare, 0), (kg, 1)):
+        for key, us in table.items():
+            kinds.setdefault(kind(*key), [0.0, 0.0])[column] += us
     print(f"{'code':<22} {'bare us':>8} {'keygate us':>10} {'difference':>10}")
     for name, (b, k) in sorted(kinds.items(), key=lambda item: item[1][0] - item[1][1]):
         print(f"{name:<22} {b:8.1f} {k:10.1f} {k - b:+10.1f}")
+    total_b, total_k = sum(bare.values()), sum(kg.values())
     print(f"{'all':<22} {total_b:8.1f} {total_k:10.1f} {total_k - total_b:+10.1f}")
     print("\nfunctions that differ most (keygate - bare, us per request):")
-    rows = sorted(((per(kg, key, kg_n) - per(bare, key, bare_n), key) for key in keys),
+    rows = sorted(((kg.get(key, 0) - bare.get(key, 0), key) for key in set(bare) | set(kg)),
                   reverse=True)
     for diff, (space, symbol) in rows[:25]:
         print(f"  {diff:+6.2f}  [{space}] {symbol[:110]}")
-
 
 if __name__ == "__main__":
     main()
