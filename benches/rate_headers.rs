@@ -63,13 +63,13 @@ fn none(_: &mut ResponseHeader, _: &Usage) {}
 
 fn by_insert(header: &mut ResponseHeader, usage: &Usage) {
     for (name, value) in limits::rate_headers(usage, RateHeaders::BOTH) {
-        header.insert_header(name, value).unwrap();
+        header.insert_header(name.spelled, value).unwrap();
     }
 }
 
 fn by_append(header: &mut ResponseHeader, usage: &Usage) {
     for (name, value) in limits::rate_headers(usage, RateHeaders::BOTH) {
-        header.append_header(name, value).unwrap();
+        header.append_header(name.spelled, value).unwrap();
     }
 }
 
@@ -77,11 +77,20 @@ fn keygates(header: &mut ResponseHeader, usage: &Usage) {
     limits::add_rate_headers(header, usage, RateHeaders::BOTH).unwrap();
 }
 
-const WAYS: [(&str, Add); 4] = [
+/// What keygate does by default (`upstream.preserve_header_case: false`): the headers written
+/// into the value map under prepared names, the case map dropped.
+fn without_case(header: &mut ResponseHeader, usage: &Usage) {
+    keygate::headers::response_without_case(header, |map| {
+        limits::add_rate_headers(map, usage, RateHeaders::BOTH).unwrap()
+    });
+}
+
+const WAYS: [(&str, Add); 5] = [
     ("no rate-limit headers", none),
     ("insert_header", by_insert),
     ("append_header", by_append),
-    ("keygate (add_rate_headers)", keygates),
+    ("keygate, preserve_header_case: true", keygates),
+    ("keygate, by default (no case map)", without_case),
 ];
 
 /// One response: its head as received, the headers added, the head written out.

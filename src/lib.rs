@@ -16,6 +16,7 @@ pub mod config;
 pub mod connections;
 pub mod forward;
 pub mod gate;
+pub mod headers;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

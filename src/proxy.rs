@@ -7,6 +7,7 @@ use crate::config::{AccessLogConfig, UpstreamConfig};
 use crate::connections;
 use crate::forward;
 use crate::gate::{Decision, Gate, Identity, Incoming, Rejection, Verdict};
+use crate::headers;
 use crate::limits::{self, Attempt, InFlight, Usage, Waiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::{self, Finish, RequestRecord};
@@ -330,8 +331,18 @@ impl ProxyHttp for Keygate {
         let status = upstream_response.status.as_u16();
         ctx.record.upstream_status = Some(status);
         self.metrics.upstream_status(status);
-        if let Some(usage) = &ctx.rate {
-            limits::add_rate_headers(upstream_response, usage, self.gate.rate_headers())?;
+        let (rate, which) = (ctx.rate.as_ref(), self.gate.rate_headers());
+        if self.upstream.preserve_header_case {
+            if let Some(usage) = rate {
+                limits::add_rate_headers(upstream_response, usage, which)?;
+            }
+        } else {
+            // Every passed-back response loses its case map, not only those given headers: the
+            // same names go out the same way on every response.
+            headers::response_without_case(upstream_response, |map| match rate {
+                Some(usage) => limits::add_rate_headers(map, usage, which),
+                None => Ok(()),
+            })?;
         }
         Ok(())
     }

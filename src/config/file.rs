@@ -264,6 +264,11 @@ pub struct UpstreamFile {
     pub forward_authorization: bool,
     /// Remove `X-HTTP-Method-Override` and its variants from forwarded requests. Default true.
     pub strip_method_override: Option<bool>,
+    /// Keep each header name's letter case as its sender wrote it, on the requests keygate
+    /// forwards and the responses it passes back over HTTP/1. Default false: names go out in
+    /// lower case (as on HTTP/2), which saves Pingora's second header map on every request.
+    #[serde(default)]
+    pub preserve_header_case: bool,
     /// Connect to the upstream over TLS, verifying its certificate. Default false.
     #[serde(default)]
     pub tls: bool,

@@ -187,6 +187,9 @@ pub struct UpstreamConfig {
     /// keygate decides on the request's method: an upstream that honours an override header
     /// would run another method than the one whose scopes were checked.
     pub strip_method_override: bool,
+    /// Forward and pass back header names in their sender's letter case (see
+    /// [`crate::headers`]); otherwise they go out in lower case, at less cost per request.
+    pub preserve_header_case: bool,
 }
 
 /// TLS to the upstream: its certificate is always verified, against this name.
@@ -439,6 +442,7 @@ fn validate(file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
         idle_timeout: upstream.idle_timeout.unwrap_or(Duration::from_secs(4)),
         forward_authorization: upstream.forward_authorization,
         strip_method_override: upstream.strip_method_override.unwrap_or(true),
+        preserve_header_case: upstream.preserve_header_case,
     };
     for (field, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),

@@ -6,8 +6,8 @@
 //! whole again (`t` seconds).
 
 use super::{LimitName, MINUTE_MS, SECOND_MS, Standing, Usage};
+use crate::headers::{Headers, Name};
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
 use std::cell::RefCell;
 use std::sync::LazyLock;
 
@@ -137,6 +137,10 @@ impl RateHeaders {
         x_ratelimit: true,
         ietf: true,
     };
+    pub const NONE: RateHeaders = RateHeaders {
+        x_ratelimit: false,
+        ietf: false,
+    };
     /// The config's spellings, in the order the README lists them.
     pub const NAMES: [&'static str; 4] = ["both", "ietf", "x-ratelimit", "none"];
 
@@ -152,18 +156,24 @@ impl RateHeaders {
     }
 }
 
+static X_LIMIT: Name = Name::new("X-RateLimit-Limit", "x-ratelimit-limit");
+static X_REMAINING: Name = Name::new("X-RateLimit-Remaining", "x-ratelimit-remaining");
+static X_RESET: Name = Name::new("X-RateLimit-Reset", "x-ratelimit-reset");
+static POLICY: Name = Name::new("RateLimit-Policy", "ratelimit-policy");
+static STANDING: Name = Name::new("RateLimit", "ratelimit");
+
 /// The headers `which` asks for; only those are formatted.
 pub fn rate_headers(
     usage: &Usage,
     which: RateHeaders,
-) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+) -> impl Iterator<Item = (&'static Name, HeaderValue)> {
     let (_, binding): (LimitName, &Standing) = usage.binding();
     let (b, s) = (&usage.burst, &usage.sustained);
     let x_ratelimit = which.x_ratelimit.then(|| {
         [
-            ("X-RateLimit-Limit", number(binding.limit)),
-            ("X-RateLimit-Remaining", number(binding.remaining)),
-            ("X-RateLimit-Reset", number(secs(binding.reset_ms))),
+            (&X_LIMIT, number(binding.limit)),
+            (&X_REMAINING, number(binding.remaining)),
+            (&X_RESET, number(secs(binding.reset_ms))),
         ]
     });
     let ietf = which.ietf.then(|| {
@@ -178,8 +188,8 @@ pub fn rate_headers(
             .text(";t=")
             .number(secs(s.reset_ms));
         [
-            ("RateLimit-Policy", policy(b.limit, s.limit)),
-            ("RateLimit", standing.value()),
+            (&POLICY, policy(b.limit, s.limit)),
+            (&STANDING, standing.value()),
         ]
     });
     x_ratelimit
@@ -191,17 +201,18 @@ pub fn rate_headers(
 /// Adds the headers `which` asks for to `header`, replacing any of the same name (an upstream's
 /// own `X-RateLimit-*` must not contradict keygate's).
 ///
-/// Measured (`cargo bench --bench rate_headers`): each header costs a name parsed and allocated
-/// by Pingora's API whatever is passed in (a prepared `HeaderName` costs more: Pingora turns it
-/// back into text), and `append_header` saves nothing over `insert_header`; what is saved here is
-/// the values' allocations (see [`number`] and [`policy`]).
+/// Measured (`cargo bench --bench rate_headers`): through Pingora's API each header costs its
+/// name parsed and allocated twice whatever is passed in, and `append_header` saves nothing over
+/// `insert_header`; what is saved here is the values' allocations (see [`number`] and
+/// [`policy`]). Written into a head's value map
+/// (see [`crate::headers`]), the names cost nothing either.
 pub fn add_rate_headers(
-    header: &mut ResponseHeader,
+    header: &mut impl Headers,
     usage: &Usage,
     which: RateHeaders,
 ) -> pingora::Result<()> {
     for (name, value) in rate_headers(usage, which) {
-        header.insert_header(name, value)?;
+        header.insert(name, value)?;
     }
     Ok(())
 }
@@ -230,7 +241,7 @@ mod tests {
         let headers: Vec<_> = rate_headers(&usage, RateHeaders::BOTH).collect();
         let got: Vec<(&str, &str)> = headers
             .iter()
-            .map(|(name, value)| (*name, value.to_str().unwrap()))
+            .map(|(name, value)| (name.spelled, value.to_str().unwrap()))
             .collect();
         let want = [
             ("X-RateLimit-Limit", "4294967295"),
@@ -280,7 +291,7 @@ mod tests {
         };
         let names = |which: &str| -> Vec<&str> {
             rate_headers(&usage, RateHeaders::parse(which).unwrap())
-                .map(|(name, _)| name)
+                .map(|(name, _)| name.spelled)
                 .collect()
         };
         assert_eq!(names("both").len(), 5);

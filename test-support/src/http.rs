@@ -504,8 +504,8 @@ fn eof(msg: &str) -> io::Error {
 // Echo upstream
 // ---------------------------------------------------------------------------------------------
 
-/// A real upstream on `127.0.0.1` that answers every request with `200` and a JSON description
-/// of what it received:
+/// A real upstream on `127.0.0.1` that answers every request with `200`, a header of its own
+/// (`X-Served-By: echo`, spelled so) and a JSON description of what it received:
 ///
 /// ```json
 /// {"method": "GET", "path": "/v1//x?y", "headers": [["Host", "..."], ["X_Workspace_Id", "7"]], "body": "..."}
@@ -804,7 +804,7 @@ fn echo_response(req: &EchoRequest, close: bool) -> Vec<u8> {
     }))
     .expect("serialising a JSON value cannot fail");
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Served-By: echo\r\nContent-Length: {}\r\n{}\r\n",
         payload.len(),
         if close { "Connection: close\r\n" } else { "" }
     )
