@@ -68,7 +68,7 @@ keys:
 
 /// wrk's request as Pingora's HTTP/1 server builds it (case-preserving).
 fn client_request() -> RequestHeader {
-    let mut req = RequestHeader::build("GET", PATH.as_bytes(), None).unwrap();
+    let mut req = RequestHeader::build("GET", PATH.as_bytes(), Some(4)).unwrap();
     let bearer = format!("Bearer {SECRET}");
     for (name, value) in [
         ("Host", "127.0.0.1:8080"),

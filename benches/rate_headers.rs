@@ -25,7 +25,7 @@ fn allocations() -> usize {
 
 /// nginx's answer to the load bench's requests, as Pingora's HTTP/1 client builds it.
 fn upstream_response() -> ResponseHeader {
-    let mut r = ResponseHeader::build(200, None).unwrap();
+    let mut r = ResponseHeader::build(200, Some(6)).unwrap();
     for (name, value) in [
         ("Server", "nginx/1.22.1"),
         ("Date", "Fri, 04 Dec 2026 08:00:00 GMT"),

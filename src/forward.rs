@@ -1,5 +1,6 @@
 //! What the upstream receives: client-sent identity headers removed, keygate's own set.
 
+use crate::access_log::line::ip_addr;
 use crate::client_address::ClientAddress;
 use crate::config::UpstreamConfig;
 use crate::gate::Identity;
@@ -102,6 +103,7 @@ fn rewrite(
     for name in &spoofed {
         req.remove(name);
     }
+    req.reserve(7);
     if let Some(id) = identity {
         req.insert(&WORKSPACE_ID, id.workspace.id_header.clone())?;
         // A static value: no copy.
@@ -113,7 +115,6 @@ fn rewrite(
         req.insert(&AUTH_TYPE, auth)?;
     }
     if let Some(c) = client {
-        use std::io::Write as _;
         // The chain as the upstream should read it: a trusted proxy's, then the peer.
         let mut chain = Vec::with_capacity(48);
         if c.peer_trusted {
@@ -123,14 +124,15 @@ fn rewrite(
             }
         }
         let peer_at = chain.len();
-        // Writing into a Vec cannot fail.
-        let _ = write!(chain, "{}", c.peer);
+        ip_addr(c.peer, &mut chain);
         let chain = bytes::Bytes::from(chain);
         // Without a trusted proxy the client is the peer: the same bytes, shared.
         let client_ip = if c.client == c.peer {
             chain.slice(peer_at..)
         } else {
-            bytes::Bytes::from(c.client.to_string())
+            let mut client = Vec::with_capacity(16);
+            ip_addr(c.client, &mut client);
+            bytes::Bytes::from(client)
         };
         for (name, value) in [(&FORWARDED_FOR, chain), (&CLIENT_IP, client_ip)] {
             // Addresses and a trusted proxy's own header values: always valid.

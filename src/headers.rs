@@ -33,6 +33,9 @@ pub trait Headers {
     fn map(&self) -> &HeaderMap;
     fn remove(&mut self, name: &HeaderName);
     fn insert(&mut self, name: &Name, value: HeaderValue) -> pingora::Result<()>;
+    /// Room for `additional` more names, made at once (a map that grows one insert at a time
+    /// is rehashed on each doubling). Pingora's heads offer no way: there it does nothing.
+    fn reserve(&mut self, _additional: usize) {}
 }
 
 impl Headers for RequestHeader {
@@ -70,6 +73,9 @@ impl Headers for HeaderMap {
         // A prepared name: no parse, and cloning it allocates nothing.
         HeaderMap::insert(self, name.name.clone(), value);
         Ok(())
+    }
+    fn reserve(&mut self, additional: usize) {
+        HeaderMap::reserve(self, additional);
     }
 }
 

@@ -158,7 +158,8 @@ fn socket_addr(addr: SocketAddr, out: &mut Vec<u8>) {
     }
 }
 
-fn ip_addr(ip: IpAddr, out: &mut Vec<u8>) {
+/// `ip` as text; an IPv4 address without `fmt` (also for the forwarded request's addresses).
+pub(crate) fn ip_addr(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(v4) => ipv4(v4.octets(), out),
         IpAddr::V6(v6) => {
