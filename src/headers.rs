@@ -38,29 +38,25 @@ pub trait Headers {
     fn reserve(&mut self, _additional: usize) {}
 }
 
-impl Headers for RequestHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &Name, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name.spelled, value)
-    }
+/// Pingora's two heads have the same header API, but no trait for it.
+macro_rules! through_pingoras_api {
+    ($head:ty) => {
+        impl Headers for $head {
+            fn map(&self) -> &HeaderMap {
+                &self.headers
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: &Name, value: HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name.spelled, value)
+            }
+        }
+    };
 }
 
-impl Headers for ResponseHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &Name, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name.spelled, value)
-    }
-}
+through_pingoras_api!(RequestHeader);
+through_pingoras_api!(ResponseHeader);
 
 impl Headers for HeaderMap {
     fn map(&self) -> &HeaderMap {
