@@ -48,13 +48,13 @@ fn is_spelling_of(name: &str, headers: &[&str]) -> bool {
     })
 }
 
-static WORKSPACE_ID: Name = Name::new("x-workspace-id", "x-workspace-id");
-static WORKSPACE_TYPE: Name = Name::new("x-workspace-type", "x-workspace-type");
-static API_KEY_ID: Name = Name::new("x-api-key-id", "x-api-key-id");
-static API_KEY_SCOPES: Name = Name::new("x-api-key-scopes", "x-api-key-scopes");
-static AUTH_TYPE: Name = Name::new("x-auth-type", "x-auth-type");
-static FORWARDED_FOR: Name = Name::new("x-forwarded-for", "x-forwarded-for");
-static CLIENT_IP: Name = Name::new("x-client-ip", "x-client-ip");
+static WORKSPACE_ID: Name = Name::lower("x-workspace-id");
+static WORKSPACE_TYPE: Name = Name::lower("x-workspace-type");
+static API_KEY_ID: Name = Name::lower("x-api-key-id");
+static API_KEY_SCOPES: Name = Name::lower("x-api-key-scopes");
+static AUTH_TYPE: Name = Name::lower("x-auth-type");
+static FORWARDED_FOR: Name = Name::lower("x-forwarded-for");
+static CLIENT_IP: Name = Name::lower("x-client-ip");
 
 /// Rewrites the upstream request: strips credentials and spoofable identity, then sets the
 /// identity keygate decided (none on a public route) and the client's address. Without

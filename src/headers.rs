@@ -26,6 +26,11 @@ impl Name {
             name: HeaderName::from_static(lower),
         }
     }
+
+    /// A name keygate spells in lower case anyway.
+    pub const fn lower(name: &'static str) -> Name {
+        Name::new(name, name)
+    }
 }
 
 /// The writes keygate makes, on whichever head it has.

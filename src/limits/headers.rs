@@ -137,10 +137,6 @@ impl RateHeaders {
         x_ratelimit: true,
         ietf: true,
     };
-    pub const NONE: RateHeaders = RateHeaders {
-        x_ratelimit: false,
-        ietf: false,
-    };
     /// The config's spellings, in the order the README lists them.
     pub const NAMES: [&'static str; 4] = ["both", "ietf", "x-ratelimit", "none"];
 
