@@ -15,7 +15,9 @@
 # Each target runs alone under `valgrind --tool=callgrind`: a warm-up, the counters zeroed, then
 # wrk -t1 -c4 for COUNT_DURATION; the count covers every thread of the process (the access
 # log's writer included). Settings (environment): COUNT_DURATION (10s), COUNT_KEYGATE /
-# COUNT_BARE (the binaries; this tree's release build). Needs valgrind, wrk and nginx.
+# COUNT_BARE (the binaries; this tree's release build), COUNT_KEEP (a directory to keep each
+# callgrind dump in, as NAME.callgrind, for `callgrind_annotate --inclusive=yes`). Needs
+# valgrind, wrk and nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -60,6 +62,7 @@ count() {
   wait "$pid" 2>/dev/null || true
   pid=""
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [ -z "${COUNT_KEEP:-}" ] || cp "$dump" "$COUNT_KEEP/$name.callgrind"
   awk -v name="$name" -v n="$n" -v total="$total" \
     'BEGIN { printf "%-28s %9d requests  %12.0f instructions per request\n", name, n, total / n }'
 }

@@ -457,6 +457,57 @@ fn a_workspace_well_under_its_limits_costs_its_sidecar_few_calls() {
     assert!(per_second[1] <= 6.5, "{per_second:.2?}");
 }
 
+/// The worker's rounds look only at subjects whose time has come: a sidecar holding leases for
+/// many quiet workspaces does nothing for them until a lease ends (30 s far from the limits),
+/// where it used to look at each of them 20 times a second.
+#[test]
+fn quiet_workspaces_holding_leases_cost_the_worker_nothing() {
+    let redis = Redis::start();
+    let up = Echo::start();
+    let ids: Vec<String> = (0..200).map(|i| format!("ws_quiet{i}")).collect();
+    let limits: Vec<(&str, u32, u32)> = ids.iter().map(|id| (id.as_str(), 30, 3_000)).collect();
+    let kg = start(
+        &up,
+        &keys_for(&limits),
+        fleet(redis.url(), OnOutage::Local, 0.34),
+    );
+    let mut conn = once_connected(std::slice::from_ref(&kg)).remove(0);
+    let mut send_each = || {
+        for id in &ids {
+            let auth = bearer(&secret_of(id));
+            let req = Request::get("/v1/me").header("Authorization", &auth);
+            assert_eq!(conn.send(&req).unwrap().status, 200, "{id}");
+        }
+    };
+    // The first request's lease (1 s: the fleet's state unknown yet) is spent by the second,
+    // whose renewal, far from the limits, brings a 30 s lease.
+    send_each();
+    send_each();
+    let visits = || {
+        kg.metric("keygate_fleet_worker_visits_total")
+            .unwrap_or(0.0)
+    };
+    std::thread::sleep(secs(1.0));
+    let (visits0, lease0) = (visits(), fleet_decisions(&kg, "lease"));
+    std::thread::sleep(secs(2.0));
+    let quiet = visits() - visits0;
+    eprintln!(
+        "{quiet} visits in 2 s, {visits0} before, for {} workspaces holding leases",
+        ids.len()
+    );
+    assert!(
+        quiet < ids.len() as f64,
+        "{quiet} visits in 2 s to {} quiet workspaces",
+        ids.len()
+    );
+    send_each();
+    assert_eq!(
+        fleet_decisions(&kg, "lease") - lease0,
+        ids.len() as f64,
+        "every workspace kept its lease, untouched by the rounds"
+    );
+}
+
 /// Waits (3 s at most) for each sidecar to reach Redis; then a client connection to each.
 fn once_connected(sidecars: &[Keygate]) -> Vec<Connection> {
     for kg in sidecars {

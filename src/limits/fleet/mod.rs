@@ -218,6 +218,8 @@ pub struct FleetMetrics {
     pub leases: IntCounter,
     pub leased_tokens: IntCounter,
     decisions: [IntCounter; 4],
+    /// Subjects the worker's rounds looked at.
+    pub visits: IntCounter,
 }
 
 impl FleetMetrics {
@@ -278,6 +280,10 @@ impl FleetMetrics {
                 "Admissions granted in leases.",
             ),
             decisions: DecisionPath::ALL.map(|p| decisions.with_label_values(&[p.as_str()])),
+            visits: counter(
+                "keygate_fleet_worker_visits_total",
+                "Subjects the fleet worker's rounds looked at (a lease ending, going idle, due for renewal): it grows with activity, not with the subjects held.",
+            ),
         }
     }
 
@@ -327,6 +333,8 @@ struct Need {
     /// The subject's Redis key prefix, hash-tagged: `keygate:{ws:<id>}`.
     key: Arc<str>,
     policy: Policy,
+    /// A renewal far from the limits: on the next round, batched, rather than at once.
+    next_round: bool,
 }
 
 impl Fleet {
@@ -555,6 +563,17 @@ pub enum Attempt {
     TimedOut,
 }
 
+/// What taking a token asks of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refill {
+    /// Nothing: tokens enough, or an exchange already coming.
+    No,
+    /// Running low near the limits: an exchange now.
+    Now,
+    /// Running low far from them: a renewal on the worker's next round.
+    NextRound,
+}
+
 /// What a request with no token of its own does next.
 pub(super) enum Shortfall {
     /// The fleet is full: refuse, with the fleet's view.
@@ -607,25 +626,55 @@ impl LeaseBook {
         }
     }
 
-    /// Takes one token, oldest lease first. Returns whether an exchange should be started: the
-    /// tokens are running low. Far from the limits a third of a lease lasts seconds, so the
-    /// renewal waits for the worker's next round (at most 50 ms) and goes out
-    /// in one pipelined batch with every other subject's: Redis and the worker then wake about
-    /// 20 times a second, not once per lease.
-    pub(super) fn take(&mut self, now: Millis) -> Option<bool> {
+    /// Takes one token, oldest lease first. Returns what the worker should be told: nothing, or
+    /// that the tokens are running low. Far from the limits a third of a lease lasts seconds, so
+    /// the renewal waits for the worker's next round (at most 50 ms) and goes out in one
+    /// pipelined batch with every other subject's: Redis and the worker then wake about 20 times
+    /// a second, not once per lease.
+    pub(super) fn take(&mut self, now: Millis) -> Option<Refill> {
         self.retire_expired(now);
         let h = self.held.iter_mut().find(|h| h.left > 0)?;
         h.left -= 1;
         h.uses.record(now);
         self.admitted += 1;
         self.last_take = now;
-        let low = !self.queued && !self.in_flight && self.running_low(now);
-        if low && self.relaxed {
-            self.renew_due = true;
-            return Some(false);
+        if self.queued || self.in_flight || !self.running_low(now) {
+            return Some(Refill::No);
         }
-        self.queued |= low;
-        Some(low)
+        if self.relaxed {
+            // Told once: the worker's round takes it up.
+            let first = !self.renew_due;
+            self.renew_due = true;
+            return Some(if first { Refill::NextRound } else { Refill::No });
+        }
+        self.queued = true;
+        Some(Refill::Now)
+    }
+
+    /// When the worker should next look at this subject if no request calls for it sooner: the
+    /// first moment [`LeaseBook::retire`] could act (a lease's end; near the limits, also a spent
+    /// lease nearing its end, or idleness), or at once when something is owed or nothing is
+    /// held. A request only ever makes these moments later (a take puts idleness off), except
+    /// for a renewal, which it signals ([`Refill::NextRound`]).
+    pub(super) fn next_visit(&self, now: Millis) -> Millis {
+        let owed = self.waiting > 0 || self.renew_due || !self.done.is_empty();
+        if owed || self.queued || self.in_flight || self.held.is_empty() {
+            return now;
+        }
+        let retire_at = |h: &Held| {
+            if self.relaxed {
+                h.until
+            } else {
+                let idle_at = self.last_take.max(h.granted_at) + IDLE_RETURN_MS;
+                idle_at.min(h.until.saturating_sub(RENEW_BEFORE_END_MS))
+            }
+        };
+        self.held
+            .iter()
+            .map(retire_at)
+            .min()
+            .unwrap_or(now)
+            .max(now)
     }
 
     /// Refill ahead of need: when a third of the newest lease is left, or it nears its end.
@@ -832,6 +881,7 @@ pub(super) fn need(
     kind: &str,
     id: &[u8],
     policy: Policy,
+    next_round: bool,
 ) -> Option<()> {
     let key: Arc<str> = format!("keygate:{{{kind}:{}}}", String::from_utf8_lossy(id)).into();
     fleet
@@ -840,6 +890,7 @@ pub(super) fn need(
             slot: slot.clone(),
             key,
             policy,
+            next_round,
         })
         .ok()
 }
@@ -874,12 +925,64 @@ mod tests {
         book
     }
 
+    /// The worker looks at a subject only at [`LeaseBook::next_visit`]: nothing may fall due for
+    /// return before then, in any state a book is in between exchanges.
+    #[test]
+    fn no_lease_falls_due_before_the_workers_next_visit_and_one_does_at_it() {
+        for relaxed in [false, true] {
+            for left in [0, 3] {
+                for last_take in [0, 1_100, 1_450] {
+                    for second in [false, true] {
+                        let make = || {
+                            let lifetime = if relaxed { 30_000 } else { 900 };
+                            let mut book = book_with(5, 1_000);
+                            book.held[0].until = 1_000 + lifetime;
+                            book.held[0].left = left;
+                            if second {
+                                let mut newer = book_with(5, 1_300).held.remove(0);
+                                newer.until = 1_300 + lifetime;
+                                book.held.push(newer);
+                            }
+                            book.relaxed = relaxed;
+                            book.last_take = last_take;
+                            book
+                        };
+                        let case = format!(
+                            "relaxed {relaxed}, {left} left, last take {last_take}, two leases {second}"
+                        );
+                        let now = 1_460;
+                        let visit = make().next_visit(now);
+                        assert!(visit >= now, "{case}: visit at {visit}");
+                        for t in now..visit {
+                            let mut book = make();
+                            book.retire(t);
+                            assert!(book.done.is_empty(), "{case}: due at {t}, visit at {visit}");
+                        }
+                        // Not a visit for nothing: a lease goes at it.
+                        let mut book = make();
+                        book.retire(visit);
+                        assert!(!book.done.is_empty(), "{case}: nothing at {visit}");
+                    }
+                }
+            }
+        }
+        let mut owed = book_with(5, 1_000);
+        owed.renew_due = true;
+        assert_eq!(owed.next_visit(1_010), 1_010, "a renewal due: at once");
+        assert_eq!(
+            LeaseBook::default().next_visit(7),
+            7,
+            "nothing held: dropped at once"
+        );
+    }
+
     #[test]
     fn tokens_are_taken_until_gone_and_a_refill_is_asked_for_once() {
         let mut book = book_with(6, 1_000);
-        let refills: Vec<bool> = (0..6).map(|i| book.take(1_000 + i).unwrap()).collect();
+        let refills: Vec<Refill> = (0..6).map(|i| book.take(1_000 + i).unwrap()).collect();
         // A third of 6 left after the fourth take: one refill, not one per request.
-        assert_eq!(refills, [false, false, false, true, false, false]);
+        use Refill::{No, Now};
+        assert_eq!(refills, [No, No, No, Now, No, No]);
         assert!(book.take(1_010).is_none(), "no token left");
         assert_eq!(book.tokens_left(), 0);
     }
@@ -901,10 +1004,12 @@ mod tests {
     fn far_from_the_limits_a_renewal_waits_for_the_round_instead_of_a_call_of_its_own() {
         let mut book = book_with(6, 1_000);
         book.relaxed = true;
-        let refills: Vec<bool> = (0..6).map(|i| book.take(1_000 + i).unwrap()).collect();
+        let refills: Vec<Refill> = (0..6).map(|i| book.take(1_000 + i).unwrap()).collect();
+        use Refill::{NextRound, No};
         assert_eq!(
-            refills, [false; 6],
-            "no exchange started from the request path"
+            refills,
+            [No, No, No, NextRound, No, No],
+            "no exchange started from the request path: the worker told once"
         );
         assert!(book.renew_due, "running low: due on the next round");
         assert!(!book.queued);

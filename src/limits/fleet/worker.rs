@@ -14,7 +14,9 @@ use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -44,6 +46,21 @@ pub struct FleetWorker {
 struct Tracked {
     slot: Arc<Slot>,
     policy: Policy,
+    /// When a round next looks at it (the one entry of [`Rounds::schedule`] that counts; an
+    /// atomic only so that exchanges, which borrow the map across awaits, stay `Send`).
+    visit_at: AtomicU64,
+}
+
+/// What the rounds look at: the subjects whose time has come, not every subject held. A
+/// sidecar with leases for ten thousand quiet workspaces does no work for them until one of
+/// their leases ends.
+#[derive(Default)]
+struct Rounds {
+    /// Visit times; an entry whose time is no longer its subject's `visit_at` is stale, and
+    /// skipped.
+    schedule: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+    /// For the next round: renewals the request path asked for, and subjects a full round left.
+    next: Vec<Arc<str>>,
 }
 
 /// One call prepared under the subject's lock.
@@ -461,18 +478,47 @@ impl FleetWorker {
         }
     }
 
-    /// The round every 50 ms: leases gone idle or old are returned, leases far from the limits
-    /// and running low are renewed (at most [`UNHURRIED_PER_ROUND`] of these two a round; a
-    /// subject with requests waiting always goes), subjects with nothing left are dropped from
-    /// the rounds.
-    fn sweep(&self, tracked: &mut HashMap<Arc<str>, Tracked>) -> Vec<Arc<str>> {
+    /// The round every 50 ms, over the subjects due: leases gone idle or old are returned,
+    /// leases far from the limits and running low are renewed (at most [`UNHURRIED_PER_ROUND`]
+    /// of these two a round; a subject with requests waiting always goes), subjects with nothing
+    /// left are dropped. Returns the subjects to exchange for.
+    fn sweep(
+        &self,
+        tracked: &mut HashMap<Arc<str>, Tracked>,
+        rounds: &mut Rounds,
+    ) -> Vec<Arc<str>> {
         let now = self.now();
+        let mut visits = std::mem::take(&mut rounds.next);
+        while let Some(Reverse((at, _))) = rounds.schedule.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = rounds.schedule.pop() else {
+                break;
+            };
+            // Taken: whatever comes of the visit plans the next one afresh.
+            if tracked.get(&key).is_some_and(|t| {
+                t.visit_at
+                    .compare_exchange(at, Millis::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            }) {
+                visits.push(key);
+            }
+        }
+        visits.sort_unstable();
+        visits.dedup();
+        self.fleet.metrics.visits.inc_by(visits.len() as u64);
         let mut due = Vec::new();
         let mut unhurried = 0;
-        tracked.retain(|key, t| {
+        for key in visits {
+            let Some(t) = tracked.get(&key) else {
+                continue;
+            };
             let mut state = lock(&t.slot.state);
             let Some(book) = state.lease.as_mut() else {
-                return false;
+                drop(state);
+                tracked.remove(&key);
+                continue;
             };
             book.retire(now);
             let waited_on = book.waiting > 0;
@@ -480,11 +526,33 @@ impl FleetWorker {
             if waited_on || (owed && unhurried < UNHURRIED_PER_ROUND) {
                 unhurried += usize::from(!waited_on);
                 book.queued = true;
-                due.push(key.clone());
+                due.push(key);
+            } else if owed {
+                rounds.next.push(key);
+            } else if book.is_idle() {
+                drop(state);
+                tracked.remove(&key);
+            } else {
+                let at = book.next_visit(now);
+                drop(state);
+                plan(t, &key, at, rounds);
             }
-            !book.is_idle()
-        });
+        }
         due
+    }
+
+    /// After an exchange: when each of its subjects is next due.
+    fn replan(&self, tracked: &HashMap<Arc<str>, Tracked>, keys: &[Arc<str>], rounds: &mut Rounds) {
+        let now = self.now();
+        for key in keys {
+            if let Some(t) = tracked.get(key) {
+                let at = lock(&t.slot.state)
+                    .lease
+                    .as_ref()
+                    .map_or(now, |book| book.next_visit(now));
+                plan(t, key, at, rounds);
+            }
+        }
     }
 
     /// At shutdown: every lease goes back, so that the rest of the fleet can use what this
@@ -505,6 +573,13 @@ impl FleetWorker {
         if !keys.is_empty() && self.fleet.is_up() {
             self.exchange_keys(c, tracked, &mut keys).await;
         }
+    }
+}
+
+/// Puts a subject's next visit at `at`, unless it is there already.
+fn plan(t: &Tracked, key: &Arc<str>, at: Millis, rounds: &mut Rounds) {
+    if t.visit_at.swap(at, Ordering::Relaxed) != at {
+        rounds.schedule.push(Reverse((at, key.clone())));
     }
 }
 
@@ -569,6 +644,7 @@ impl BackgroundService for FleetWorker {
             last_answer: None,
         };
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
+        let mut rounds = Rounds::default();
         self.connection(&mut c).await;
         let mut round = tokio::time::interval(ROUND);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -586,18 +662,27 @@ impl BackgroundService for FleetWorker {
                         let t = tracked.entry(n.key.clone()).or_insert_with(|| Tracked {
                             slot: n.slot.clone(),
                             policy: n.policy,
+                            visit_at: AtomicU64::new(Millis::MAX),
                         });
                         t.policy = n.policy;
-                        keys.push(n.key);
+                        if n.next_round {
+                            rounds.next.push(n.key);
+                        } else {
+                            keys.push(n.key);
+                        }
                     }
                     keys.sort_unstable();
                     keys.dedup();
+                    let exchanged = keys.clone();
                     self.exchange_keys(&mut c, &tracked, &mut keys).await;
+                    self.replan(&tracked, &exchanged, &mut rounds);
                 }
                 _ = round.tick() => {
-                    let mut due = self.sweep(&mut tracked);
+                    let mut due = self.sweep(&mut tracked, &mut rounds);
                     if !due.is_empty() {
+                        let exchanged = due.clone();
                         self.exchange_keys(&mut c, &tracked, &mut due).await;
+                        self.replan(&tracked, &exchanged, &mut rounds);
                     } else if !self.fleet.is_up() {
                         self.connection(&mut c).await;
                     }
