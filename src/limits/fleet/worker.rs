@@ -621,6 +621,7 @@ fn apply(
             granted_at: received,
             until: call.sent + call.lifetime - LOCAL_MARGIN_MS,
             uses: Uses::default(),
+            spread: rand::random(),
         });
     }
     if call.need > 0 && a.granted < call.need {
