@@ -353,8 +353,7 @@ impl Limiter {
         let book = state.lease.get_or_insert_with(Box::default);
         if let Some(refill) = book.take(d.now) {
             if refill != fleet::Refill::No {
-                let next_round = refill == fleet::Refill::NextRound;
-                fleet::need(fleet, slot, class.as_str(), id, d.policy, next_round);
+                fleet::need(fleet, slot, class.as_str(), id, d.policy, refill);
             }
             let usage = book.usage(d.now, d.policy);
             state.count_local(d.now);
@@ -368,7 +367,14 @@ impl Limiter {
         match book.shortfall(d.now, fleet.is_up(), d.attempt) {
             (fleet::Shortfall::Wait(generation), start) => {
                 if start {
-                    fleet::need(fleet, slot, class.as_str(), id, d.policy, false);
+                    fleet::need(
+                        fleet,
+                        slot,
+                        class.as_str(),
+                        id,
+                        d.policy,
+                        fleet::Refill::Now,
+                    );
                 }
                 Verdict::Wait(fleet::waiter(fleet, slot, generation))
             }

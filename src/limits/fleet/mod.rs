@@ -231,7 +231,7 @@ pub struct FleetMetrics {
     pub leased_tokens: IntCounter,
     decisions: [IntCounter; 4],
     /// Subjects the worker's rounds looked at.
-    pub visits: IntCounter,
+    visits: IntCounter,
 }
 
 impl FleetMetrics {
@@ -693,7 +693,8 @@ impl LeaseBook {
             .max(now)
     }
 
-    /// Refill ahead of need: when a third of the newest lease is left, or it nears its end.
+    /// Refill ahead of need: when a third of the newest lease is left, or it nears its end (far
+    /// from the limits, a third to a half, and 2 to 5 s: see [`Held::spread`]).
     fn running_low(&self, now: Millis) -> bool {
         let Some(newest) = self.held.last() else {
             return true;
@@ -904,7 +905,7 @@ pub(super) fn need(
     kind: &str,
     id: &[u8],
     policy: Policy,
-    next_round: bool,
+    refill: Refill,
 ) -> Option<()> {
     let key: Arc<str> = format!("keygate:{{{kind}:{}}}", String::from_utf8_lossy(id)).into();
     fleet
@@ -913,7 +914,7 @@ pub(super) fn need(
             slot: slot.clone(),
             key,
             policy,
-            next_round,
+            next_round: refill == Refill::NextRound,
         })
         .ok()
 }

@@ -541,10 +541,18 @@ impl FleetWorker {
         due
     }
 
-    /// After an exchange: when each of its subjects is next due.
-    fn replan(&self, tracked: &HashMap<Arc<str>, Tracked>, keys: &[Arc<str>], rounds: &mut Rounds) {
+    /// Exchanges for `keys`, then plans when each of them is next due.
+    async fn exchange(
+        &self,
+        c: &mut Connection,
+        tracked: &HashMap<Arc<str>, Tracked>,
+        keys: Vec<Arc<str>>,
+        rounds: &mut Rounds,
+    ) {
+        let mut pending = keys.clone();
+        self.exchange_keys(c, tracked, &mut pending).await;
         let now = self.now();
-        for key in keys {
+        for key in &keys {
             if let Some(t) = tracked.get(key) {
                 let at = lock(&t.slot.state)
                     .lease
@@ -674,16 +682,12 @@ impl BackgroundService for FleetWorker {
                     }
                     keys.sort_unstable();
                     keys.dedup();
-                    let exchanged = keys.clone();
-                    self.exchange_keys(&mut c, &tracked, &mut keys).await;
-                    self.replan(&tracked, &exchanged, &mut rounds);
+                    self.exchange(&mut c, &tracked, keys, &mut rounds).await;
                 }
                 _ = round.tick() => {
-                    let mut due = self.sweep(&mut tracked, &mut rounds);
+                    let due = self.sweep(&mut tracked, &mut rounds);
                     if !due.is_empty() {
-                        let exchanged = due.clone();
-                        self.exchange_keys(&mut c, &tracked, &mut due).await;
-                        self.replan(&tracked, &exchanged, &mut rounds);
+                        self.exchange(&mut c, &tracked, due, &mut rounds).await;
                     } else if !self.fleet.is_up() {
                         self.connection(&mut c).await;
                     }
