@@ -13,8 +13,9 @@
 #
 # When both sides use one config, B runs on a copy with its own ports (and Redis database 1).
 # Settings: AB_ROUNDS (6 pairs), AB_DURATION (8s), AB_CONNECTIONS (32), AB_KEYGATE_A and
-# AB_KEYGATE_B (this tree's release build), AB_PROFILE (0). Needs wrk, nginx, curl, python3;
-# redis-server for a Redis config, perf for AB_PROFILE=1.
+# AB_KEYGATE_B (this tree's release build), AB_PROFILE (0), AB_WORKSPACES (all: wrk cycles
+# through the keys of every workspace; N, of the first N only, so that their state stays hot).
+# Needs wrk, nginx, curl, python3; redis-server for a Redis config, perf for AB_PROFILE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,6 +42,18 @@ admin_port() { grep -A1 '^admin:' "$1" | grep -o '[0-9]*$'; }
 redis_port() { grep -o 'redis://127\.0\.0\.1:[0-9]*' "$1" | head -n 1 | cut -d: -f3 || true; }
 
 cd "$work"
+secrets=secrets.txt
+if [ -n "${AB_WORKSPACES:-}" ]; then
+  # scripts/bench/gen_keys.py deals the keys round-robin over the workspaces.
+  python3 - "$AB_WORKSPACES" <<'PY' >"$out/secrets.txt"
+import json, sys
+workspaces = len(json.load(open("keys.json"))["workspaces"])
+for i, line in enumerate(open("secrets.txt")):
+    if i % workspaces < int(sys.argv[1]):
+        print(line, end="")
+PY
+  secrets=$out/secrets.txt
+fi
 if [ "$(listen_port "$config_a")" = "$(listen_port "$config_b")" ]; then
   sed -e "s/127\.0\.0\.1:$(listen_port "$config_b")\"/127.0.0.1:$(free_port)\"/" \
     -e "s/^  address: 127\.0\.0\.1:$(admin_port "$config_b")$/  address: 127.0.0.1:$(free_port)/" \
@@ -83,7 +96,7 @@ done
 ticks() { awk '{ t += $14 + $15 } END { print t }' "${@/#//proc/}" /dev/null 2>/dev/null; }
 load() { # PORT DURATION: wrk as the load benchmark drives it, into $out/wrk.txt
   wrk -t1 -c"$connections" -d"$2" --latency -s "$lua" "http://127.0.0.1:$1/v1/products" \
-    -- secrets.txt >"$out/wrk.txt"
+    -- "$secrets" >"$out/wrk.txt"
 }
 # run SIDE PORT PID: one measured run; appends "side req/s p99_ms cpu_us_per_request".
 run() {
