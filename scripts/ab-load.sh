@@ -156,13 +156,10 @@ if [ "${AB_PROFILE:-0}" = 1 ]; then
     cp "$out/wrk.txt" "$out/wrk-$side.txt"
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
-    perf report -i "$out/perf-$side.data" --no-children -g none --sort dso,sym --stdio \
-      -F overhead,sample,dso,sym 2>/dev/null >"$out/symbols-$side.txt"
   done
   echo
   echo "== sampled CPU per request (perf record -e cpu-clock -F 2000; wrk -d10s): A, B"
   python3 "$root/scripts/bench/profile_report.py" samples \
-    "$out/symbols-A.txt" "$(awk '/requests in/ { print $1 }' "$out/wrk-A.txt")" \
-    "$out/symbols-B.txt" "$(awk '/requests in/ { print $1 }' "$out/wrk-B.txt")" |
-    sed -e 's/bare us keygate us/   A us      B us/' -e 's/(keygate - bare/(B - A/'
+    "$out/perf-A.data" "$(awk '/requests in/ { print $1 }' "$out/wrk-A.txt")" \
+    "$out/perf-B.data" "$(awk '/requests in/ { print $1 }' "$out/wrk-B.txt")" A B
 fi

@@ -75,11 +75,7 @@ python3 "$root/scripts/bench/profile_report.py" syscalls \
 
 bare_n=$(under bare "$bare_pid" "$bare_port" perf record -e cpu-clock -F 2000 -g -o "$out/perf-bare.data")
 kg_n=$(under keygate "$kg_pid" "$kg_port" perf record -e cpu-clock -F 2000 -g -o "$out/perf-keygate.data")
-for name in bare keygate; do
-  perf report -i "$out/perf-$name.data" --no-children -g none --sort dso,sym --stdio \
-    -F overhead,sample,dso,sym 2>/dev/null >"$out/symbols-$name.txt"
-done
 echo
 echo "== CPU per request, sampled (perf record -e cpu-clock -F 2000; wrk -t1 -c$connections -d$duration)"
 python3 "$root/scripts/bench/profile_report.py" samples \
-  "$out/symbols-bare.txt" "$bare_n" "$out/symbols-keygate.txt" "$kg_n"
+  "$out/perf-bare.data" "$bare_n" "$out/perf-keygate.data" "$kg_n"

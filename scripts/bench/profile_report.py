@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Per-request figures for scripts/profile-vs-bare.sh: the bare proxy's and keygate's.
+"""Per-request figures for scripts/profile-vs-bare.sh (the bare proxy's and keygate's) and
+scripts/ab-load.sh (two keygates').
 
   profile_report.py syscalls STRACE_BARE REQUESTS STRACE_KEYGATE REQUESTS
-  profile_report.py samples SYMBOLS_BARE REQUESTS SYMBOLS_KEYGATE REQUESTS
+  profile_report.py samples PERF_DATA_BARE REQUESTS PERF_DATA_KEYGATE REQUESTS [NAME NAME]
 
-`strace -c` summaries give calls per request; `perf report --sort dso,sym -F
-overhead,sample,dso,sym` listings give sampled CPU per request (at 2,000 samples a second, a
-sample is 500 us), summed by kind of code, then the functions whose cost differs most.
+`strace -c` summaries give calls per request; `perf record -e cpu-clock -F 2000` data give
+sampled CPU per request (a sample is 500 us), summed by kind of code, then the functions whose
+cost differs most. NAME NAME label the two columns (bare, keygate).
 """
 import re
+import subprocess
 import sys
 
 SAMPLE_US = 500.0  # perf record -F 2000
@@ -49,9 +51,14 @@ def syscalls(path):
 
 
 def samples(path):
+    """Samples by (space, symbol) from `perf report`'s listing of a perf.data file."""
+    listing = subprocess.run(
+        ["perf", "report", "-i", path, "--no-children", "-g", "none", "--sort", "dso,sym",
+         "--stdio", "-F", "overhead,sample,dso,sym"],
+        capture_output=True, text=True, check=True).stdout
     counts = {}
     pattern = re.compile(r"\s*[\d.]+%\s+(\d+)\s+\S+\s+\[(.)\]\s+(.*)")
-    for line in open(path):
+    for line in listing.splitlines():
         m = pattern.match(line)
         if m:
             key = (m.group(2), m.group(3).strip())
@@ -62,6 +69,7 @@ def samples(path):
 def main():
     mode, bare_path, bare_n, kg_path, kg_n = sys.argv[1:6]
     bare_n, kg_n = int(bare_n), int(kg_n)
+    name_b, name_k = sys.argv[6:8] if len(sys.argv) >= 8 else ("bare", "keygate")
     if mode == "syscalls":
         bare, kg = syscalls(bare_path), syscalls(kg_path)
         print(f"{'system call':<20} {'bare':>8} {'keygate':>8}   ({bare_n} and {kg_n} requests)")
@@ -78,12 +86,12 @@ def main():
     for table, column in ((bare, 0), (kg, 1)):
         for key, us in table.items():
             kinds.setdefault(kind(*key), [0.0, 0.0])[column] += us
-    print(f"{'code':<22} {'bare us':>8} {'keygate us':>10} {'difference':>10}")
+    print(f"{'code':<22} {name_b + ' us':>8} {name_k + ' us':>10} {'difference':>10}")
     for name, (b, k) in sorted(kinds.items(), key=lambda item: item[1][0] - item[1][1]):
         print(f"{name:<22} {b:8.1f} {k:10.1f} {k - b:+10.1f}")
     total_b, total_k = sum(bare.values()), sum(kg.values())
     print(f"{'all':<22} {total_b:8.1f} {total_k:10.1f} {total_k - total_b:+10.1f}")
-    print("\nfunctions that differ most (keygate - bare, us per request):")
+    print(f"\nfunctions that differ most ({name_k} - {name_b}, us per request):")
     rows = sorted(((kg.get(key, 0) - bare.get(key, 0), key) for key in set(bare) | set(kg)),
                   reverse=True)
     for diff, (space, symbol) in rows[:25]:
