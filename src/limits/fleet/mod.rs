@@ -55,8 +55,8 @@ use super::window::Standing;
 use super::{Clock, Millis, Policy, Slot, Usage};
 use crate::config::Secret;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
@@ -322,7 +322,12 @@ pub struct Fleet {
     /// The limiter's clock: leases end by it.
     clock: Arc<dyn Clock>,
     up: AtomicBool,
+    /// Needs the worker acts on at once: sending wakes it.
     queue: mpsc::UnboundedSender<Need>,
+    /// Renewals far from the limits, which wait for the worker's next round anyway: it takes
+    /// them up there, so that they do not wake it (and, on a busy host, take a core from the
+    /// proxy's threads) once each. About one a lease, every 10 s or so per busy subject.
+    renewals: Mutex<Vec<Need>>,
     exchanged: Notify,
     /// Lease ids: unique per process; the process id and start time make them unique per fleet.
     next_lease: AtomicU64,
@@ -345,8 +350,6 @@ struct Need {
     /// The subject's Redis key prefix, hash-tagged: `keygate:{ws:<id>}`.
     key: Arc<str>,
     policy: Policy,
-    /// A renewal far from the limits: on the next round, batched, rather than at once.
-    next_round: bool,
 }
 
 impl Fleet {
@@ -365,6 +368,7 @@ impl Fleet {
             clock,
             up: AtomicBool::new(false),
             queue,
+            renewals: Mutex::new(Vec::new()),
             exchanged: Notify::new(),
             next_lease: AtomicU64::new(1),
             instance: format!("{}-{started}", std::process::id()),
@@ -906,17 +910,22 @@ pub(super) fn need(
     id: &[u8],
     policy: Policy,
     refill: Refill,
-) -> Option<()> {
-    let key: Arc<str> = format!("keygate:{{{kind}:{}}}", String::from_utf8_lossy(id)).into();
-    fleet
-        .queue
-        .send(Need {
-            slot: slot.clone(),
-            key,
-            policy,
-            next_round: refill == Refill::NextRound,
-        })
-        .ok()
+) {
+    let need = Need {
+        slot: slot.clone(),
+        key: format!("keygate:{{{kind}:{}}}", String::from_utf8_lossy(id)).into(),
+        policy,
+    };
+    if refill == Refill::NextRound {
+        fleet
+            .renewals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(need);
+    } else {
+        // Fails only once the worker has stopped, at shutdown.
+        let _ = fleet.queue.send(need);
+    }
 }
 
 pub(super) fn waiter(fleet: &Arc<Fleet>, slot: &Arc<Slot>, generation: u64) -> Waiter {

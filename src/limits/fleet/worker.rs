@@ -591,6 +591,17 @@ fn plan(t: &Tracked, key: &Arc<str>, at: Millis, rounds: &mut Rounds) {
     }
 }
 
+/// Tracks the subject of `need` (its slot, and its policy as the request saw it); returns its key.
+fn track(tracked: &mut HashMap<Arc<str>, Tracked>, need: Need) -> Arc<str> {
+    let t = tracked.entry(need.key.clone()).or_insert_with(|| Tracked {
+        slot: need.slot,
+        policy: need.policy,
+        visit_at: AtomicU64::new(Millis::MAX),
+    });
+    t.policy = need.policy;
+    need.key
+}
+
 /// Why a call brought no answer: its metric label, and whether the connection is lost with it.
 struct Failure {
     result: CallResult,
@@ -668,23 +679,20 @@ impl BackgroundService for FleetWorker {
                     let Some(first) = need else { return };
                     let mut keys = Vec::new();
                     for n in std::iter::once(first).chain(std::iter::from_fn(|| needs.try_recv().ok())) {
-                        let t = tracked.entry(n.key.clone()).or_insert_with(|| Tracked {
-                            slot: n.slot.clone(),
-                            policy: n.policy,
-                            visit_at: AtomicU64::new(Millis::MAX),
-                        });
-                        t.policy = n.policy;
-                        if n.next_round {
-                            rounds.next.push(n.key);
-                        } else {
-                            keys.push(n.key);
-                        }
+                        keys.push(track(&mut tracked, n));
                     }
                     keys.sort_unstable();
                     keys.dedup();
                     self.exchange(&mut c, &tracked, keys, &mut rounds).await;
                 }
                 _ = round.tick() => {
+                    let renewals = std::mem::take(
+                        &mut *self.fleet.renewals.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    for n in renewals {
+                        let key = track(&mut tracked, n);
+                        rounds.next.push(key);
+                    }
                     let due = self.sweep(&mut tracked, &mut rounds);
                     if !due.is_empty() {
                         self.exchange(&mut c, &tracked, due, &mut rounds).await;
