@@ -63,7 +63,10 @@ if [ "$(listen_port "$config_a")" = "$(listen_port "$config_b")" ]; then
 fi
 pids=()
 cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
+  # SIGINT: Pingora's fast shutdown. Waited for, so that a run right after this one finds the
+  # ports free (a process still draining would answer its first requests, then vanish).
+  kill -INT "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
   nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null || true
   rm -rf "$out" "$work/ab-load-b.yaml"
 }
@@ -92,11 +95,17 @@ for side in a b; do
   tail -n 5 "$out/$side.log" >&2
   exit 1
 done
+sleep 0.5
+for side in a b; do
+  pid=pid_$side
+  kill -0 "${!pid}" 2>/dev/null ||
+    { echo "keygate $side exited (its port taken?):" >&2; tail -n 5 "$out/$side.log" >&2; exit 1; }
+done
 
 ticks() { awk '{ t += $14 + $15 } END { print t }' "${@/#//proc/}" /dev/null 2>/dev/null; }
 load() { # PORT DURATION: wrk as the load benchmark drives it, into $out/wrk.txt
   wrk -t1 -c"$connections" -d"$2" --latency -s "$lua" "http://127.0.0.1:$1/v1/products" \
-    -- "$secrets" >"$out/wrk.txt"
+    -- "$secrets" >"$out/wrk.txt" || { echo "wrk failed against port $1" >&2; exit 1; }
 }
 # run SIDE PORT PID: one measured run; appends "side req/s p99_ms cpu_us_per_request".
 run() {
