@@ -3,7 +3,8 @@
 # B A, ...): for comparing two builds on one config, or two configs of one build, when the
 # full benchmark's medians move more from round to round than the change being judged. Each
 # run reports req/s, p99 and CPU per request (keygate's, plus redis-server's when a config
-# uses Redis); the summary gives medians and the median of the paired ratios B/A, and with
+# uses Redis, exact from schedstat); the summary gives medians, the median of the paired ratios
+# B/A and the CPU per request of each thread (the proxy's, the fleet worker's, Redis's), and with
 # AB_PROFILE=1 the functions whose sampled CPU per request differs most (perf record).
 #
 #   BENCH_KEEP=1 BENCH_TLS=0 BENCH_FEATURE_ROWS=nolog BENCH_ROUNDS=1 BENCH_CONNECTIONS=32 \
@@ -71,7 +72,8 @@ cleanup() {
   rm -rf "$out" "$work/ab-load-b.yaml"
 }
 trap cleanup EXIT
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>/dev/null
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>"$out/nginx.log" ||
+  { echo "nginx did not start (another run's still up?):" >&2; tail -n 3 "$out/nginx.log" >&2; exit 1; }
 redis=$( (redis_port "$config_a"; redis_port "$config_b") | grep . | sort -u | head -n 1 || true)
 redis_pid=
 if [ -n "$redis" ]; then
@@ -102,26 +104,46 @@ for side in a b; do
     { echo "keygate $side exited (its port taken?):" >&2; tail -n 5 "$out/$side.log" >&2; exit 1; }
 done
 
-ticks() { awk '{ t += $14 + $15 } END { print t }' "${@/#//proc/}" /dev/null 2>/dev/null; }
+# threads_ns PID...: each thread's time on a CPU in ns, as "TID NAME NS", from schedstat: exact,
+# where /proc/PID/stat's user and system ticks are samples at the timer tick (about ±3% over an
+# 8 s run, and blind to a thread that wakes on a timer and sleeps again before the next tick).
+threads_ns() {
+  local pid t
+  for pid in "$@"; do
+    for t in /proc/"$pid"/task/*; do
+      echo "${t##*/} $(tr ' ' _ <"$t/comm" 2>/dev/null) $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null)"
+    done
+  done
+}
 load() { # PORT DURATION: wrk as the load benchmark drives it, into $out/wrk.txt
   wrk -t1 -c"$connections" -d"$2" --latency -s "$lua" "http://127.0.0.1:$1/v1/products" \
     -- "$secrets" >"$out/wrk.txt" || { echo "wrk failed against port $1" >&2; exit 1; }
 }
-# run SIDE PORT PID: one measured run; appends "side req/s p99_ms cpu_us_per_request".
+# run SIDE PORT PID: one measured run; appends "side req/s p99_ms cpu_us_per_request" to
+# $out/runs, and the CPU per request of each thread name (threads of one name summed) to
+# $out/threads.
 run() {
-  local side=$1 port=$2 pid=$3 before after
-  before=$(ticks "$pid/stat" ${redis_pid:+"$redis_pid/stat"})
+  local side=$1 port=$2 pid=$3
+  threads_ns "$pid" $redis_pid >"$out/before"
   load "$port" "$duration"
-  after=$(ticks "$pid/stat" ${redis_pid:+"$redis_pid/stat"})
-  python3 - "$side" "$out/wrk.txt" "$before" "$after" "$(getconf CLK_TCK)" <<'PY' | tee -a "$out/runs"
-import re, sys
-side, path, before, after, hz = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
-text = open(path).read()
+  threads_ns "$pid" $redis_pid >"$out/after"
+  python3 - "$side" "$out" <<'PY' | tee -a "$out/runs"
+import collections, re, sys
+side, out = sys.argv[1:]
+text = open(f"{out}/wrk.txt").read()
 n = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", text).group(1))
 value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", text).groups()
 p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-print(side, round(rps), p99, round((after - before) / hz * 1e6 / n, 2))
+def read(path):  # a thread that ended between the listing and the read has no time: skipped
+    return {f[0]: (f[1], int(f[2])) for f in map(str.split, open(path)) if len(f) == 3}
+before, after = read(f"{out}/before"), read(f"{out}/after")
+per_name = collections.Counter()
+for tid, (name, ns) in after.items():
+    per_name[name] += (ns - before.get(tid, (name, 0))[1]) / 1e3 / n
+with open(f"{out}/threads", "a") as f:
+    print(side, *(f"{name}={us:.3f}" for name, us in per_name.items()), file=f)
+print(side, round(rps), p99, round(sum(per_name.values()), 2))
 PY
 }
 echo "A: $keygate_a -c $config_a (port $port_a)"
@@ -152,6 +174,19 @@ print(f"B/A: req/s x{med([r[0] for r in side['B']]) / med([r[0] for r in side['A
       f"p99 x{med([r[1] for r in side['B']]) / med([r[1] for r in side['A']]):.2f}, "
       f"CPU per request {med([r[2] for r in side['B']]) - med([r[2] for r in side['A']]):+.2f} us")
 print(f"     paired: req/s x{ratio(0):.3f}, p99 x{ratio(1):.2f}, CPU per request x{ratio(2):.3f}")
+PY
+python3 - "$out/threads" <<'PY'
+import statistics as st, sys
+runs = {"A": [], "B": []}
+for line in open(sys.argv[1]):
+    side, *pairs = line.split()
+    runs[side].append({k: float(v) for k, v in (p.split("=") for p in pairs)})
+names = sorted({k for rs in runs.values() for r in rs for k in r})
+med = lambda s, k: st.median([r.get(k, 0.0) for r in runs[s]])
+print(f"{'CPU us/req by thread (medians)':32}{'A':>8}{'B':>8}")
+for k in sorted(names, key=lambda k: -max(med("A", k), med("B", k))):
+    if max(med("A", k), med("B", k)) >= 0.01:
+        print(f"  {k:30}{med('A', k):>8.2f}{med('B', k):>8.2f}")
 PY
 
 if [ "${AB_PROFILE:-0}" = 1 ]; then
