@@ -45,14 +45,7 @@ redis_port() { grep -o 'redis://127\.0\.0\.1:[0-9]*' "$1" | head -n 1 | cut -d: 
 cd "$work"
 secrets=secrets.txt
 if [ -n "${AB_WORKSPACES:-}" ]; then
-  # scripts/bench/gen_keys.py deals the keys round-robin over the workspaces.
-  python3 - "$AB_WORKSPACES" <<'PY' >"$out/secrets.txt"
-import json, sys
-workspaces = len(json.load(open("keys.json"))["workspaces"])
-for i, line in enumerate(open("secrets.txt")):
-    if i % workspaces < int(sys.argv[1]):
-        print(line, end="")
-PY
+  python3 "$root/scripts/bench/first_workspaces.py" "$AB_WORKSPACES" >"$out/secrets.txt"
   secrets=$out/secrets.txt
 fi
 if [ "$(listen_port "$config_a")" = "$(listen_port "$config_b")" ]; then

@@ -14,10 +14,14 @@
 # Each config is one of the work directory's, or a path (a copy with one field changed, say).
 # Each target runs alone under `valgrind --tool=callgrind`: a warm-up, the counters zeroed, then
 # wrk -t1 -c4 for COUNT_DURATION; the count covers every thread of the process (the access
-# log's writer included). Settings (environment): COUNT_DURATION (10s), COUNT_KEYGATE /
-# COUNT_BARE (the binaries; this tree's release build), COUNT_KEEP (a directory to keep each
-# callgrind dump in, as NAME.callgrind, for `callgrind_annotate --inclusive=yes`). Needs
-# valgrind, wrk and nginx.
+# log's writer included). A config with fleet-wide limits on redis://127.0.0.1:PORT gets a
+# fresh redis-server on that port for its count. Settings (environment): COUNT_DURATION (10s),
+# COUNT_KEYGATE / COUNT_BARE (the binaries; this tree's release build), COUNT_KEEP (a directory
+# to keep each callgrind dump in, as NAME.callgrind, for `callgrind_annotate --inclusive=yes`),
+# COUNT_WORKSPACES (all; N loads the first N workspaces' keys only: under callgrind the load is
+# about 50 times slower, and fleet-wide limits size leases by each workspace's rate, so 25 of
+# the 1,000 keep it near the full benchmark's 32 requests a second). Needs valgrind, wrk and
+# nginx; redis-server for a Redis config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -37,10 +41,16 @@ done
 out=$(mktemp -d)
 lua=$root/scripts/bench/keys.lua
 pid=""
+redis_pid=""
 
 cd "$work"
+secrets=secrets.txt
+if [ -n "${COUNT_WORKSPACES:-}" ]; then
+  python3 "$root/scripts/bench/first_workspaces.py" "$COUNT_WORKSPACES" >"$out/secrets.txt"
+  secrets=$out/secrets.txt
+fi
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>/dev/null
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null || true; rm -rf "$out"' EXIT
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; [ -n "$redis_pid" ] && kill $redis_pid 2>/dev/null; nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -s stop 2>/dev/null || true; rm -rf "$out"' EXIT
 
 # count NAME PORT COMMAND...: runs COMMAND under callgrind, loads PORT, prints one report line.
 count() {
@@ -50,9 +60,9 @@ count() {
     >"$out/$name.stdout" 2>"$out/$name.stderr" &
   pid=$!
   for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  wrk -t1 -c4 -d3s -s "$lua" "http://127.0.0.1:$port/v1/products" -- secrets.txt >/dev/null
+  wrk -t1 -c4 -d3s -s "$lua" "http://127.0.0.1:$port/v1/products" -- "$secrets" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  wrk -t1 -c4 -d"$duration" -s "$lua" "http://127.0.0.1:$port/v1/products" -- secrets.txt \
+  wrk -t1 -c4 -d"$duration" -s "$lua" "http://127.0.0.1:$port/v1/products" -- "$secrets" \
     >"$out/wrk-$name.txt"
   callgrind_control -d "$pid" >/dev/null 2>&1
   n=$(awk '/requests in/ { print $1 }' "$out/wrk-$name.txt")
@@ -72,5 +82,17 @@ echo "== instructions per request (callgrind; wrk -t1 -c4 -d$duration after a 3 
 count bare "$bare_port" "$bare" -c keygate.yaml --listen "127.0.0.1:$bare_port"
 for config in "${configs[@]}"; do
   port=$(grep -o '127\.0\.0\.1:[0-9]*' "$config" | head -n 1 | cut -d: -f2)
+  redis_port=$(grep -o 'redis://127\.0\.0\.1:[0-9]*' "$config" | head -n 1 | cut -d: -f3 || true)
+  if [ -n "$redis_port" ]; then
+    command -v redis-server >/dev/null || { echo "$config needs redis-server" >&2; exit 1; }
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$out" \
+      >"$out/redis.log" 2>&1 &
+    redis_pid=$!
+  fi
   count "$(basename "$config" .yaml)" "$port" "$keygate" run -c "$config"
+  if [ -n "$redis_pid" ]; then
+    kill "$redis_pid"
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+  fi
 done
